@@ -1,0 +1,160 @@
+"""``audit()``: the Python API that the CLI, and later the pytest plugin, are thin layers over."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
+
+import torch
+from torch import nn
+
+from . import inputs
+from .errors import InputError
+from .inspector import inspect
+from .records import Recording
+from .registry import SEVERITY_RANK, Rule, RuleContext, load_rules, resolve_selection
+from .report import Finding, Report
+
+Tie = Union[str, Tuple[str, str], Sequence[str]]
+
+
+def parse_ties(tied: Optional[Iterable[Tie]]) -> Set[FrozenSet[str]]:
+    """``["a.weight=b.weight"]`` or ``[("a.weight", "b.weight")]`` -> ``{frozenset({...})}``."""
+    ties: Set[FrozenSet[str]] = set()
+    for tie in tied or ():
+        names = tie.split("=") if isinstance(tie, str) else list(tie)
+        names = [n.strip() for n in names if n.strip()]
+        if len(names) < 2:
+            raise ValueError(f"a tie names two or more parameters (a.weight=b.weight), not {tie!r}")
+        ties.add(frozenset(names))
+    return ties
+
+
+def rule_options(rules: Iterable[Rule], overrides: Optional[Mapping[str, Any]] = None) -> Dict[str, Dict[str, Any]]:
+    """Each rule's options: its defaults, with ``overrides`` (by option name) applied.
+
+    An override that no rule declares is an error, not silently ignored.
+    """
+    overrides = dict(overrides or {})
+    known = {key for r in load_rules().values() for key in r.options}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown rule option(s) {unknown}; known: {sorted(known)}")
+    return {r.code: {k: overrides.get(k, v) for k, v in r.options.items()} for r in rules}
+
+
+def run_rules(
+    recording: Recording,
+    rules: Sequence[Rule],
+    options: Optional[Mapping[str, Any]] = None,
+    tied: Optional[Set[FrozenSet[str]]] = None,
+) -> List[Finding]:
+    """Apply ``rules`` to a recording; findings most severe first, then by code."""
+    per_rule = rule_options(rules, options)
+    findings: List[Finding] = []
+    for r in rules:
+        ctx = RuleContext(recording=recording, options=per_rule[r.code], tied=set(tied or ()))
+        for v in r.check(ctx):
+            findings.append(
+                Finding(
+                    code=r.code,
+                    rule=r.name,
+                    severity=v.severity or r.severity,
+                    location=v.location,
+                    message=v.message,
+                    fix=v.fix,
+                    locations=list(v.locations) or [v.location],
+                )
+            )
+    findings.sort(key=lambda f: (-SEVERITY_RANK[f.severity], f.code))
+    return findings
+
+
+def resolve_device(device: Union[str, torch.device, None], model: nn.Module) -> torch.device:
+    """``None``: where the model is; ``"auto"``: cuda if available, else cpu; else as given."""
+    if device is None:
+        return inputs.model_device(model)
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(f"unknown device {device!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} requested, but CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"device {device!r} requested, but there are {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
+@contextmanager
+def on_device(model: nn.Module, device: torch.device) -> Iterator[None]:
+    """Move the model's tensors to ``device`` for the body, and back to where each was after."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    if all(t.device == device for t in tensors):
+        yield
+        return
+    homes = [(t, t.device, t.grad.device if isinstance(t, nn.Parameter) and t.grad is not None else None) for t in tensors]
+    try:
+        with torch.no_grad():
+            model.to(device)
+        yield
+    finally:
+        with torch.no_grad():
+            for t, home, grad_home in homes:
+                if t.device != home:
+                    t.data = t.data.to(home)
+                if grad_home is not None and t.grad is not None and t.grad.device != grad_home:
+                    t.grad = t.grad.to(grad_home)
+
+
+def audit(
+    model: nn.Module,
+    example_input: Any = None,
+    *,
+    loss: Optional[Callable[[Any, Any], torch.Tensor]] = None,
+    device: Union[str, torch.device, None] = None,
+    select: Optional[Iterable[str]] = None,
+    ignore: Optional[Iterable[str]] = None,
+    seed: int = 0,
+    tied: Optional[Iterable[Tie]] = None,
+    options: Optional[Mapping[str, Any]] = None,
+    input_shape: Optional[Sequence[int]] = None,
+    batch_size: int = inputs.DEFAULT_BATCH,
+    target: Optional[str] = None,
+) -> Report:
+    """Audit ``model``'s initialization and return a :class:`~initaudit.report.Report`.
+
+    ``example_input`` is a tensor, a tuple (positional arguments) or a dict (keyword
+    arguments); when ``None`` it is inferred from the first layer (or built with
+    ``input_shape``). ``loss(output, example_input)`` returns a scalar; by default a seeded
+    random projection of the output. ``device=None`` audits where the model is; another
+    device moves the model there for the audit and back afterwards. The model is left as
+    it was found: parameters, buffers, ``.grad``, training flags and RNG state.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"audit() takes an nn.Module, not {type(model).__name__}")
+    started = time.perf_counter()
+    rules = resolve_selection(select, ignore)
+    ties = parse_ties(tied)
+    rule_options(rules, options)  # reject unknown options before running anything
+    dev = resolve_device(device, model)
+    with on_device(model, dev):
+        if example_input is None or input_shape is not None:
+            x = inputs.make_input(model, input_shape, batch=batch_size, seed=seed)
+        else:
+            inputs.check_input(example_input)
+            x = example_input
+        x = inputs.to_device(x, dev)
+        recording = inspect(model, x, loss=loss, seed=seed)
+    findings = run_rules(recording, rules, options, ties)
+    return Report(
+        findings=findings,
+        recording=recording,
+        target=target,
+        device=str(dev),
+        torch_version=torch.__version__,
+        seconds=time.perf_counter() - started,
+        rules=[r.code for r in rules],
+    )

@@ -1,0 +1,98 @@
+"""How signal flows between recorded modules, derived from the forward's call order.
+
+Each layer's output is consumed by the next activation called after it, unless another
+layer (no activation: linear) or a normalization comes first. Layers form *runs*: maximal
+sequences of layers with no normalization between them, whose scale factors compound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+from . import activations
+from .activations import Activation
+from .records import ModuleRecord, Recording, TensorRecord
+
+METHOD = "forward-hook call order"
+
+
+@dataclass
+class LayerUse:
+    """One call of a layer, with what consumes its output."""
+
+    module: ModuleRecord
+    weight: TensorRecord
+    consumer: Optional[Activation] = None  # None until an activation is seen; linear if none
+    normalized: Optional[str] = None  # name of the norm layer its run ends in, if any
+
+    @property
+    def activation(self) -> Activation:
+        return self.consumer or activations.LINEAR
+
+
+def _weights(recording: Recording) -> Dict[str, TensorRecord]:
+    weights = {}
+    for t in recording.tensors:
+        if t.kind == "parameter" and t.attr == "weight" and t.ndim >= 2 and t.floating:
+            for name in t.names:
+                module, _, _ = name.rpartition(".")
+                weights.setdefault(module, t)
+    return weights
+
+
+def layer_runs(recording: Recording) -> List[List[LayerUse]]:
+    """Runs of layer calls in forward order, each with its consumers resolved."""
+    weights = _weights(recording)
+    runs: List[List[LayerUse]] = []
+    current: List[LayerUse] = []
+
+    def close(norm: Optional[str] = None) -> None:
+        nonlocal current
+        if current:
+            if norm is not None:
+                for use in current:
+                    use.normalized = norm
+            runs.append(current)
+        current = []
+
+    for name in recording.call_order:
+        module = recording.module(name)
+        if module is None or not module.leaf:
+            continue
+        if module.kind == activations.LAYER and name in weights:
+            current.append(LayerUse(module, weights[name]))
+        elif module.kind == activations.ACTIVATION:
+            if current and current[-1].consumer is None and current[-1].module.name != name:
+                current[-1].consumer = Activation(module.activation or "linear", module.activation_param)
+        elif module.kind == activations.NORM:
+            close(norm=name)
+        elif module.kind == activations.PASSTHROUGH:
+            continue
+        elif module.has_parameters:
+            # an embedding, recurrent or attention module: its scale is not ours to model
+            close()
+    close()
+    return runs
+
+
+def consumers(recording: Recording) -> Dict[str, LayerUse]:
+    """First call of every layer, by module name, with its consumer."""
+    found: Dict[str, LayerUse] = {}
+    for run in layer_runs(recording):
+        for use in run:
+            found.setdefault(use.module.name, use)
+    return found
+
+
+def accessor(qualified_name: str, root: str = "model") -> str:
+    """Python expression for a parameter or module: ``"net.2.weight"`` -> ``model.net[2].weight``."""
+    if not qualified_name:
+        return root
+    parts = qualified_name.split(".")
+    if not all(p.isidentifier() or p.isdigit() for p in parts):
+        return f'{root}.get_parameter("{qualified_name}")'
+    out = root
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else f".{p}"
+    return out

@@ -1,0 +1,138 @@
+"""What the inspector records and the rules read: plain data, no tensors."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple
+
+from .stats import finite_or_none
+
+
+@dataclass
+class GradientRecord:
+    """First-step gradient of one parameter."""
+
+    norm: float
+    std: float
+    nonfinite: int
+
+
+@dataclass
+class TensorRecord:
+    """One parameter or floating-point buffer, under every name it is reachable by."""
+
+    names: List[str]
+    kind: str  # "parameter" or "buffer"
+    module: str  # owner module of names[0] ("" for the root)
+    module_type: str
+    attr: str
+    shape: Tuple[int, ...]
+    dtype: str
+    device: str
+    requires_grad: bool
+    floating: bool
+    numel: int
+    mean: Optional[float] = None
+    std: Optional[float] = None
+    min: Optional[float] = None
+    max: Optional[float] = None
+    zero_fraction: Optional[float] = None
+    nonfinite: int = 0
+    fan_in: Optional[int] = None
+    fan_out: Optional[int] = None
+    # "ok", "none" (trainable but no gradient), "frozen", "not-floating", "buffer",
+    # "not-run" (no backward was made)
+    grad_status: str = "buffer"
+    grad: Optional[GradientRecord] = None
+    # per-gate means along dim 0 for recurrent weights and biases (i, f, g, o for LSTM)
+    gate_means: Optional[List[float]] = None
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.names[0]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        for key in ("mean", "std", "min", "max", "zero_fraction"):
+            d[key] = finite_or_none(d[key])
+        if self.grad is not None:
+            d["grad"] = {
+                "norm": finite_or_none(self.grad.norm),
+                "std": finite_or_none(self.grad.std),
+                "nonfinite": self.grad.nonfinite,
+            }
+        if self.gate_means is not None:
+            d["gate_means"] = [finite_or_none(v) for v in self.gate_means]
+        return d
+
+
+@dataclass
+class OutputRecord:
+    """Statistics of a module's output on its first call."""
+
+    shape: Tuple[int, ...]
+    dtype: str
+    mean: float
+    std: float
+    zero_fraction: float
+    feature_std: float  # per-feature std across the batch, averaged over features
+
+
+@dataclass
+class ModuleRecord:
+    """One module, under every name it is reachable by."""
+
+    names: List[str]
+    type: str
+    kind: str  # layer, activation, norm, passthrough, other (see activations.classify)
+    activation: Optional[str]  # nonlinearity name when kind == "activation"
+    activation_param: float
+    leaf: bool
+    has_parameters: bool  # parameters of its own (not its children's)
+    calls: int = 0
+    first_call: Optional[int] = None  # position in the forward's call order
+    output: Optional[OutputRecord] = None
+
+    @property
+    def name(self) -> str:
+        return self.names[0]
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        if self.output is not None:
+            out = d["output"]
+            out["shape"] = list(self.output.shape)
+            for key in ("mean", "std", "zero_fraction", "feature_std"):
+                out[key] = finite_or_none(out[key])
+        return d
+
+
+@dataclass
+class Recording:
+    """Everything one inspection measured; the only thing rules see of the model."""
+
+    tensors: List[TensorRecord]
+    modules: List[ModuleRecord]
+    call_order: List[str]  # module names, each call, in forward order
+    output_layer: Optional[str]  # the last parameterized module called: the model's head
+    declared_ties: Set[FrozenSet[str]]  # parameter-name sets the model itself declares tied
+    backward: bool  # whether a backward was made
+    loss: Optional[float] = None
+
+    @property
+    def parameters(self) -> List[TensorRecord]:
+        return [t for t in self.tensors if t.kind == "parameter"]
+
+    def module(self, name: str) -> Optional[ModuleRecord]:
+        """The module reachable as ``name``."""
+        index = self.__dict__.get("_module_index")
+        if index is None:
+            index = {n: m for m in self.modules for n in m.names}
+            self.__dict__["_module_index"] = index
+        return index.get(name)

@@ -1,0 +1,124 @@
+"""The rule registry: every rule is a plugin to the engine.
+
+A rule is a function from a :class:`RuleContext` (recorded statistics, never the model) to
+an iterable of :class:`Violation`, registered with :func:`rule`. Built-in rules live in the
+modules of :mod:`initaudit.rules`, each imported on first use; third-party rules register
+the same way from a module named by an entry point in the ``initaudit.rules`` group::
+
+    [project.entry-points."initaudit.rules"]
+    mycompany = "mycompany.initaudit_rules"
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Set
+
+from .records import Recording
+
+SEVERITIES = ("info", "warning", "error")
+SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
+CODE_PATTERN = re.compile(r"^[A-Z]+[0-9]{3}$")
+ENTRY_POINT_GROUP = "initaudit.rules"
+
+
+@dataclass
+class Violation:
+    """What a rule returns: where, what, and the call that fixes it (``None``: no fix)."""
+
+    location: str
+    message: str
+    fix: Optional[str] = None
+    severity: Optional[str] = None  # overrides the rule's default severity
+    locations: Sequence[str] = ()  # every name involved, when more than one
+
+
+@dataclass
+class RuleContext:
+    """What a rule may look at: the recording, its options and the user's declarations."""
+
+    recording: Recording
+    options: Dict[str, Any] = field(default_factory=dict)
+    tied: Set[FrozenSet[str]] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Rule:
+    code: str
+    name: str
+    severity: str
+    summary: str
+    check: Callable[[RuleContext], Iterable[Violation]]
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+_RULES: Dict[str, Rule] = {}
+_loaded = False
+
+
+def rule(
+    code: str,
+    name: str,
+    severity: str,
+    summary: str,
+    options: Optional[Mapping[str, Any]] = None,
+) -> Callable[[Callable[[RuleContext], Iterable[Violation]]], Callable[[RuleContext], Iterable[Violation]]]:
+    """Register the decorated function as rule ``code``."""
+    if not CODE_PATTERN.match(code):
+        raise ValueError(f"rule code {code!r} must be letters followed by three digits")
+    if severity not in SEVERITIES:
+        raise ValueError(f"rule {code}: severity must be one of {SEVERITIES}")
+
+    def register(check: Callable[[RuleContext], Iterable[Violation]]) -> Callable[[RuleContext], Iterable[Violation]]:
+        existing = _RULES.get(code)
+        if existing is not None and existing.check is not check:
+            if (existing.check.__module__, existing.check.__qualname__) != (check.__module__, check.__qualname__):
+                raise ValueError(f"rule code {code} is registered twice")
+        _RULES[code] = Rule(code, name, severity, summary, check, dict(options or {}))
+        return check
+
+    return register
+
+
+def load_rules() -> Dict[str, Rule]:
+    """All registered rules by code: built-ins, then entry-point plugins."""
+    global _loaded
+    if not _loaded:
+        from . import rules as builtin
+
+        for info in pkgutil.iter_modules(builtin.__path__):
+            importlib.import_module(f"{builtin.__name__}.{info.name}")
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            ep.load()
+        _loaded = True
+    return dict(sorted(_RULES.items()))
+
+
+def resolve_selection(
+    select: Optional[Iterable[str]] = None, ignore: Optional[Iterable[str]] = None
+) -> List[Rule]:
+    """Rules enabled by ``select`` minus ``ignore`` (codes, prefixes such as ``IA2``, or ``ALL``).
+
+    A selector that matches no rule is an error, not silently nothing.
+    """
+    rules = load_rules()
+
+    def matching(selectors: Iterable[str], flag: str) -> Set[str]:
+        codes: Set[str] = set()
+        for raw in selectors:
+            sel = raw.strip().upper()
+            if not sel:
+                continue
+            hit = set(rules) if sel == "ALL" else {c for c in rules if c.startswith(sel)}
+            if not hit:
+                raise ValueError(f"{flag} {raw!r} matches no rule code (known: {', '.join(rules)})")
+            codes |= hit
+        return codes
+
+    chosen = matching(select, "--select") if select else set(rules)
+    chosen -= matching(ignore or (), "--ignore")
+    return [rules[c] for c in sorted(chosen)]

@@ -1,0 +1,174 @@
+"""Findings and the report: table for people, JSON (schema ``initaudit/1``) for machines."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional
+
+from tabulate import tabulate
+
+from .records import ModuleRecord, Recording, TensorRecord
+from .registry import SEVERITY_RANK
+from .stats import finite_or_none
+
+SCHEMA = "initaudit/1"
+FAIL_LEVELS = ("error", "warning", "info", "never")
+
+
+@dataclass
+class Finding:
+    code: str
+    rule: str
+    severity: str
+    location: str
+    message: str
+    fix: Optional[str] = None
+    locations: List[str] = field(default_factory=list)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def fails(severity: str, fail_on: str) -> bool:
+    """Whether a finding of ``severity`` fails a run with ``--fail-on fail_on``."""
+    if fail_on not in FAIL_LEVELS:
+        raise ValueError(f"fail_on must be one of {', '.join(FAIL_LEVELS)}, not {fail_on!r}")
+    if fail_on == "never":
+        return False
+    return SEVERITY_RANK[severity] >= SEVERITY_RANK[fail_on]
+
+
+@dataclass
+class Report:
+    """The result of one audit."""
+
+    findings: List[Finding]
+    recording: Recording
+    target: Optional[str] = None
+    device: str = "cpu"
+    torch_version: str = ""
+    seconds: float = 0.0
+    rules: List[str] = field(default_factory=list)  # codes that ran
+
+    @property
+    def parameters(self) -> List[TensorRecord]:
+        return [t for t in self.recording.tensors if t.kind == "parameter"]
+
+    @property
+    def buffers(self) -> List[TensorRecord]:
+        return [t for t in self.recording.tensors if t.kind == "buffer"]
+
+    @property
+    def modules(self) -> List[ModuleRecord]:
+        return self.recording.modules
+
+    def count(self, severity: str) -> int:
+        return sum(1 for f in self.findings if f.severity == severity)
+
+    def ok(self, fail_on: str = "warning") -> bool:
+        """True when no finding is at or above ``fail_on``."""
+        return not any(fails(f.severity, fail_on) for f in self.findings)
+
+    def summary(self) -> Dict[str, Any]:
+        params = self.parameters
+        return {
+            "errors": self.count("error"),
+            "warnings": self.count("warning"),
+            "infos": self.count("info"),
+            "parameters": len(params),
+            "elements": sum(t.numel for t in params),
+            "seconds": round(self.seconds, 4),
+        }
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "target": self.target,
+            "device": self.device,
+            "torch": self.torch_version,
+            "findings": [f.to_dict() for f in self.findings],
+            "parameters": [t.to_dict() for t in self.parameters],
+            "buffers": [t.to_dict() for t in self.buffers],
+            "modules": [m.to_dict() for m in self.modules],
+            "rules": list(self.rules),
+            "loss": finite_or_none(self.recording.loss),
+            "summary": self.summary(),
+        }
+
+    def to_json(self, indent: Optional[int] = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    def summary_line(self) -> str:
+        s = self.summary()
+        counts = ", ".join(
+            f"{n} {word}{'' if n == 1 or word == 'info' else 's'}"
+            for n, word in ((s["errors"], "error"), (s["warnings"], "warning"), (s["infos"], "info"))
+        )
+        what = f"{self.target}: " if self.target else ""
+        return (
+            f"{what}{counts} in {s['parameters']} parameters "
+            f"({_human(s['elements'])} elements) on {self.device}, {s['seconds']:.2f}s"
+        )
+
+    def table(self, width: Optional[int] = None) -> str:
+        """Findings as a table (most severe first), then the summary line."""
+        if not self.findings:
+            return "No findings.\n" + self.summary_line()
+        width = width or shutil.get_terminal_size((120, 24)).columns
+        message_width = max(40, width - 50)
+        rows = []
+        for f in self.findings:
+            text = f.message if not f.fix else f"{f.message}\nfix: {f.fix}"
+            rows.append([f.code, f.severity, f.location, text])
+        table = tabulate(
+            rows,
+            headers=["code", "severity", "location", "message"],
+            tablefmt="simple",
+            maxcolwidths=[None, None, 30, message_width],
+            disable_numparse=True,
+        )
+        return f"{table}\n\n{self.summary_line()}"
+
+    def stats_table(self) -> str:
+        """Per-parameter statistics, with why a rule could not judge a parameter."""
+        rows = []
+        for t in self.recording.tensors:
+            grad = t.grad.norm if t.grad is not None else t.grad_status
+            rows.append(
+                [
+                    t.name + (f" (+{len(t.names) - 1})" if len(t.names) > 1 else ""),
+                    t.kind,
+                    "x".join(map(str, t.shape)) or "scalar",
+                    t.dtype,
+                    _num(t.mean),
+                    _num(t.std),
+                    _num(t.min),
+                    _num(t.max),
+                    _num(t.zero_fraction),
+                    t.nonfinite,
+                    t.fan_in if t.fan_in is not None else "",
+                    t.fan_out if t.fan_out is not None else "",
+                    _num(grad) if isinstance(grad, float) else grad,
+                    "; ".join(t.notes),
+                ]
+            )
+        return tabulate(
+            rows,
+            headers=["name", "kind", "shape", "dtype", "mean", "std", "min", "max", "zeros",
+                     "nonfinite", "fan_in", "fan_out", "grad norm", "notes"],
+            tablefmt="simple",
+            disable_numparse=True,
+        )
+
+
+def _num(v: Optional[float]) -> str:
+    return "" if v is None else f"{v:.4g}"
+
+
+def _human(n: int) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)

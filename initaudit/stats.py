@@ -1,0 +1,149 @@
+"""Statistics of tensors, computed on the tensor's own device.
+
+Every function here is pure: it takes tensors (or shapes) and returns numbers or small
+tensors, and never touches a module. Reductions return device tensors so that the caller
+can bring everything to the host in one transfer (see :class:`Deferred`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Hashable, List, Optional, Sequence, Tuple
+
+import torch
+
+PARAMETER_FIELDS = ("mean", "std", "min", "max", "zeros", "nonfinite")
+OUTPUT_FIELDS = ("mean", "std", "zero_fraction", "feature_std")
+GRADIENT_FIELDS = ("norm", "std", "nonfinite")
+
+
+def fan_in_and_fan_out(shape: Sequence[int]) -> Optional[Tuple[int, int]]:
+    """Fans of a weight of ``shape``, exactly as ``torch.nn.init`` computes them.
+
+    ``receptive_field = prod(shape[2:])``,
+    ``fan_in = shape[1] * receptive_field``, ``fan_out = shape[0] * receptive_field``.
+
+    For a ``Linear`` weight ``(out, in)`` that is ``(in, out)``; for a ``Conv2d`` weight
+    ``(out, in / groups, kh, kw)`` it is ``(in / groups * kh * kw, out * kh * kw)``.
+    Returns ``None`` for tensors of fewer than two dimensions, for which ``torch.nn.init``
+    raises.
+    """
+    if len(shape) < 2:
+        return None
+    receptive_field = math.prod(int(s) for s in shape[2:])
+    return int(shape[1]) * receptive_field, int(shape[0]) * receptive_field
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 for float64 tensors, float32 for every narrower floating type."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def tensor_summary(t: torch.Tensor) -> torch.Tensor:
+    """``[mean, std, min, max, zeros, nonfinite]`` of a floating tensor, on its device.
+
+    ``mean = sum(x) / n`` and ``std = sqrt(sum((x - mean)^2) / n)`` (population std,
+    two passes so that a large mean does not cancel a small spread), accumulated in
+    float32 or better. ``zeros`` and ``nonfinite`` are element counts.
+    """
+    x = t.detach()
+    n = x.numel()
+    acc = accumulation_dtype(x.dtype)
+    if n == 0:
+        nan = torch.tensor(float("nan"), dtype=torch.float64, device=x.device)
+        zero = torch.zeros((), dtype=torch.float64, device=x.device)
+        return torch.stack([nan, nan, nan, nan, zero, zero])
+    xa = x.to(acc)
+    mean = xa.sum() / n
+    std = ((xa - mean).square().sum() / n).sqrt()
+    lo, hi = torch.aminmax(xa)
+    zeros = n - torch.count_nonzero(x)
+    nonfinite = n - torch.isfinite(x).sum()
+    return torch.stack(
+        [mean.double(), std.double(), lo.double(), hi.double(), zeros.double(), nonfinite.double()]
+    )
+
+
+def feature_std(out: torch.Tensor) -> torch.Tensor:
+    """Per-feature std across the batch, averaged over features.
+
+    With ``out`` viewed as ``(batch, features)`` (dimension 0 is the batch, every other
+    element a feature), ``mean_f sqrt(Var_b[out[b, f]])``. This is the input-dependent part
+    of a layer's output: a bias shifts every example alike and does not raise it, so it
+    falls to zero when the input is lost even while the raw RMS looks healthy.
+    NaN for a batch of one.
+    """
+    x = out.detach()
+    if x.dim() == 0 or x.shape[0] < 2:
+        return torch.tensor(float("nan"), dtype=torch.float64, device=x.device)
+    x = x.reshape(x.shape[0], -1).to(accumulation_dtype(x.dtype))
+    centered = x - x.mean(dim=0, keepdim=True)
+    return centered.square().mean(dim=0).sqrt().mean().double()
+
+
+def output_summary(out: torch.Tensor) -> torch.Tensor:
+    """``[mean, std, zero_fraction, feature_std]`` of a module's output, on its device."""
+    x = out.detach()
+    n = x.numel()
+    if n == 0:
+        nan = torch.tensor(float("nan"), dtype=torch.float64, device=x.device)
+        return torch.stack([nan, nan, nan, nan])
+    xa = x.to(accumulation_dtype(x.dtype))
+    mean = xa.sum() / n
+    std = ((xa - mean).square().sum() / n).sqrt()
+    zero_fraction = (n - torch.count_nonzero(x)) / n
+    return torch.stack([mean.double(), std.double(), zero_fraction.double(), feature_std(x)])
+
+
+def gradient_summary(g: torch.Tensor) -> torch.Tensor:
+    """``[norm, std, nonfinite]`` of a gradient: ``norm = sqrt(sum(g^2))``, population std."""
+    x = g.detach()
+    n = x.numel()
+    xa = x.to(accumulation_dtype(x.dtype))
+    norm = xa.square().sum().sqrt()
+    mean = xa.sum() / max(n, 1)
+    std = ((xa - mean).square().sum() / max(n, 1)).sqrt()
+    nonfinite = n - torch.isfinite(x).sum()
+    return torch.stack([norm.double(), std.double(), nonfinite.double()])
+
+
+def chunk_means(t: torch.Tensor, chunks: int) -> torch.Tensor:
+    """Means of ``chunks`` equal slices along dimension 0 (the gate blocks of an RNN)."""
+    x = t.detach().to(accumulation_dtype(t.dtype))
+    rows = x.shape[0] // chunks
+    return x[: rows * chunks].reshape(chunks, -1).mean(dim=1).double()
+
+
+class Deferred:
+    """Collects device tensors under keys and brings them to the host in one go.
+
+    One ``tolist()`` per device, however many tensors were added, so that an audit makes
+    a constant number of host-device synchronizations.
+    """
+
+    def __init__(self) -> None:
+        self._items: List[Tuple[Hashable, torch.Tensor]] = []
+
+    def add(self, key: Hashable, values: torch.Tensor) -> None:
+        self._items.append((key, values.reshape(-1)))
+
+    def resolve(self) -> Dict[Hashable, List[float]]:
+        by_device: Dict[torch.device, List[Tuple[Hashable, torch.Tensor]]] = {}
+        for key, values in self._items:
+            by_device.setdefault(values.device, []).append((key, values))
+        resolved: Dict[Hashable, List[float]] = {}
+        for items in by_device.values():
+            flat = torch.cat([v.to(torch.float64) for _, v in items]).tolist()
+            offset = 0
+            for key, values in items:
+                resolved[key] = flat[offset : offset + values.numel()]
+                offset += values.numel()
+        self._items.clear()
+        return resolved
+
+
+def finite_or_none(value: Optional[float]) -> Optional[float]:
+    """``value`` if it is a finite number, else ``None`` (JSON has no NaN or Infinity)."""
+    if value is None or not math.isfinite(value):
+        return None
+    return value
