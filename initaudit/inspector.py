@@ -160,6 +160,8 @@ def inspect(
     loss_value: Optional[torch.Tensor] = None
     grads: Dict[int, Optional[torch.Tensor]] = {}
     backward = False
+    # values as the user left them, before a training-mode forward can touch a buffer
+    tensors = _tensor_records(param_names, buffer_names, module_names, deferred)
     with preserved(model):
         try:
             for key, module in modules_by_id.items():
@@ -211,7 +213,7 @@ def inspect(
                 elif trainable:
                     backward = True  # the loss does not depend on any parameter
                     grads = {i: None for i, _ in trainable}
-            tensors = _tensor_records(param_names, buffer_names, module_names, grads, backward, deferred)
+            _gradient_status(tensors, grads, backward, deferred)
             loss_scalar = None
             if loss_value is not None:
                 deferred.add("loss", loss_value.detach().reshape(1).double())
@@ -284,8 +286,6 @@ def _tensor_records(
     param_names: "OrderedDict[int, Tuple[Any, List[str]]]",
     buffer_names: "OrderedDict[int, Tuple[Any, List[str]]]",
     module_names: "OrderedDict[int, Tuple[Any, List[str]]]",
-    grads: Dict[int, Optional[torch.Tensor]],
-    backward: bool,
     deferred: stats.Deferred,
 ) -> List[Tuple[int, TensorRecord]]:
     modules_by_name = {}
@@ -321,22 +321,30 @@ def _tensor_records(
                 gates = _GATES.get(type(owner)) if owner is not None else None
                 if gates and attr.startswith(_GATED_PREFIXES) and t.shape[0] % gates == 0:
                     deferred.add(("gates", key), stats.chunk_means(t, gates))
-            if kind == "parameter":
-                if not floating:
-                    record.grad_status = "not-floating"
-                elif not t.requires_grad:
-                    record.grad_status = "frozen"
-                elif not backward:
-                    record.grad_status = "not-run"
-                else:
-                    g = grads.get(key)
-                    if g is None:
-                        record.grad_status = "none"
-                    else:
-                        record.grad_status = "ok"
-                        deferred.add(("grad", key), stats.gradient_summary(g))
             records.append((key, record))
     return records
+
+
+def _gradient_status(
+    records: List[Tuple[int, TensorRecord]],
+    grads: Dict[int, Optional[torch.Tensor]],
+    backward: bool,
+    deferred: stats.Deferred,
+) -> None:
+    for key, record in records:
+        if record.kind != "parameter":
+            continue
+        if not record.floating:
+            record.grad_status = "not-floating"
+        elif not record.requires_grad:
+            record.grad_status = "frozen"
+        elif not backward:
+            record.grad_status = "not-run"
+        elif grads.get(key) is None:
+            record.grad_status = "none"
+        else:
+            record.grad_status = "ok"
+            deferred.add(("grad", key), stats.gradient_summary(grads[key]))
 
 
 def _fill(record: TensorRecord, values: Dict[Any, List[float]], key: int) -> None:

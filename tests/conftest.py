@@ -1,0 +1,58 @@
+import textwrap
+from pathlib import Path
+from typing import Callable, Iterable, List
+
+import pytest
+import torch
+from torch import nn
+
+from initaudit import Report
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def codes(report: Report, severity: str = None) -> List[str]:
+    """Codes of the report's findings, optionally only those of one severity."""
+    return [f.code for f in report.findings if severity is None or f.severity == severity]
+
+
+def findings(report: Report, code: str):
+    return [f for f in report.findings if f.code == code]
+
+
+def mlp(depth: int, width: int = 256, inputs: int = 64, outputs: int = 10, act=nn.ReLU,
+        init: Callable[[nn.Linear], None] = None) -> nn.Sequential:
+    """Linear/act stack of ``depth`` Linear layers; ``init`` re-initializes each Linear."""
+    layers: List[nn.Module] = [nn.Linear(inputs, width), act()]
+    for _ in range(depth - 2):
+        layers += [nn.Linear(width, width), act()]
+    layers.append(nn.Linear(width, outputs))
+    model = nn.Sequential(*layers)
+    if init is not None:
+        for m in model:
+            if isinstance(m, nn.Linear):
+                init(m)
+    return model
+
+
+def he_init(layer: nn.Linear) -> None:
+    nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+    nn.init.zeros_(layer.bias)
+
+
+@pytest.fixture
+def write_target(tmp_path):
+    """Write a model file; returns its path as a string."""
+
+    def write(source: str, name: str = "model.py") -> str:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(source))
+        return str(path)
+
+    return write
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(1234)

@@ -1,0 +1,234 @@
+"""The inspector records everything and leaves the model exactly as it found it."""
+
+import dataclasses
+import math
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from initaudit import ForwardError, audit
+from initaudit.inspector import inspect, random_projection_loss
+
+from conftest import he_init, mlp
+
+
+class ConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.drop = nn.Dropout(0.5)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.drop(torch.relu(self.bn(self.conv(x))))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_every_parameter_and_float_buffer_is_recorded_with_all_names():
+    shared = nn.Linear(4, 4)
+    model = nn.Sequential(shared, nn.ReLU(), shared, nn.BatchNorm1d(4))
+    rec = audit(model, torch.randn(16, 4)).recording
+    params = {tuple(t.names) for t in rec.tensors if t.kind == "parameter"}
+    assert params == {("0.weight", "2.weight"), ("0.bias", "2.bias"), ("3.weight",), ("3.bias",)}
+    buffers = {t.name for t in rec.tensors if t.kind == "buffer"}
+    # num_batches_tracked is an integer buffer: not a floating-point statistic
+    assert buffers == {"3.running_mean", "3.running_var"}
+
+
+def test_parameter_statistics_match_torch():
+    model = nn.Conv2d(4, 6, 3, groups=2)
+    with torch.no_grad():
+        model.weight[0].zero_()
+    rep = audit(model, torch.randn(2, 4, 8, 8))
+    w = next(t for t in rep.parameters if t.attr == "weight")
+    ref = model.weight.detach().double()
+    assert w.mean == pytest.approx(ref.mean().item(), abs=1e-7)
+    assert w.std == pytest.approx(ref.std(correction=0).item(), rel=1e-6)
+    assert (w.min, w.max) == pytest.approx((ref.min().item(), ref.max().item()))
+    assert w.zero_fraction == pytest.approx(1 / 6)  # one of six output filters zeroed
+    assert (w.fan_in, w.fan_out) == (2 * 9, 6 * 9)
+    assert w.shape == (6, 2, 3, 3) and w.dtype == "float32" and w.device == "cpu"
+
+
+def test_first_step_gradient_equals_autograd_of_the_same_loss():
+    model = mlp(3, width=16, inputs=8, outputs=3)
+    x = torch.randn(32, 8)
+    rep = audit(model, x, seed=7)
+    out = model(x)
+    loss = random_projection_loss(out, seed=7)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    for (name, p), g in zip(model.named_parameters(), grads):
+        rec = next(t for t in rep.parameters if t.name == name)
+        assert rec.grad.norm == pytest.approx(g.norm().item(), rel=1e-5)
+        assert rec.grad_status == "ok"
+
+
+def test_random_projection_has_variance_one_over_numel():
+    out = torch.zeros(64, 100, requires_grad=True)
+    loss = random_projection_loss(out, seed=0)
+    (r,) = torch.autograd.grad(loss, out)
+    assert r.std().item() == pytest.approx(1 / math.sqrt(out.numel()), rel=0.05)
+    # seeded: the same seed gives the same projection, another seed another one
+    (r2,) = torch.autograd.grad(random_projection_loss(out, seed=0), out)
+    (r3,) = torch.autograd.grad(random_projection_loss(out, seed=1), out)
+    assert torch.equal(r, r2) and not torch.equal(r, r3)
+
+
+def test_module_outputs_are_recorded():
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU())
+    rep = audit(model, torch.randn(128, 8))
+    relu = next(m for m in rep.modules if m.type == "ReLU")
+    assert relu.output.shape == (128, 32)
+    assert 0.3 < relu.output.zero_fraction < 0.7  # about half of N(0, s) pre-activations
+    assert relu.calls == 1 and relu.kind == "activation" and relu.activation == "relu"
+
+
+def test_audit_leaves_the_model_exactly_as_found():
+    model = ConvNet()
+    model.eval()
+    model.head.weight.grad = torch.ones_like(model.head.weight)
+    existing = model.head.weight.grad
+    model.conv.bias.requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(16, 3, 8, 8)
+    torch.manual_seed(99)
+    random.seed(99)
+    cpu_rng = torch.get_rng_state()
+    py_rng = random.getstate()
+    hooks = [len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()]
+
+    audit(model, x)
+
+    after = model.state_dict()
+    for k, v in before.items():
+        assert torch.equal(v, after[k]), k  # running_mean/var and num_batches_tracked included
+    assert model.head.weight.grad is existing and torch.equal(existing, torch.ones_like(existing))
+    assert model.conv.weight.grad is None
+    assert not model.conv.bias.requires_grad and model.conv.weight.requires_grad
+    assert all(not m.training for m in model.modules())
+    assert torch.equal(torch.get_rng_state(), cpu_rng) and random.getstate() == py_rng
+    assert [len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()] == hooks
+
+
+def test_forward_failure_restores_state_removes_hooks_and_names_the_module():
+    model = ConvNet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ForwardError) as info:
+        audit(model, torch.randn(4, 5, 8, 8))  # 5 channels where conv takes 3
+    assert "'conv' (Conv2d)" in str(info.value)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_same_seed_same_report():
+    model = ConvNet()
+    x = torch.randn(8, 3, 8, 8)
+    a = audit(model, x, seed=3).to_dict()
+    b = audit(model, x, seed=3).to_dict()
+    c = audit(model, x, seed=4).to_dict()
+    for d in (a, b, c):
+        d["summary"].pop("seconds")
+    assert a == b
+    assert a["parameters"] != c["parameters"]  # dropout and projection differ
+
+
+def test_tuple_dict_and_dataclass_outputs_all_contribute():
+    @dataclasses.dataclass
+    class Out:
+        logits: torch.Tensor
+        aux: torch.Tensor
+
+    class Multi(nn.Module):
+        def __init__(self, kind):
+            super().__init__()
+            self.kind = kind
+            self.a = nn.Linear(4, 4)
+            self.b = nn.Linear(4, 4)
+
+        def forward(self, x):
+            a, b = self.a(x), self.b(x)
+            if self.kind == "tuple":
+                return a, (b, torch.zeros(1, dtype=torch.long))
+            if self.kind == "dict":
+                return {"a": a, "b": b}
+            return Out(a, b)
+
+    for kind in ("tuple", "dict", "dataclass"):
+        rep = audit(Multi(kind), torch.randn(8, 4))
+        assert all(t.grad_status == "ok" for t in rep.parameters), kind
+
+
+def test_dict_input_is_passed_as_keywords():
+    class KW(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(50, 8)
+            self.lin = nn.Linear(8, 2)
+
+        def forward(self, *, input_ids, scale=1.0):
+            return self.lin(self.emb(input_ids)) * scale
+
+    rep = audit(KW(), {"input_ids": torch.randint(0, 50, (4, 6)), "scale": 2.0})
+    assert all(t.grad_status == "ok" for t in rep.parameters)
+
+
+def test_unjudged_parameters_say_why():
+    class Partial(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used = nn.Linear(4, 4)
+            self.frozen = nn.Linear(4, 4).requires_grad_(False)
+            self.unused = nn.Linear(4, 4)
+            self.register_parameter("steps", nn.Parameter(torch.zeros(3, dtype=torch.long), requires_grad=False))
+
+        def forward(self, x):
+            return self.used(self.frozen(x))
+
+    rep = audit(Partial(), torch.randn(4, 4))
+    by_name = {t.name: t for t in rep.parameters}
+    assert set(by_name) == {"used.weight", "used.bias", "frozen.weight", "frozen.bias", "unused.weight", "unused.bias", "steps"}
+    assert by_name["frozen.weight"].grad_status == "frozen"
+    assert any("frozen" in n for n in by_name["frozen.weight"].notes)
+    assert any("never called" in n for n in by_name["unused.weight"].notes)
+    assert by_name["steps"].grad_status == "not-floating"
+    assert any("not floating point" in n for n in by_name["steps"].notes)
+
+
+def test_custom_loss_is_used():
+    model = nn.Linear(4, 1)
+    x = torch.randn(16, 4)
+    rep = audit(model, x, loss=lambda out, inp: ((out - inp.sum(1, keepdim=True)) ** 2).mean())
+    expected = ((model(x) - x.sum(1, keepdim=True)) ** 2).mean().item()
+    assert rep.recording.loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_inferred_input_when_none_given():
+    rep = audit(mlp(3, width=16, inputs=8, init=he_init))
+    first = rep.recording.module("0")
+    assert first.output.shape == (64, 16)  # default batch 64, in_features 8
+
+
+def test_audit_within_no_grad_still_gets_gradients():
+    model = nn.Linear(4, 2)
+    with torch.no_grad():
+        rep = audit(model, torch.randn(8, 4))
+    assert all(t.grad_status == "ok" for t in rep.parameters)
+
+
+def test_device_argument_moves_the_model_and_back():
+    model = nn.Linear(4, 2)
+    rep = audit(model, torch.randn(8, 4), device="cpu")
+    assert rep.device == "cpu" and model.weight.device.type == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_statistics_on_cuda_and_model_moved_back():
+    model = ConvNet()
+    rep = audit(model, torch.randn(8, 3, 8, 8), device="cuda")
+    assert rep.device.startswith("cuda")
+    assert all(t.device.startswith("cuda") for t in rep.parameters)
+    assert all(p.device.type == "cpu" for p in model.parameters())

@@ -1,0 +1,107 @@
+"""Statistics and init math, checked against torch and against numbers worked out by hand."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from initaudit import activations, stats
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(3, 4), (16, 8, 3), (32, 3, 5, 5), (8, 2, 3, 3, 3), (10, 1), (1, 10), (6, 4, 1, 7)],
+)
+def test_fans_match_torch(shape):
+    expected = nn.init._calculate_fan_in_and_fan_out(torch.empty(shape))
+    assert stats.fan_in_and_fan_out(shape) == expected
+
+
+def test_fans_by_hand():
+    # Conv2d(6 -> 16, 5x5, groups=2): weight (16, 3, 5, 5): fan_in = 3*25, fan_out = 16*25
+    assert stats.fan_in_and_fan_out((16, 3, 5, 5)) == (75, 400)
+    assert stats.fan_in_and_fan_out((7,)) is None
+
+
+def test_tensor_summary_against_float64_reference():
+    x = torch.tensor([[0.0, 1.0, -2.0], [3.0, 0.0, float("inf")]])
+    mean, std, lo, hi, zeros, nonfinite = stats.tensor_summary(x[:, :2].reshape(-1)).tolist()
+    # [0, 1, 3, 0]: mean 1, population variance ((1 + 0 + 4 + 1) / 4) = 1.5
+    assert mean == pytest.approx(1.0)
+    assert std == pytest.approx(math.sqrt(1.5))
+    assert (lo, hi, zeros, nonfinite) == (0.0, 3.0, 2.0, 0.0)
+    assert stats.tensor_summary(x).tolist()[5] == 1.0
+
+
+def test_tensor_summary_large_mean_small_std():
+    # float32 single-pass E[x^2] - E[x]^2 would lose this spread entirely
+    x = 1e4 + torch.tensor([-1e-2, 1e-2] * 5000, dtype=torch.float32)
+    _, std, *_ = stats.tensor_summary(x).tolist()
+    # the float32 values are 1e4 +- 0.009765625 (the float32 spacing at 1e4 is 2**-10)
+    assert std == pytest.approx(x.double().std(correction=0).item(), rel=1e-3)
+    assert std == pytest.approx(2**-10 * 10, rel=1e-3)
+
+
+def test_bfloat16_summary_accumulates_in_float32():
+    ref = torch.randn(100_000, dtype=torch.float64)
+    x = ref.to(torch.bfloat16)
+    mean, std, *_ = stats.tensor_summary(x).tolist()
+    exact = x.double()
+    assert mean == pytest.approx(exact.mean().item(), abs=1e-5)
+    assert std == pytest.approx(exact.std(correction=0).item(), rel=1e-5)
+
+
+def test_feature_std_ignores_a_shared_offset():
+    # every example the same, plus a large bias: no input-dependent signal at all
+    out = torch.full((8, 5), 3.0)
+    assert stats.feature_std(out).item() == 0.0
+    # feature 0 alternates +-1 across the batch, feature 1 is constant: mean of (1, 0)
+    out = torch.tensor([[1.0, 7.0], [-1.0, 7.0]] * 4)
+    assert stats.feature_std(out).item() == pytest.approx(0.5)
+
+
+def test_output_summary_zero_fraction():
+    out = torch.tensor([[0.0, 2.0], [0.0, 0.0]])
+    mean, std, zero_fraction, _ = stats.output_summary(out).tolist()
+    assert zero_fraction == 0.75 and mean == 0.5
+
+
+def test_chunk_means_per_gate():
+    b = torch.cat([torch.full((3,), float(i)) for i in range(4)])
+    assert stats.chunk_means(b, 4).tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_deferred_brings_values_back_by_key():
+    d = stats.Deferred()
+    d.add("a", torch.tensor([1.0, 2.0]))
+    d.add(("b", 1), torch.tensor(3.0))
+    assert d.resolve() == {"a": [1.0, 2.0], ("b", 1): [3.0]}
+
+
+@pytest.mark.parametrize("name", ["gelu", "silu", "mish", "elu", "softplus"])
+def test_second_moment_gains_by_monte_carlo(name):
+    z = torch.randn(2_000_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    phi = getattr(torch.nn.functional, name)
+    expected = 1 / math.sqrt(phi(z).square().mean().item())
+    assert activations.second_moment_gain(name) == pytest.approx(expected, rel=5e-3)
+
+
+def test_gain_range():
+    relu = activations.Activation("relu")
+    assert activations.gain_range(relu) == (math.sqrt(2), math.sqrt(2))
+    leaky = activations.Activation("leaky_relu", 0.2)
+    g = math.sqrt(2 / (1 + 0.2**2))
+    assert activations.gain_range(leaky) == pytest.approx((g, g))
+    assert activations.gain_range(activations.Activation("tanh")) == pytest.approx((1.0, 5 / 3))
+    assert activations.gain_range(activations.LINEAR) == (1.0, 1.0)
+    assert activations.gain_range(activations.Activation("selu")) == (1.0, 1.0)
+
+
+def test_classify():
+    assert activations.classify(nn.Conv2d(3, 4, 3)) == (activations.LAYER, None)
+    assert activations.classify(nn.BatchNorm2d(4))[0] == activations.NORM
+    assert activations.classify(nn.LeakyReLU(0.1)) == (activations.ACTIVATION, activations.Activation("leaky_relu", 0.1))
+    assert activations.classify(nn.ReLU6())[1].name == "relu"
+    assert activations.classify(nn.Dropout())[0] == activations.PASSTHROUGH
+    assert activations.classify(nn.LSTM(3, 4))[0] == activations.OTHER
