@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Any, List, Optional, Sequence, Tuple
 
@@ -29,12 +30,9 @@ _CELLS = (nn.RNNCell, nn.LSTMCell, nn.GRUCell)
 
 
 def parse_shape(text: str) -> Tuple[int, ...]:
-    """``"8,3,32,32"`` -> ``(8, 3, 32, 32)``; every dimension a positive integer."""
-    parts = [p.strip() for p in text.replace("x", ",").split(",") if p.strip()]
-    try:
-        shape = tuple(int(p) for p in parts)
-    except ValueError:
-        shape = ()
+    """``"8,3,32,32"`` (or ``"8x3x32x32"``) -> ``(8, 3, 32, 32)``; each a positive integer."""
+    parts = [p.strip() for p in re.split(r"[,x]", text.strip().strip("()[]"))]
+    shape = tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else ()
     if not shape or any(d <= 0 for d in shape):
         raise InputError(f"--input-shape {text!r} is not a comma-separated list of positive integers")
     return shape
