@@ -90,23 +90,33 @@ def resolve_device(device: Union[str, torch.device, None], model: nn.Module) -> 
 
 @contextmanager
 def on_device(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """Move the model's tensors to ``device`` for the body, and back to where each was after."""
-    tensors = list(model.parameters()) + list(model.buffers())
-    if all(t.device == device for t in tensors):
-        yield
-        return
-    homes = [(t, t.device, t.grad.device if isinstance(t, nn.Parameter) and t.grad is not None else None) for t in tensors]
+    """Put the model's tensors on ``device`` for the body, then the very same tensors back.
+
+    Parameters keep their identity (only ``.data`` is swapped) and get their original
+    storage back, buffers are put back as the original objects, and ``.grad`` is not
+    touched at all, so nothing is copied twice and nothing is lost.
+    """
+    swapped_params = []
+    swapped_buffers = []
+    seen = set()
     try:
         with torch.no_grad():
-            model.to(device)
+            for module in model.modules():
+                for name, p in module._parameters.items():
+                    if p is not None and p.device != device and id(p) not in seen:
+                        seen.add(id(p))
+                        swapped_params.append((p, p.data))
+                        p.data = p.data.to(device)
+                for name, b in module._buffers.items():
+                    if b is not None and b.device != device:
+                        swapped_buffers.append((module, name, b))
+                        module._buffers[name] = b.to(device)
         yield
     finally:
-        with torch.no_grad():
-            for t, home, grad_home in homes:
-                if t.device != home:
-                    t.data = t.data.to(home)
-                if grad_home is not None and t.grad is not None and t.grad.device != grad_home:
-                    t.grad = t.grad.to(grad_home)
+        for p, data in swapped_params:
+            p.data = data
+        for module, name, b in swapped_buffers:
+            module._buffers[name] = b
 
 
 def audit(
