@@ -114,6 +114,100 @@ def declared_ties(model: nn.Module) -> Set[FrozenSet[str]]:
     return ties
 
 
+class CallRecorder:
+    """Forward hooks on every module: call order, and the first output of each as statistics.
+
+    A hook reduces the output to a few numbers on its device at once and keeps no
+    reference to the tensor. Pre-hooks keep the stack of modules whose forward is running,
+    so that a failing forward can be blamed on the innermost one.
+    """
+
+    def __init__(self, module_names: "OrderedDict[int, Tuple[Any, List[str]]]", deferred: stats.Deferred) -> None:
+        self.module_names = module_names
+        self.deferred = deferred
+        self.calls: List[str] = []
+        self.counts: Dict[int, int] = {}
+        self.first_call: Dict[int, int] = {}
+        self.output_meta: Dict[int, Tuple[Tuple[int, ...], str]] = {}
+        self.running: List[int] = []
+        self.handles: List[Any] = []
+
+    def attach(self) -> None:
+        for module, _ in self.module_names.values():
+            self.handles.append(module.register_forward_pre_hook(self._pre))
+            self.handles.append(module.register_forward_hook(self._post))
+
+    def detach(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+    def _pre(self, module: nn.Module, args: Any) -> None:
+        self.running.append(id(module))
+
+    def _post(self, module: nn.Module, args: Any, output: Any) -> None:
+        key = id(module)
+        if self.running and self.running[-1] == key:
+            self.running.pop()
+        self.counts[key] = self.counts.get(key, 0) + 1
+        self.calls.append(self.module_names[key][1][0])
+        if key in self.first_call:
+            return
+        self.first_call[key] = len(self.calls) - 1
+        out = next((t for t in floating_tensors(output) if not t.is_complex()), None)
+        if out is not None:
+            self.output_meta[key] = (tuple(out.shape), str(out.dtype).replace("torch.", ""))
+            self.deferred.add(("out", key), stats.output_summary(out))
+
+    def failing_module(self) -> str:
+        """`` in module 'name' (Type)`` for the innermost module still running, or ``""``."""
+        if not self.running:
+            return ""
+        module, names = self.module_names[self.running[-1]]
+        return f" in module '{names[0]}' ({type(module).__name__})" if names[0] else ""
+
+
+def _forward(model: nn.Module, example_input: Any, recorder: CallRecorder) -> Any:
+    recorder.attach()
+    try:
+        return _call(model, example_input)
+    except Exception as exc:
+        raise ForwardError(
+            f"forward of {type(model).__name__} failed{recorder.failing_module()}: {describe(exc)}",
+            user_frame(exc),
+        ) from exc
+    finally:
+        recorder.detach()
+
+
+def _loss(output: Any, example_input: Any, loss: Optional[LossFn], seed: int) -> Optional[torch.Tensor]:
+    try:
+        value = loss(output, example_input) if loss else random_projection_loss(output, seed)
+    except Exception as exc:
+        raise ForwardError(f"the loss function failed: {describe(exc)}", user_frame(exc)) from exc
+    if value is not None and not (isinstance(value, torch.Tensor) and value.numel() == 1):
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else ""
+        raise ForwardError(f"the loss function returned {type(value).__name__}{shape}, expected a scalar tensor")
+    return value
+
+
+def _first_step_gradients(
+    loss_value: Optional[torch.Tensor],
+    param_names: "OrderedDict[int, Tuple[Any, List[str]]]",
+) -> Tuple[bool, Dict[int, Optional[torch.Tensor]]]:
+    """``(backward_made, gradient by parameter id)``; ``None`` where a parameter got none."""
+    trainable = [(i, p) for i, (p, _) in param_names.items() if p.requires_grad and p.is_floating_point()]
+    if not trainable:
+        return False, {}
+    if loss_value is None or not loss_value.requires_grad:
+        return True, {i: None for i, _ in trainable}  # the loss depends on no parameter
+    try:
+        grads = torch.autograd.grad(loss_value.reshape(()), [p for _, p in trainable], allow_unused=True)
+    except Exception as exc:
+        raise ForwardError(f"the backward failed: {describe(exc)}", user_frame(exc)) from exc
+    return True, {i: g for (i, _), g in zip(trainable, grads)}
+
+
 def inspect(
     model: nn.Module,
     example_input: Any,
@@ -125,109 +219,50 @@ def inspect(
 
     The forward runs in training mode (a first training step), with every module's output
     reduced to a few statistics by a forward hook. The backward uses
-    ``torch.autograd.grad``, so no parameter's ``.grad`` is written.
+    ``torch.autograd.grad``, so no parameter's ``.grad`` is written. Every statistic is
+    computed on the device its tensor lives on and brought to the host in one transfer.
     """
     param_names = _names(model.named_parameters(remove_duplicate=False))
     buffer_names = _names(model.named_buffers(remove_duplicate=False))
     module_names = _names(model.named_modules(remove_duplicate=False))
-    modules_by_id = {i: m for i, (m, _) in module_names.items()}
-
     deferred = stats.Deferred()
-    calls: List[str] = []
-    call_counts: Dict[int, int] = {}
-    first_call: Dict[int, int] = {}
-    output_meta: Dict[int, Tuple[Tuple[int, ...], str]] = {}
-    running: List[int] = []  # modules whose forward has started and not returned
-    handles = []
-
-    def pre_hook(module: nn.Module, args: Any) -> None:
-        running.append(id(module))
-
-    def post_hook(module: nn.Module, args: Any, output: Any) -> None:
-        key = id(module)
-        if running and running[-1] == key:
-            running.pop()
-        call_counts[key] = call_counts.get(key, 0) + 1
-        calls.append(module_names[key][1][0])
-        if key in first_call:
-            return
-        first_call[key] = len(calls) - 1
-        out = next(floating_tensors(output), None)
-        if out is not None and not out.is_complex():
-            output_meta[key] = (tuple(out.shape), str(out.dtype).replace("torch.", ""))
-            deferred.add(("out", key), stats.output_summary(out))
-
-    loss_value: Optional[torch.Tensor] = None
-    grads: Dict[int, Optional[torch.Tensor]] = {}
-    backward = False
+    recorder = CallRecorder(module_names, deferred)
     # values as the user left them, before a training-mode forward can touch a buffer
     tensors = _tensor_records(param_names, buffer_names, module_names, deferred)
     with preserved(model):
-        try:
-            for key, module in modules_by_id.items():
-                handles.append(module.register_forward_pre_hook(pre_hook))
-                handles.append(module.register_forward_hook(post_hook))
-            model.train()
-            seed_torch(seed)
-            with torch.enable_grad():
-                try:
-                    output = _call(model, example_input)
-                except Exception as exc:
-                    where = _failing_module(running, module_names, modules_by_id)
-                    raise ForwardError(
-                        f"forward of {type(model).__name__} failed{where}: {describe(exc)}",
-                        user_frame(exc),
-                    ) from exc
-                running.clear()
-                for h in handles:
-                    h.remove()
-                handles.clear()
-                try:
-                    loss_value = loss(output, example_input) if loss else random_projection_loss(output, seed)
-                except Exception as exc:
-                    raise ForwardError(f"the loss function failed: {describe(exc)}", user_frame(exc)) from exc
-                if loss_value is not None and not (
-                    isinstance(loss_value, torch.Tensor) and loss_value.numel() == 1
-                ):
-                    raise ForwardError(
-                        f"the loss function returned {type(loss_value).__name__}"
-                        f"{tuple(loss_value.shape) if isinstance(loss_value, torch.Tensor) else ''},"
-                        " expected a scalar tensor"
-                    )
-                trainable = [
-                    (i, p)
-                    for i, (p, _) in param_names.items()
-                    if p.requires_grad and p.is_floating_point()
-                ]
-                if loss_value is not None and loss_value.requires_grad and trainable:
-                    try:
-                        result = torch.autograd.grad(
-                            loss_value.reshape(()),
-                            [p for _, p in trainable],
-                            allow_unused=True,
-                        )
-                    except Exception as exc:
-                        raise ForwardError(f"the backward failed: {describe(exc)}", user_frame(exc)) from exc
-                    backward = True
-                    grads = {i: g for (i, _), g in zip(trainable, result)}
-                elif trainable:
-                    backward = True  # the loss does not depend on any parameter
-                    grads = {i: None for i, _ in trainable}
-            _gradient_status(tensors, grads, backward, deferred)
-            loss_scalar = None
-            if loss_value is not None:
-                deferred.add("loss", loss_value.detach().reshape(1).double())
-            values = deferred.resolve()
-        finally:
-            for h in handles:
-                h.remove()
+        model.train()
+        seed_torch(seed)
+        with torch.enable_grad():
+            output = _forward(model, example_input, recorder)
+            loss_value = _loss(output, example_input, loss, seed)
+            backward, grads = _first_step_gradients(loss_value, param_names)
+        _gradient_status(tensors, grads, backward, deferred)
+        if loss_value is not None:
+            deferred.add("loss", loss_value.detach().reshape(1).double())
+        values = deferred.resolve()
 
     for key, record in tensors:
         _fill(record, values, key)
-    if "loss" in values:
-        loss_scalar = values["loss"][0]
+    modules = _module_records(module_names, recorder, values)
+    _note_unjudged(tensors, set(recorder.calls))
+    called = [m for m in modules if m.has_parameters and m.first_call is not None]
+    return Recording(
+        tensors=[r for _, r in tensors],
+        modules=modules,
+        call_order=recorder.calls,
+        output_layer=max(called, key=lambda m: m.first_call).name if called else None,
+        declared_ties=declared_ties(model),
+        backward=backward,
+        loss=values["loss"][0] if "loss" in values else None,
+    )
 
-    module_records = []
+
+def _module_records(
+    module_names: "OrderedDict[int, Tuple[Any, List[str]]]",
+    recorder: CallRecorder,
+    values: Dict[Any, List[float]],
+) -> List[ModuleRecord]:
+    records = []
     for key, (module, names) in module_names.items():
         kind, act = activations.classify(module)
         record = ModuleRecord(
@@ -238,48 +273,27 @@ def inspect(
             activation_param=act.param if act else 0.0,
             leaf=next(module.children(), None) is None,
             has_parameters=next(module.parameters(recurse=False), None) is not None,
-            calls=call_counts.get(key, 0),
-            first_call=first_call.get(key),
+            calls=recorder.counts.get(key, 0),
+            first_call=recorder.first_call.get(key),
         )
         if ("out", key) in values:
-            shape, dtype = output_meta[key]
+            shape, dtype = recorder.output_meta[key]
             record.output = OutputRecord(shape, dtype, *values[("out", key)])
-        module_records.append(record)
+        records.append(record)
+    return records
 
-    called = {name for name in calls}
-    for key, record in tensors:
+
+def _note_unjudged(tensors: List[Tuple[int, TensorRecord]], called: Set[str]) -> None:
+    """Say in each parameter's notes why a rule could not judge it."""
+    for _, record in tensors:
         if record.kind != "parameter":
             continue
         if not record.floating:
             record.notes.append("not floating point: value and gradient rules not applied")
         elif not record.requires_grad:
             record.notes.append("frozen (requires_grad=False): gradient rules not applied")
-        if record.module not in called and record.grad is None and record.floating:
+        if record.floating and record.grad is None and record.module not in called:
             record.notes.append(f"not reached by the forward: module '{record.module}' was never called")
-
-    parameterized = [
-        m for m in module_records if m.has_parameters and m.first_call is not None
-    ]
-    output_layer = max(parameterized, key=lambda m: m.first_call).name if parameterized else None
-    return Recording(
-        tensors=[r for _, r in tensors],
-        modules=module_records,
-        call_order=calls,
-        output_layer=output_layer,
-        declared_ties=declared_ties(model),
-        backward=backward,
-        loss=loss_scalar,
-    )
-
-
-def _failing_module(running: List[int], module_names: Dict[int, Any], modules: Dict[int, nn.Module]) -> str:
-    if not running:
-        return ""
-    key = running[-1]
-    name = module_names[key][1][0]
-    if name == "":
-        return ""
-    return f" in module '{name}' ({type(modules[key]).__name__})"
 
 
 def _tensor_records(

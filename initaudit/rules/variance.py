@@ -113,7 +113,9 @@ def variance_mismatch(ctx: RuleContext) -> Iterator[Violation]:
             continue
         log_product = sum(math.log(s.ratio) for s in scales if s.ratio > 0)
         product = math.exp(max(min(log_product, 700), -700))
-        worst = max(scales, key=lambda s: s.off_by)
+        # the first of the layers that are (within 5%) the furthest off, as the example
+        largest = max(s.off_by for s in scales)
+        worst = next(s for s in scales if s.off_by >= 0.95 * largest)
         compounded = product > compound_tol or product < 1 / compound_tol
         if worst.off_by <= tol and not compounded:
             continue
