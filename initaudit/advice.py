@@ -28,7 +28,11 @@ def reinit_call(t: TensorRecord, uses: Dict[str, LayerUse]) -> Optional[str]:
             return f"{module}.reset_running_stats()"
         return None
     if t.module_type in _RECURRENT:
-        hidden = t.shape[0] // _GATES[t.module_type] if t.shape else 1
+        # PyTorch draws every recurrent tensor from U(+-1/sqrt(hidden_size))
+        if t.attr.startswith("weight_hr"):
+            hidden = t.shape[1]  # (proj_size, hidden_size)
+        else:
+            hidden = t.shape[0] // _GATES[t.module_type] if t.shape else 1
         return f"nn.init.uniform_({target}, -{1 / math.sqrt(max(hidden, 1)):.4g}, {1 / math.sqrt(max(hidden, 1)):.4g})"
     if t.ndim < 2:
         if t.module_type in _NORMS and t.attr == "weight":

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional
 
 from . import activations
 from .activations import Activation
-from .records import ModuleRecord, Recording, TensorRecord
+from .records import ModuleRecord, OutputRecord, Recording, TensorRecord
 
 METHOD = "forward-hook call order"
 
@@ -23,6 +23,7 @@ class LayerUse:
 
     module: ModuleRecord
     weight: TensorRecord
+    output: Optional[OutputRecord]  # statistics of this call's output
     consumer: Optional[Activation] = None  # None until an activation is seen; linear if none
     normalized: Optional[str] = None  # name of the norm layer its run ends in, if any
 
@@ -56,12 +57,12 @@ def layer_runs(recording: Recording) -> List[List[LayerUse]]:
             runs.append(current)
         current = []
 
-    for name in recording.call_order:
+    for index, name in enumerate(recording.call_order):
         module = recording.module(name)
         if module is None or not module.leaf:
             continue
         if module.kind == activations.LAYER and name in weights:
-            current.append(LayerUse(module, weights[name]))
+            current.append(LayerUse(module, weights[name], recording.call_outputs[index]))
         elif module.kind == activations.ACTIVATION:
             if current and current[-1].consumer is None and current[-1].module.name != name:
                 current[-1].consumer = Activation(module.activation or "linear", module.activation_param)

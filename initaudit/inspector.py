@@ -128,7 +128,8 @@ class CallRecorder:
         self.calls: List[str] = []
         self.counts: Dict[int, int] = {}
         self.first_call: Dict[int, int] = {}
-        self.output_meta: Dict[int, Tuple[Tuple[int, ...], str]] = {}
+        self.started: Dict[int, int] = {}  # order in which modules first started their forward
+        self.call_outputs: List[Optional[Tuple[Tuple[int, ...], str]]] = []
         self.running: List[int] = []
         self.handles: List[Any] = []
 
@@ -144,20 +145,22 @@ class CallRecorder:
 
     def _pre(self, module: nn.Module, args: Any) -> None:
         self.running.append(id(module))
+        self.started.setdefault(id(module), len(self.started))
 
     def _post(self, module: nn.Module, args: Any, output: Any) -> None:
         key = id(module)
         if self.running and self.running[-1] == key:
             self.running.pop()
         self.counts[key] = self.counts.get(key, 0) + 1
+        index = len(self.calls)
         self.calls.append(self.module_names[key][1][0])
-        if key in self.first_call:
-            return
-        self.first_call[key] = len(self.calls) - 1
+        self.first_call.setdefault(key, index)
         out = next((t for t in floating_tensors(output) if not t.is_complex()), None)
-        if out is not None:
-            self.output_meta[key] = (tuple(out.shape), str(out.dtype).replace("torch.", ""))
-            self.deferred.add(("out", key), stats.output_summary(out))
+        if out is None:
+            self.call_outputs.append(None)
+            return
+        self.call_outputs.append((tuple(out.shape), str(out.dtype).replace("torch.", "")))
+        self.deferred.add(("call", index), stats.output_summary(out))
 
     def failing_module(self) -> str:
         """`` in module 'name' (Type)`` for the innermost module still running, or ``""``."""
@@ -245,12 +248,12 @@ def inspect(
         _fill(record, values, key)
     modules = _module_records(module_names, recorder, values)
     _note_unjudged(tensors, set(recorder.calls))
-    called = [m for m in modules if m.has_parameters and m.first_call is not None]
     return Recording(
         tensors=[r for _, r in tensors],
         modules=modules,
         call_order=recorder.calls,
-        output_layer=max(called, key=lambda m: m.first_call).name if called else None,
+        call_outputs=[_output(recorder, values, i) for i in range(len(recorder.calls))],
+        output_layer=output_layer(model, module_names, recorder),
         declared_ties=declared_ties(model),
         backward=backward,
         loss=values["loss"][0] if "loss" in values else None,
@@ -276,11 +279,34 @@ def _module_records(
             calls=recorder.counts.get(key, 0),
             first_call=recorder.first_call.get(key),
         )
-        if ("out", key) in values:
-            shape, dtype = recorder.output_meta[key]
-            record.output = OutputRecord(shape, dtype, *values[("out", key)])
+        if record.first_call is not None:
+            record.output = _output(recorder, values, record.first_call)
         records.append(record)
     return records
+
+
+def _output(recorder: CallRecorder, values: Dict[Any, List[float]], index: int) -> Optional[OutputRecord]:
+    meta = recorder.call_outputs[index]
+    if meta is None:
+        return None
+    return OutputRecord(meta[0], meta[1], *values[("call", index)])
+
+
+def output_layer(model: nn.Module, module_names: "OrderedDict[int, Tuple[Any, List[str]]]", recorder: CallRecorder) -> Optional[str]:
+    """The model's head: of the modules holding a weight of 2+ dimensions of their own, the
+    one whose forward started last. The root counts only when it is a single layer (a model
+    holding a class token directly is not its own head)."""
+    best: Optional[Tuple[int, str]] = None
+    for key, (module, names) in module_names.items():
+        if key not in recorder.started:
+            continue
+        if module is model and next(module.children(), None) is not None:
+            continue
+        if not any(p.dim() >= 2 for p in module.parameters(recurse=False)):
+            continue
+        if best is None or recorder.started[key] > best[0]:
+            best = (recorder.started[key], names[0])
+    return best[1] if best else None
 
 
 def _note_unjudged(tensors: List[Tuple[int, TensorRecord]], called: Set[str]) -> None:

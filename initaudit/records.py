@@ -119,8 +119,9 @@ class Recording:
 
     tensors: List[TensorRecord]
     modules: List[ModuleRecord]
-    call_order: List[str]  # module names, each call, in forward order
-    output_layer: Optional[str]  # the last parameterized module called: the model's head
+    call_order: List[str]  # module names, each call, in the order the calls returned
+    call_outputs: List[Optional[OutputRecord]]  # output statistics of each of those calls
+    output_layer: Optional[str]  # the model's head (see inspector.output_layer)
     declared_ties: Set[FrozenSet[str]]  # parameter-name sets the model itself declares tied
     backward: bool  # whether a backward was made
     loss: Optional[float] = None

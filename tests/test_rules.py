@@ -332,3 +332,79 @@ def test_ia501_lstm_cell_and_its_fix():
     exec(f.fix, namespace)  # the suggested fix, run as a user would paste it
     assert model.cell.bias_ih[16:32].eq(1).all() and model.cell.bias_hh[16:32].eq(0).all()
     assert "IA501" not in codes(audit(model, torch.randn(4, 8)))
+
+
+# regressions found in review -----------------------------------------------------------------
+
+def test_ia101_head_is_found_when_the_root_holds_a_parameter():
+    class WithToken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.token = nn.Parameter(torch.randn(1, 1, 16))  # a class token on the root
+            self.body = nn.Linear(16, 16)
+            self.head = nn.Linear(16, 3)
+            nn.init.zeros_(self.head.weight)
+
+        def forward(self, x):
+            x = torch.cat([self.token.expand(x.shape[0], 1, 16), x], dim=1)
+            return self.head(torch.relu(self.body(x)))
+
+    rep = audit(WithToken(), torch.randn(4, 5, 16))
+    assert rep.recording.output_layer == "head"
+    (f,) = findings(rep, "IA101")
+    assert f.severity == "info"
+
+
+def test_ia201_leaves_constant_weights_to_ia102():
+    model = mlp(3, width=32, inputs=8, init=he_init)
+    nn.init.constant_(model[2].weight, 0.37)
+    rep = audit(model)
+    assert "IA102" in codes(rep) and "IA201" not in codes(rep)
+
+
+def test_ia401_suggested_ties_silence_it():
+    layer = nn.Linear(8, 8)
+    model = nn.Sequential(layer, nn.ReLU(), layer, nn.ReLU(), layer)
+    (f,) = findings(audit(model, torch.randn(4, 8)), "IA401")
+    hint = f.message.split("declare it with ", 1)[1]
+    ties = [arg for arg in hint.split() if arg != "--tied"]
+    assert ties == ["0.weight=2.weight=4.weight", "0.bias=2.bias=4.bias"]
+    assert "IA401" not in codes(audit(model, torch.randn(4, 8), tied=ties))
+
+
+def test_ia401_tie_between_two_modules_is_not_called_a_reused_module():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(20, 8)
+            self.out = nn.Linear(8, 20, bias=False)
+            self.out.weight = self.embed.weight
+
+        def forward(self, ids):
+            return self.out(self.embed(ids))
+
+    (f,) = findings(audit(Tied()), "IA401")
+    assert "one Parameter is reachable under several names" in f.message
+    assert "module Embedding" not in f.message
+
+
+def test_ia201_signal_of_a_repeated_layer_uses_each_call():
+    # one tanh-free linear layer applied 12 times with a 0.5x weight: the signal halves each time
+    class Repeat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(64, 64, bias=False)
+            nn.init.orthogonal_(self.layer.weight, gain=0.5)
+
+        def forward(self, x):
+            for _ in range(12):
+                x = self.layer(x)
+            return x
+
+    (f,) = findings(audit(Repeat(), torch.randn(256, 64)), "IA201")
+    # element std 0.5/sqrt(64) against LeCun's 1/sqrt(64): r = 0.5 per call, 0.5**12 = 0.00024
+    # over the 12 calls; the measured signal from the first call's output to the last's: 0.5**11
+    assert f.severity == "warning"
+    assert "a run of 12 layer calls" in f.message
+    assert "compounded over the run: 0.00024x" in f.message
+    assert "changes 0.00049x" in f.message

@@ -54,19 +54,20 @@ def shared_parameter(ctx: RuleContext) -> Iterator[Violation]:
                 locations=names,
             )
             continue
-        same_module = len(set(owners)) > 1 and len({t.attr for t in params}) == len(params)
-        what = (
-            f"module {params[0].module_type} is reachable as "
-            + ", ".join(f"'{o}'" for o in dict.fromkeys(owners))
-            + f": its parameter(s) {', '.join(t.attr for t in params)} are shared by every use"
-            if same_module
-            else "one Parameter is reachable under several names"
-        )
+        shared = {id(rec.module(o)) for o in owners}
+        if len(shared) == 1 and rec.module(owners[0]) is not None:
+            what = (
+                f"module {params[0].module_type} is reachable as "
+                + ", ".join(f"'{o}'" for o in dict.fromkeys(owners))
+                + f": its parameter(s) {', '.join(t.attr for t in params)} are shared by every use"
+            )
+        else:
+            what = "one Parameter is reachable under several names"
+        hint = " ".join("--tied " + "=".join(t.names) for t in params)
         yield Violation(
             params[0].name,
             f"{what} ({listed}); every use updates the same weights. If separate layers were "
-            "meant, build one module per use; if the sharing is deliberate, declare it with "
-            "--tied " + "=".join(params[0].names[:2]),
+            f"meant, build one module per use; if the sharing is deliberate, declare it with {hint}",
             fix=None,
             locations=names,
         )

@@ -65,8 +65,8 @@ def constant_weight(ctx: RuleContext) -> Iterator[Violation]:
         yield Violation(
             t.name,
             f"every element of '{t.name}' ({t.module_type}, shape {list(t.shape)}) is "
-            f"{t.min:g}: all units of the layer compute the same function and receive the "
-            "same gradient, so they never become different (the symmetry is never broken)",
+            f"{t.min:g}: all units of the layer compute the same function, and while the layers "
+            "above treat them alike they get the same gradient and never become different",
             fix=reinit_call(t, uses),
             locations=t.names,
         )
@@ -87,7 +87,7 @@ def non_finite_parameter(ctx: RuleContext) -> Iterator[Violation]:
         yield Violation(
             t.name,
             f"{t.kind} '{t.name}' ({t.module_type}) holds {t.nonfinite:,} NaN or Inf value(s) "
-            f"out of {_elements(t.numel)}: every output and gradient that touches it is NaN",
+            f"out of {_elements(t.numel)}: they propagate into the outputs and gradients that touch it",
             fix=reinit_call(t, uses),
             locations=t.names,
         )

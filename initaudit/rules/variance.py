@@ -45,7 +45,7 @@ def recommended_std(use: LayerUse) -> Optional[Scale]:
     """``gain / sqrt(fan_in)`` for the consuming activation (He et al. 2015, Glorot & Bengio 2010)."""
     w = use.weight
     # zero, constant and non-finite weights are IA101, IA102 and IA103's to report
-    if not w.fan_in or w.std is None or not math.isfinite(w.std) or w.std == 0 or w.nonfinite:
+    if not w.fan_in or w.std is None or not math.isfinite(w.std) or w.min == w.max or w.nonfinite:
         return None
     low_gain, high_gain = activations.gain_range(use.activation)
     root = math.sqrt(w.fan_in)
@@ -81,8 +81,8 @@ def _fix(scales: List[Scale]) -> Optional[str]:
 
 def _signal(run: List[LayerUse]) -> Optional[float]:
     """Ratio of the per-feature std across the batch, last layer's output over first's."""
-    first = run[0].module.output
-    last = run[-1].module.output
+    first = run[0].output
+    last = run[-1].output
     if first is None or last is None or not first.feature_std or last.feature_std is None:
         return None
     if not (math.isfinite(first.feature_std) and math.isfinite(last.feature_std)):
@@ -143,7 +143,7 @@ def _violation(
         if s.use.module.name not in names:
             names.append(s.use.module.name)
     w = worst.use
-    span = f"'{names[0]}'" if len(names) == 1 else f"a run of {len(scales)} layer calls ('{names[0]}' to '{names[-1]}')"
+    span = f"'{names[0]}'" if len(scales) == 1 else f"a run of {len(scales)} layer calls ('{names[0]}' to '{names[-1]}')"
     direction = "small" if worst.ratio < 1 else "large"
     message = (
         f"weight scale does not fit the consuming nonlinearity in {span}: "
