@@ -1,5 +1,13 @@
 """initaudit: a linter for the initialization of PyTorch models."""
 
+import warnings
+
+with warnings.catch_warnings():
+    # torch warns on import when NumPy is absent; initaudit does not need NumPy, and the
+    # warning would break the one-line error promise of the CLI
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+    import torch  # noqa: F401
+
 from .api import audit
 from .errors import ForwardError, InitauditError, InputError, LoadError
 from .registry import Rule, RuleContext, Violation, load_rules, rule
