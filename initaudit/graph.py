@@ -14,9 +14,6 @@ from . import activations
 from .activations import Activation
 from .records import ModuleRecord, OutputRecord, Recording, TensorRecord
 
-METHOD = "forward-hook call order"
-
-
 @dataclass
 class LayerUse:
     """One call of a layer, with what consumes its output."""

@@ -75,9 +75,9 @@ def rule(
 
     def register(check: Callable[[RuleContext], Iterable[Violation]]) -> Callable[[RuleContext], Iterable[Violation]]:
         existing = _RULES.get(code)
-        if existing is not None and existing.check is not check:
-            if (existing.check.__module__, existing.check.__qualname__) != (check.__module__, check.__qualname__):
-                raise ValueError(f"rule code {code} is registered twice")
+        # re-importing a rule module registers the same function again; another one is a clash
+        if existing is not None and existing.check.__qualname__ != check.__qualname__:
+            raise ValueError(f"rule code {code} is registered twice")
         _RULES[code] = Rule(code, name, severity, summary, check, dict(options or {}))
         return check
 
