@@ -1,5 +1,7 @@
 """initaudit: a linter for the initialization of PyTorch models."""
 
+__version__ = "0.1.0"
+
 import warnings
 
 with warnings.catch_warnings():
@@ -12,8 +14,6 @@ from .api import audit
 from .errors import ForwardError, InitauditError, InputError, LoadError
 from .registry import Rule, RuleContext, Violation, load_rules, rule
 from .report import Finding, Report
-
-__version__ = "0.1.0"
 
 __all__ = [
     "audit",

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import random
+import sys
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import torch
 from torch import nn
 
-from . import inputs
+from . import inputs, suppress
 from .errors import InputError
 from .inspector import inspect
 from .records import Recording
 from .registry import SEVERITY_RANK, Rule, RuleContext, load_rules, resolve_selection
 from .report import Finding, Report
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 Tie = Union[str, Tuple[str, str], Sequence[str]]
 
@@ -130,6 +135,7 @@ def audit(
     seed: int = 0,
     tied: Optional[Iterable[Tie]] = None,
     options: Optional[Mapping[str, Any]] = None,
+    per_parameter_ignores: Optional[Mapping[str, Sequence[str]]] = None,
     input_shape: Optional[Sequence[int]] = None,
     batch_size: int = inputs.DEFAULT_BATCH,
     target: Optional[str] = None,
@@ -142,6 +148,10 @@ def audit(
     random projection of the output. ``device=None`` audits where the model is; another
     device moves the model there for the audit and back afterwards. The model is left as
     it was found: parameters, buffers, ``.grad``, training flags and RNG state.
+
+    ``per_parameter_ignores`` maps a glob on qualified names to codes suppressed there;
+    a module class's ``__initaudit_ignore__`` suppresses codes for its parameters. Suppressed
+    findings are in ``report.suppressed``, not ``report.findings``.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"audit() takes an nn.Module, not {type(model).__name__}")
@@ -158,9 +168,10 @@ def audit(
             x = example_input
         x = inputs.to_device(x, dev)
         recording = inspect(model, x, loss=loss, seed=seed)
-    findings = run_rules(recording, rules, options, ties)
+    findings, suppressed = suppress.split(run_rules(recording, rules, options, ties), recording, per_parameter_ignores)
     return Report(
         findings=findings,
+        suppressed=suppressed,
         recording=recording,
         target=target,
         device=str(dev),
@@ -168,3 +179,52 @@ def audit(
         seconds=time.perf_counter() - started,
         rules=[r.code for r in rules],
     )
+
+
+def audit_target(
+    spec: str,
+    settings: Optional["Settings"] = None,
+    *,
+    factory_args: Optional[Mapping[str, Any]] = None,
+    input_shape: Optional[Sequence[int]] = None,
+    batch_size: int = inputs.DEFAULT_BATCH,
+) -> Report:
+    """Build the model of ``path/to/file.py:factory`` (or ``pkg.mod:factory``) and audit it.
+
+    The global RNGs are seeded with ``settings.seed`` before the factory runs, so that one
+    seed gives one model; the model is moved to ``settings.device`` (default: where the
+    factory put it).
+    """
+    from .config import Settings
+    from .loader import load_target
+
+    settings = settings or Settings()
+    seed_everything(settings.seed)
+    built = load_target(spec, dict(factory_args or {}))
+    device = resolve_device(settings.device, built.model)
+    model = built.model.to(device)
+    report = audit(
+        model,
+        built.example_input,
+        loss=built.loss,
+        select=settings.select,
+        ignore=settings.ignore,
+        seed=settings.seed,
+        tied=settings.tied,
+        options=settings.options,
+        per_parameter_ignores=settings.per_parameter_ignores,
+        input_shape=input_shape,
+        batch_size=batch_size,
+        target=spec,
+    )
+    report.source, report.line = built.source, built.line
+    return report
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the generators a factory may draw its init from: torch, ``random``, NumPy."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed(seed % 2**32)

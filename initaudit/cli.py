@@ -1,27 +1,30 @@
-"""``initaudit TARGET``: a thin command-line layer over :func:`initaudit.audit`.
+"""``initaudit TARGET [TARGET ...]``: a thin command-line layer over the API.
 
-Exit codes: 0 no finding at or above ``--fail-on``; 1 findings; 2 the target could not be
-loaded or run (one line on stderr; the traceback with ``--verbose``).
+Exit codes: 0 no finding at or above ``--fail-on``; 1 findings; 2 a target could not be
+loaded or run, or the configuration is wrong (one line on stderr; the traceback with
+``--verbose``). With several targets the exit code is the worst.
 """
 
 from __future__ import annotations
 
-import random
+import os
 import sys
+import tempfile
 import traceback
-from typing import Any, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import click
-import torch
 
-from . import __version__
-from .api import audit, resolve_device
+from . import __version__, baseline, formats
+from .api import audit_target, parse_ties
+from .config import ConfigError, Settings, check_codes, load_settings
 from .errors import InitauditError, describe
 from .inputs import DEFAULT_BATCH, parse_shape
-from .loader import load_target, parse_factory_args
-from .report import FAIL_LEVELS
+from .loader import parse_factory_args
+from .report import FAIL_LEVELS, Report
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+FORMATS = ("table", "json", "sarif", "github")
 
 
 def _codes(values: Sequence[str]) -> Optional[List[str]]:
@@ -30,95 +33,145 @@ def _codes(values: Sequence[str]) -> Optional[List[str]]:
     return codes or None
 
 
-def seed_everything(seed: int) -> None:
-    """Seed the generators a factory may draw its init from, so a seed gives one model."""
-    torch.manual_seed(seed)
-    random.seed(seed)
-    numpy = sys.modules.get("numpy")
-    if numpy is not None:
-        numpy.random.seed(seed % 2**32)
-
-
-def fail(message: str, exc: Optional[BaseException], verbose: bool) -> "click.exceptions.Exit":
+def error(message: str, exc: Optional[BaseException] = None, verbose: bool = False) -> None:
+    """One line on stderr; the traceback first with ``--verbose``."""
     if verbose and exc is not None:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     click.echo(f"initaudit: error: {message}", err=True)
-    return click.exceptions.Exit(EXIT_ERROR)
+
+
+def write_file(path: str, text: str) -> None:
+    """Write through a temporary file and a rename, so a reader never sees half a report."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".initaudit-")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text if text.endswith("\n") else text + "\n")
+    os.replace(tmp, path)
+
+
+def settings_from(
+    config: Optional[str],
+    select: Sequence[str],
+    ignore: Sequence[str],
+    fail_on: Optional[str],
+    device: Optional[str],
+    seed: Optional[int],
+    tied: Sequence[str],
+) -> Settings:
+    """The configuration file's settings, with every flag given on the command line winning."""
+    settings = load_settings(config)
+    selected, ignored = _codes(select), _codes(ignore)
+    for flag, codes in (("--select", selected), ("--ignore", ignored)):
+        if codes:
+            check_codes(codes, flag)
+    if tied:
+        parse_ties(tied)
+    return settings.override(
+        select=selected,
+        ignore=ignored,
+        fail_on=fail_on,
+        device=device,
+        seed=seed,
+        tied=(settings.tied + list(tied)) if tied else None,
+    )
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("target")
+@click.argument("targets", nargs=-1, required=True, metavar="TARGET...")
 @click.option("--factory-arg", "factory_args", multiple=True, metavar="KEY=VALUE",
               help="Keyword argument for the factory, parsed as a Python literal. Repeatable.")
 @click.option("--input-shape", metavar="N,C,...", help="Shape of a random example input, e.g. 8,3,32,32.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH, show_default=True,
               help="Batch of an inferred example input.")
 @click.option("--device", help="Device to audit on (cpu, cuda, cuda:1, auto). Default: where the factory put the model.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the model, input and loss.")
+@click.option("--seed", type=int, help="Seed for the model, input and loss.  [default: 0]")
 @click.option("--select", multiple=True, metavar="CODES", help="Rule codes or prefixes to enable (e.g. IA1,IA401).")
 @click.option("--ignore", multiple=True, metavar="CODES", help="Rule codes or prefixes to disable.")
-@click.option("--fail-on", type=click.Choice(FAIL_LEVELS), default="warning", show_default=True,
-              help="Lowest severity that makes the exit code 1.")
-@click.option("--format", "output_format", type=click.Choice(["table", "json"]), default="table",
-              show_default=True, help="Output format.")
+@click.option("--fail-on", type=click.Choice(FAIL_LEVELS),
+              help="Lowest severity that makes the exit code 1.  [default: warning]")
+@click.option("--format", "output_format", type=click.Choice(FORMATS), default="table", show_default=True,
+              help="Report format.")
+@click.option("--output", type=click.Path(dir_okay=False, writable=True),
+              help="Write the report (in --format) to FILE; the table still goes to the terminal.")
+@click.option("--config", type=click.Path(dir_okay=False),
+              help="Settings file (default: [tool.initaudit] of the nearest pyproject.toml).")
 @click.option("--stats", is_flag=True, help="Also print per-parameter statistics.")
+@click.option("--show-suppressed", is_flag=True, help="Also list suppressed findings and why.")
 @click.option("--tied", multiple=True, metavar="A=B",
               help="Declare parameters deliberately tied (e.g. encoder.weight=decoder.weight). Repeatable.")
+@click.option("--baseline", "baseline_path", type=click.Path(dir_okay=False),
+              help="Fail only on findings that are not in this baseline file.")
+@click.option("--write-baseline", type=click.Path(dir_okay=False),
+              help="Record today's findings in FILE and exit 0.")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
 @click.version_option(__version__, prog_name="initaudit")
 def main(
-    target: str,
+    targets: Sequence[str],
     factory_args: Sequence[str],
     input_shape: Optional[str],
     batch_size: int,
     device: Optional[str],
-    seed: int,
+    seed: Optional[int],
     select: Sequence[str],
     ignore: Sequence[str],
-    fail_on: str,
+    fail_on: Optional[str],
     output_format: str,
+    output: Optional[str],
+    config: Optional[str],
     stats: bool,
+    show_suppressed: bool,
     tied: Sequence[str],
+    baseline_path: Optional[str],
+    write_baseline: Optional[str],
     verbose: bool,
 ) -> None:
-    """Audit the initialization of the model built by TARGET.
+    """Audit the initialization of the models built by each TARGET.
 
     TARGET is path/to/file.py:factory or package.module:factory. The factory returns an
     nn.Module, (model, example_input), or {"model": m, "input": x, "loss": fn}.
     """
     try:
+        settings = settings_from(config, select, ignore, fail_on, device, seed, tied)
         shape = parse_shape(input_shape) if input_shape else None
         kwargs = parse_factory_args(list(factory_args))
-        seed_everything(seed)
-        built = load_target(target, kwargs)
-        dev = resolve_device(device, built.model)
-        model = built.model.to(dev)
-        report = audit(
-            model,
-            built.example_input,
-            loss=built.loss,
-            select=_codes(select),
-            ignore=_codes(ignore),
-            seed=seed,
-            tied=list(tied),
-            input_shape=shape,
-            batch_size=batch_size,
-            target=target,
-        )
-    except InitauditError as exc:
-        raise fail(str(exc), exc, verbose)
-    except ValueError as exc:
-        raise fail(str(exc), exc, verbose)
-    except KeyboardInterrupt:
-        click.echo("initaudit: interrupted", err=True)
-        raise click.exceptions.Exit(130)
-    except Exception as exc:  # a failure we did not foresee still gets one line
-        raise fail(f"auditing {target} failed: {describe(exc)} (rerun with --verbose for the traceback)", exc, verbose)
+        accepted = baseline.load(baseline_path) if baseline_path else None
+    except (InitauditError, ValueError) as exc:
+        error(str(exc), exc, verbose)
+        raise click.exceptions.Exit(EXIT_ERROR)
 
-    if output_format == "json":
-        click.echo(report.to_json())
-    else:
-        if stats:
-            click.echo(report.stats_table() + "\n")
-        click.echo(report.table())
-    raise click.exceptions.Exit(EXIT_OK if report.ok(fail_on) else EXIT_FINDINGS)
+    reports: List[Report] = []
+    status = EXIT_OK
+    for target in targets:
+        try:
+            report = audit_target(target, settings, factory_args=kwargs, input_shape=shape, batch_size=batch_size)
+        except (InitauditError, ValueError) as exc:
+            error(f"{target}: {exc}" if len(targets) > 1 else str(exc), exc, verbose)
+            status = EXIT_ERROR
+            continue
+        except KeyboardInterrupt:
+            click.echo("initaudit: interrupted", err=True)
+            raise click.exceptions.Exit(130)
+        except Exception as exc:  # a failure we did not foresee still gets one line
+            error(f"auditing {target} failed: {describe(exc)} (rerun with --verbose for the traceback)", exc, verbose)
+            status = EXIT_ERROR
+            continue
+        if accepted is not None:
+            baseline.apply(report, accepted)
+        reports.append(report)
+        if not report.ok(settings.fail_on):
+            status = max(status, EXIT_FINDINGS)
+
+    if write_baseline:
+        count = baseline.write(write_baseline, reports)
+        click.echo(f"initaudit: wrote {count} finding(s) to the baseline {write_baseline}", err=True)
+        raise click.exceptions.Exit(status if status == EXIT_ERROR else EXIT_OK)
+
+    if reports:
+        rendered = formats.render(output_format, reports, accepted is not None, show_suppressed)
+        terminal = formats.render("table", reports, show_suppressed=show_suppressed) if output else rendered
+        if output:
+            write_file(output, rendered)
+        if stats and (output or output_format == "table"):
+            click.echo("\n\n".join(r.stats_table() for r in reports) + "\n")
+        click.echo(terminal)
+    raise click.exceptions.Exit(status)

@@ -19,6 +19,7 @@ from . import activations, stats
 from .errors import ForwardError, describe, user_frame
 from .records import GradientRecord, ModuleRecord, OutputRecord, Recording, TensorRecord
 from .state import preserved, seed_torch
+from .suppress import declared_ignores
 
 LossFn = Callable[[Any, Any], torch.Tensor]
 
@@ -228,6 +229,8 @@ def inspect(
     param_names = _names(model.named_parameters(remove_duplicate=False))
     buffer_names = _names(model.named_buffers(remove_duplicate=False))
     module_names = _names(model.named_modules(remove_duplicate=False))
+    # a malformed suppression is the user's error: say so before running anything
+    ignores = {key: declared_ignores(m) for key, (m, _) in module_names.items()}
     deferred = stats.Deferred()
     recorder = CallRecorder(module_names, deferred)
     # values as the user left them, before a training-mode forward can touch a buffer
@@ -246,7 +249,7 @@ def inspect(
 
     for key, record in tensors:
         _fill(record, values, key)
-    modules = _module_records(module_names, recorder, values)
+    modules = _module_records(module_names, recorder, values, ignores)
     _note_unjudged(tensors, set(recorder.calls))
     return Recording(
         tensors=[r for _, r in tensors],
@@ -264,6 +267,7 @@ def _module_records(
     module_names: "OrderedDict[int, Tuple[Any, List[str]]]",
     recorder: CallRecorder,
     values: Dict[Any, List[float]],
+    ignores: Dict[int, Dict[str, str]],
 ) -> List[ModuleRecord]:
     records = []
     for key, (module, names) in module_names.items():
@@ -278,6 +282,7 @@ def _module_records(
             has_parameters=next(module.parameters(recurse=False), None) is not None,
             calls=recorder.counts.get(key, 0),
             first_call=recorder.first_call.get(key),
+            ignore=ignores.get(key, {}),
         )
         if record.first_call is not None:
             record.output = _output(recorder, values, record.first_call)

@@ -30,6 +30,8 @@ class Target:
     model: nn.Module
     example_input: Any = None
     loss: Optional[Callable[[Any, Any], torch.Tensor]] = None
+    source: Optional[str] = None  # file defining the factory
+    line: Optional[int] = None  # the factory's first line there
 
 
 def parse_factory_args(pairs: List[str]) -> Dict[str, Any]:
@@ -138,6 +140,9 @@ def load_target(spec: str, factory_args: Optional[Dict[str, Any]] = None) -> Tar
     except Exception as exc:
         raise LoadError(f"{factory_name}() raised {describe(exc)}", user_frame(exc)) from exc
     target = normalize(built, spec, factory_name)
+    target.source = getattr(module, "__file__", None)
+    code = getattr(factory, "__code__", None)
+    target.line = code.co_firstlineno if code is not None else None
     if target.example_input is None:
         supplier = getattr(module, "example_input", None)
         if callable(supplier):

@@ -98,6 +98,7 @@ class ModuleRecord:
     calls: int = 0
     first_call: Optional[int] = None  # position in the forward's call order
     output: Optional[OutputRecord] = None
+    ignore: Dict[str, str] = field(default_factory=dict)  # its class's __initaudit_ignore__
 
     @property
     def name(self) -> str:

@@ -98,6 +98,25 @@ def load_rules() -> Dict[str, Rule]:
     return dict(sorted(_RULES.items()))
 
 
+def unknown_codes(selectors: Iterable[str]) -> List[str]:
+    """The selectors (codes, prefixes, ``ALL``) that match no registered rule."""
+    rules = load_rules()
+    return [
+        raw
+        for raw in selectors
+        if raw.strip() and raw.strip().upper() != "ALL" and not any(c.startswith(raw.strip().upper()) for c in rules)
+    ]
+
+
+def _matching(selectors: Iterable[str], rules: Mapping[str, Rule]) -> Set[str]:
+    codes: Set[str] = set()
+    for raw in selectors:
+        sel = raw.strip().upper()
+        if sel:
+            codes |= set(rules) if sel == "ALL" else {c for c in rules if c.startswith(sel)}
+    return codes
+
+
 def resolve_selection(
     select: Optional[Iterable[str]] = None, ignore: Optional[Iterable[str]] = None
 ) -> List[Rule]:
@@ -106,19 +125,10 @@ def resolve_selection(
     A selector that matches no rule is an error, not silently nothing.
     """
     rules = load_rules()
-
-    def matching(selectors: Iterable[str], flag: str) -> Set[str]:
-        codes: Set[str] = set()
-        for raw in selectors:
-            sel = raw.strip().upper()
-            if not sel:
-                continue
-            hit = set(rules) if sel == "ALL" else {c for c in rules if c.startswith(sel)}
-            if not hit:
-                raise ValueError(f"{flag} {raw!r} matches no rule code (known: {', '.join(rules)})")
-            codes |= hit
-        return codes
-
-    chosen = matching(select, "--select") if select else set(rules)
-    chosen -= matching(ignore or (), "--ignore")
+    for flag, selectors in (("--select", select or ()), ("--ignore", ignore or ())):
+        bad = unknown_codes(selectors)
+        if bad:
+            raise ValueError(f"{flag} {bad[0]!r} matches no rule code (known: {', '.join(rules)})")
+    chosen = _matching(select, rules) if select else set(rules)
+    chosen -= _matching(ignore or (), rules)
     return [rules[c] for c in sorted(chosen)]

@@ -26,9 +26,13 @@ class Finding:
     message: str
     fix: Optional[str] = None
     locations: List[str] = field(default_factory=list)
+    suppressed_by: Optional[str] = None  # why it is suppressed, for suppressed findings only
 
     def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.suppressed_by is None:
+            del d["suppressed_by"]
+        return d
 
 
 def fails(severity: str, fail_on: str) -> bool:
@@ -51,6 +55,10 @@ class Report:
     torch_version: str = ""
     seconds: float = 0.0
     rules: List[str] = field(default_factory=list)  # codes that ran
+    source: Optional[str] = None  # the file that defines the target's factory
+    line: Optional[int] = None  # the factory's line in it
+    suppressed: List[Finding] = field(default_factory=list)  # by source or configuration
+    baselined: List[Finding] = field(default_factory=list)  # already in the baseline
 
     @property
     def parameters(self) -> List[TensorRecord]:
@@ -80,6 +88,8 @@ class Report:
             "parameters": len(params),
             "elements": sum(t.numel for t in params),
             "seconds": round(self.seconds, 4),
+            "suppressed": len(self.suppressed),
+            "baselined": len(self.baselined),
         }
 
     def to_dict(self) -> Dict[str, Any]:
@@ -89,6 +99,7 @@ class Report:
             "device": self.device,
             "torch": self.torch_version,
             "findings": [f.to_dict() for f in self.findings],
+            "suppressed": [f.to_dict() for f in self.suppressed],
             "parameters": [t.to_dict() for t in self.parameters],
             "buffers": [t.to_dict() for t in self.buffers],
             "modules": [m.to_dict() for m in self.modules],
@@ -107,29 +118,21 @@ class Report:
             for n, word in ((s["errors"], "error"), (s["warnings"], "warning"), (s["infos"], "info"))
         )
         what = f"{self.target}: " if self.target else ""
+        hidden = ", ".join(
+            f"{n} {word}" for n, word in ((s["suppressed"], "suppressed"), (s["baselined"], "in the baseline")) if n
+        )
         return (
-            f"{what}{counts} in {s['parameters']} parameters "
+            f"{what}{counts}{f' ({hidden})' if hidden else ''} in {s['parameters']} parameters "
             f"({_human(s['elements'])} elements) on {self.device}, {s['seconds']:.2f}s"
         )
 
-    def table(self, width: Optional[int] = None) -> str:
+    def table(self, width: Optional[int] = None, show_suppressed: bool = False) -> str:
         """Findings as a table (most severe first), then the summary line."""
-        if not self.findings:
-            return "No findings.\n" + self.summary_line()
-        width = width or shutil.get_terminal_size((120, 24)).columns
-        message_width = max(40, width - 50)
-        rows = []
-        for f in self.findings:
-            text = f.message if not f.fix else f"{f.message}\nfix: {f.fix}"
-            rows.append([f.code, f.severity, f.location, text])
-        table = tabulate(
-            rows,
-            headers=["code", "severity", "location", "message"],
-            tablefmt="simple",
-            maxcolwidths=[None, None, 30, message_width],
-            disable_numparse=True,
-        )
-        return f"{table}\n\n{self.summary_line()}"
+        blocks = [_findings_table(self.findings, width) if self.findings else "No findings."]
+        if show_suppressed and self.suppressed:
+            blocks.append("Suppressed:\n" + _findings_table(self.suppressed, width, why=True))
+        blocks.append(self.summary_line())
+        return "\n\n".join(blocks)
 
     def stats_table(self) -> str:
         """Per-parameter statistics, with why a rule could not judge a parameter."""
@@ -161,6 +164,24 @@ class Report:
             tablefmt="simple",
             disable_numparse=True,
         )
+
+
+def _findings_table(findings: List[Finding], width: Optional[int], why: bool = False) -> str:
+    width = width or shutil.get_terminal_size((120, 24)).columns
+    message_width = max(40, width - 50)
+    rows = []
+    for f in findings:
+        text = f.message if not f.fix else f"{f.message}\nfix: {f.fix}"
+        if why:
+            text += f"\nsuppressed by {f.suppressed_by}"
+        rows.append([f.code, f.severity, f.location, text])
+    return tabulate(
+        rows,
+        headers=["code", "severity", "location", "message"],
+        tablefmt="simple",
+        maxcolwidths=[None, None, 30, message_width],
+        disable_numparse=True,
+    )
 
 
 def _num(v: Optional[float]) -> str:
