@@ -201,21 +201,16 @@ def audit_target(
     settings = settings or Settings()
     seed_everything(settings.seed)
     built = load_target(spec, dict(factory_args or {}))
-    device = resolve_device(settings.device, built.model)
-    model = built.model.to(device)
+    # the model is ours (the factory just built it): move it for good, not back and forth
+    model = built.model.to(resolve_device(settings.device, built.model))
     report = audit(
         model,
         built.example_input,
         loss=built.loss,
-        select=settings.select,
-        ignore=settings.ignore,
-        seed=settings.seed,
-        tied=settings.tied,
-        options=settings.options,
-        per_parameter_ignores=settings.per_parameter_ignores,
         input_shape=input_shape,
         batch_size=batch_size,
         target=spec,
+        **{**settings.audit_options(), "device": None},
     )
     report.source, report.line = built.source, built.line
     return report

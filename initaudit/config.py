@@ -60,6 +60,18 @@ class Settings:
         """A copy with every value that is not ``None`` replaced (command-line flags win)."""
         return replace(self, **{k: v for k, v in values.items() if v is not None})
 
+    def audit_options(self) -> Dict[str, Any]:
+        """The keyword arguments of :func:`initaudit.audit` that these settings decide."""
+        return {
+            "select": self.select,
+            "ignore": self.ignore,
+            "device": self.device,
+            "seed": self.seed,
+            "tied": self.tied,
+            "options": self.options,
+            "per_parameter_ignores": self.per_parameter_ignores,
+        }
+
 
 def find_pyproject(start: Optional[Path] = None) -> Optional[Path]:
     """The nearest pyproject.toml with a ``[tool.initaudit]`` table, searching upward."""

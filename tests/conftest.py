@@ -8,6 +8,8 @@ from torch import nn
 
 from initaudit import Report
 
+pytest_plugins = ["pytester"]
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
