@@ -1,8 +1,10 @@
-"""How signal flows between recorded modules, derived from the forward's call order.
+"""How signal flows between recorded modules.
 
-Each layer's output is consumed by the next activation called after it, unless another
-layer (no activation: linear) or a normalization comes first. Layers form *runs*: maximal
-sequences of layers with no normalization between them, whose scale factors compound.
+A layer's consumer comes from the ``torch.fx`` trace when there is one (see
+:mod:`initaudit.flow`). Otherwise it is read from the forward's call order: the next
+activation module called after the layer, unless another layer (no activation: linear) or
+a normalization comes first. Layers form *runs*: maximal sequences of layers with no
+normalization between them, whose scale factors compound.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class LayerUse:
     output: Optional[OutputRecord]  # statistics of this call's output
     consumer: Optional[Activation] = None  # None until an activation is seen; linear if none
     normalized: Optional[str] = None  # name of the norm layer its run ends in, if any
+    decided: bool = False  # the trace decided the consumer; call order does not override it
 
     @property
     def activation(self) -> Activation:
@@ -59,10 +62,20 @@ def layer_runs(recording: Recording) -> List[List[LayerUse]]:
         if module is None or not module.leaf:
             continue
         if module.kind == activations.LAYER and name in weights:
-            current.append(LayerUse(module, weights[name], recording.call_outputs[index]))
+            use = LayerUse(module, weights[name], recording.call_outputs[index])
+            current.append(use)
+            if module.consumer_method == "fx":
+                use.decided = True
+                if module.consumer_kind == "activation":
+                    use.consumer = Activation(module.consumer or "linear", module.consumer_param)
+                elif module.consumer_kind == "norm":
+                    close(norm=module.consumer)
+                elif module.consumer_kind == "opaque":
+                    close()  # attention's matmul and the like: the scale is not ours to model
         elif module.kind == activations.ACTIVATION:
-            if current and current[-1].consumer is None and current[-1].module.name != name:
-                current[-1].consumer = Activation(module.activation or "linear", module.activation_param)
+            last = current[-1] if current else None
+            if last is not None and last.consumer is None and not last.decided:
+                last.consumer = Activation(module.activation or "linear", module.activation_param)
         elif module.kind == activations.NORM:
             close(norm=name)
         elif module.kind == activations.PASSTHROUGH:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Set
 import torch
 from torch import nn
 
-from . import activations, stats
+from . import activations, flow, stats
 from .errors import ForwardError, describe, user_frame
 from .records import GradientRecord, ModuleRecord, OutputRecord, Recording, TensorRecord
 from .state import preserved, seed_torch
@@ -26,6 +26,8 @@ LossFn = Callable[[Any, Any], torch.Tensor]
 # gate blocks stacked along dim 0 of recurrent weights and biases
 _GATES: Dict[type, int] = {nn.LSTM: 4, nn.LSTMCell: 4, nn.GRU: 3, nn.GRUCell: 3}
 _GATED_PREFIXES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+_RECURRENT_BLOCKS: Dict[type, int] = {**_GATES, nn.RNN: 1, nn.RNNCell: 1}
+_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 def floating_tensors(obj: Any) -> Iterator[torch.Tensor]:
@@ -133,6 +135,12 @@ class CallRecorder:
         self.call_outputs: List[Optional[Tuple[Tuple[int, ...], str]]] = []
         self.running: List[int] = []
         self.handles: List[Any] = []
+        # nonlinearity of each activation module, whose outputs also get dead/saturated counts
+        self.nonlinearity: Dict[int, str] = {}
+        for key, (module, _) in module_names.items():
+            kind, act = activations.classify(module)
+            if kind == activations.ACTIVATION and act is not None:
+                self.nonlinearity[key] = act.name
 
     def attach(self) -> None:
         for module, _ in self.module_names.values():
@@ -162,6 +170,8 @@ class CallRecorder:
             return
         self.call_outputs.append((tuple(out.shape), str(out.dtype).replace("torch.", "")))
         self.deferred.add(("call", index), stats.output_summary(out))
+        if key in self.nonlinearity:
+            self.deferred.add(("act", index), stats.activation_summary(out, self.nonlinearity[key]))
 
     def failing_module(self) -> str:
         """`` in module 'name' (Type)`` for the innermost module still running, or ``""``."""
@@ -195,21 +205,70 @@ def _loss(output: Any, example_input: Any, loss: Optional[LossFn], seed: int) ->
     return value
 
 
+def probe_input(example_input: Any) -> Tuple[Any, List[torch.Tensor]]:
+    """The input with each floating tensor replaced by a detached copy that requires grad.
+
+    The backward then also yields ``J^T r``, the Jacobian's action on the loss's random
+    projection, at no extra cost; the user's own tensors are not touched.
+    """
+    leaves: List[torch.Tensor] = []
+
+    def swap(obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            if obj.is_floating_point() and obj.numel():
+                leaf = obj.detach().requires_grad_(True)
+                leaves.append(leaf)
+                return leaf
+            return obj
+        if isinstance(obj, tuple):
+            return tuple(swap(v) for v in obj)
+        if isinstance(obj, list):
+            return [swap(v) for v in obj]
+        if isinstance(obj, dict):
+            return {k: swap(v) for k, v in obj.items()}
+        return obj
+
+    return swap(example_input), leaves
+
+
+def jacobian_gain(output: Any, input_grads: List[Optional[torch.Tensor]], input_numel: int) -> Tuple[Optional[torch.Tensor], Optional[str]]:
+    """``tr(J^T J) / min(m, n)`` from one Hutchinson probe, or ``(None, why)``.
+
+    With ``r ~ N(0, I/m)`` over the ``m`` output elements, ``E||J^T r||^2 = tr(J J^T) / m``,
+    so ``tr(J^T J) = m ||J^T r||^2``. Divided by ``min(m, n)`` it is 1 when every singular
+    value of the input-output Jacobian is 1 (dynamical isometry, Pennington et al. 2017),
+    also for a Jacobian that is not square, where ``E||J v||^2 / E||v||^2`` is not.
+    """
+    outputs = [t for t in floating_tensors(output) if t.requires_grad and t.numel() and not t.is_complex()]
+    if input_numel == 0:
+        return None, "the input has no floating tensor (e.g. token ids)"
+    if len(outputs) != 1:
+        return None, f"the output has {len(outputs)} differentiable tensors, not one"
+    grads = [g for g in input_grads if g is not None]
+    if not grads:
+        return None, "the output does not depend on the input"
+    m = outputs[0].numel()
+    squared = sum(g.detach().double().square().sum() for g in grads)
+    return squared * m / min(m, input_numel), None
+
+
 def _first_step_gradients(
     loss_value: Optional[torch.Tensor],
     param_names: "OrderedDict[int, Tuple[Any, List[str]]]",
-) -> Tuple[bool, Dict[int, Optional[torch.Tensor]]]:
-    """``(backward_made, gradient by parameter id)``; ``None`` where a parameter got none."""
+    leaves: List[torch.Tensor],
+) -> Tuple[bool, Dict[int, Optional[torch.Tensor]], List[Optional[torch.Tensor]]]:
+    """``(backward_made, gradient by parameter id, gradient of each input leaf)``."""
     trainable = [(i, p) for i, (p, _) in param_names.items() if p.requires_grad and p.is_floating_point()]
-    if not trainable:
-        return False, {}
     if loss_value is None or not loss_value.requires_grad:
-        return True, {i: None for i, _ in trainable}  # the loss depends on no parameter
+        # the loss depends on no parameter
+        return bool(trainable), {i: None for i, _ in trainable}, [None] * len(leaves)
+    wrt = [p for _, p in trainable] + leaves
     try:
-        grads = torch.autograd.grad(loss_value.reshape(()), [p for _, p in trainable], allow_unused=True)
+        grads = torch.autograd.grad(loss_value.reshape(()), wrt, allow_unused=True)
     except Exception as exc:
         raise ForwardError(f"the backward failed: {describe(exc)}", user_frame(exc)) from exc
-    return True, {i: g for (i, _), g in zip(trainable, grads)}
+    by_param = {i: g for (i, _), g in zip(trainable, grads)}
+    return bool(trainable), by_param, list(grads[len(trainable):])
 
 
 def inspect(
@@ -236,20 +295,34 @@ def inspect(
     # values as the user left them, before a training-mode forward can touch a buffer
     tensors = _tensor_records(param_names, buffer_names, module_names, deferred)
     with preserved(model):
+        flows, traced = flow.analyze(model)
         model.train()
         seed_torch(seed)
+        x, leaves = probe_input(example_input)
         with torch.enable_grad():
-            output = _forward(model, example_input, recorder)
-            loss_value = _loss(output, example_input, loss, seed)
-            backward, grads = _first_step_gradients(loss_value, param_names)
+            output = _forward(model, x, recorder)
+            loss_value = _loss(output, x, loss, seed)
+            probed: Optional[List[Optional[torch.Tensor]]] = None
+            if loss is not None and leaves:
+                # a custom loss says nothing of the Jacobian: probe it with a projection of its own
+                probe = random_projection_loss(output, seed)
+                probed = []
+                if probe is not None:
+                    probed = list(torch.autograd.grad(probe, leaves, allow_unused=True, retain_graph=True))
+            backward, grads, input_grads = _first_step_gradients(loss_value, param_names, leaves)
+            input_grads = probed if probed is not None else input_grads
+        gain, gain_note = jacobian_gain(output, input_grads, sum(t.numel() for t in leaves))
+        if gain is not None:
+            deferred.add("jacobian", gain.reshape(1))
         _gradient_status(tensors, grads, backward, deferred)
         if loss_value is not None:
             deferred.add("loss", loss_value.detach().reshape(1).double())
         values = deferred.resolve()
+        _relate(tensors, param_names, values)
 
     for key, record in tensors:
         _fill(record, values, key)
-    modules = _module_records(module_names, recorder, values, ignores)
+    modules = _module_records(module_names, recorder, values, ignores, flows)
     _note_unjudged(tensors, set(recorder.calls))
     return Recording(
         tensors=[r for _, r in tensors],
@@ -260,6 +333,10 @@ def inspect(
         declared_ties=declared_ties(model),
         backward=backward,
         loss=values["loss"][0] if "loss" in values else None,
+        jacobian_gain=values["jacobian"][0] if "jacobian" in values else None,
+        jacobian_note=gain_note,
+        traced=traced,
+        unobserved=[m.name for m in modules if m.has_parameters and m.calls == 0],
     )
 
 
@@ -268,6 +345,7 @@ def _module_records(
     recorder: CallRecorder,
     values: Dict[Any, List[float]],
     ignores: Dict[int, Dict[str, str]],
+    flows: Dict[str, "flow.Flow"],
 ) -> List[ModuleRecord]:
     records = []
     for key, (module, names) in module_names.items():
@@ -286,6 +364,15 @@ def _module_records(
         )
         if record.first_call is not None:
             record.output = _output(recorder, values, record.first_call)
+        found = flows.get(names[0])
+        if found is not None and found.consumer != "unknown":
+            record.consumer_kind = found.consumer
+            record.consumer = found.activation.name if found.activation else found.via
+            record.consumer_param = found.activation.param if found.activation else 0.0
+            record.consumer_method = flow.FX
+        elif kind in (activations.LAYER, activations.NORM):
+            record.consumer_method = flow.HOOKS
+        record.residual = found.residual if found is not None else None
         records.append(record)
     return records
 
@@ -294,7 +381,8 @@ def _output(recorder: CallRecorder, values: Dict[Any, List[float]], index: int) 
     meta = recorder.call_outputs[index]
     if meta is None:
         return None
-    return OutputRecord(meta[0], meta[1], *values[("call", index)])
+    extra = values.get(("act", index), [None, None, None])
+    return OutputRecord(meta[0], meta[1], *values[("call", index)], *extra)
 
 
 def output_layer(model: nn.Module, module_names: "OrderedDict[int, Tuple[Any, List[str]]]", recorder: CallRecorder) -> Optional[str]:
@@ -361,13 +449,70 @@ def _tensor_records(
                 fan_in=fans[0] if fans else None,
                 fan_out=fans[1] if fans else None,
             )
+            if isinstance(owner, _TRANSPOSED) and fans:
+                # each output of a transposed conv sums in_channels / groups x kernel inputs
+                record.layer_fan_in = owner.in_channels // owner.groups * (fans[0] // t.shape[1])
+            else:
+                record.layer_fan_in = record.fan_in
             if floating:
                 deferred.add(("param", key), stats.tensor_summary(t))
+                if kind == "parameter" and t.numel() > 1:
+                    deferred.add(("probe", key), stats.probe(t))
                 gates = _GATES.get(type(owner)) if owner is not None else None
                 if gates and attr.startswith(_GATED_PREFIXES) and t.shape[0] % gates == 0:
                     deferred.add(("gates", key), stats.chunk_means(t, gates))
+                recurrent = _RECURRENT_BLOCKS.get(type(owner)) if owner is not None else None
+                if recurrent and attr.startswith("weight_hh") and t.dim() == 2 and t.shape[0] % recurrent == 0:
+                    deferred.add(("sv", key), stats.block_singular_values(t, recurrent))
+                    if recurrent == 1 and t.shape[0] == t.shape[1]:
+                        deferred.add(("rho", key), stats.spectral_radius(t).reshape(1))
             records.append((key, record))
     return records
+
+
+def _relate(
+    records: List[Tuple[int, TensorRecord]],
+    param_names: "OrderedDict[int, Tuple[Any, List[str]]]",
+    values: Dict[Any, List[float]],
+) -> None:
+    """Fill ``clones`` (bit-identical values) and ``aliases`` (shared memory) of parameters.
+
+    Clones are bucketed by shape, dtype, mean, std and a few probed elements, and only
+    tensors in one bucket are compared element by element, so the cost stays linear in
+    the bytes. Constant tensors (zero biases, unit gains) are not clones of each other.
+    """
+    by_key = {key: record for key, record in records if record.kind == "parameter"}
+    buckets: Dict[Tuple[Any, ...], List[int]] = {}
+    for key, record in by_key.items():
+        probe = values.get(("probe", key))
+        if probe is None or record.min is None or record.min == record.max or record.nonfinite:
+            continue
+        bucket = (record.shape, record.dtype, values[("param", key)][0], values[("param", key)][1], *probe)
+        buckets.setdefault(bucket, []).append(key)
+    for keys in buckets.values():
+        for i, a in enumerate(keys):
+            for b in keys[i + 1:]:
+                ta, tb = param_names[a][0], param_names[b][0]
+                if ta.device == tb.device and torch.equal(ta.detach(), tb.detach()):
+                    by_key[a].clones.append(by_key[b].name)
+                    by_key[b].clones.append(by_key[a].name)
+    spans = []
+    for key, record in by_key.items():
+        t = param_names[key][0]
+        if t.numel() == 0 or t.device.type == "meta":
+            continue
+        try:
+            start = t.untyped_storage().data_ptr() + t.storage_offset() * t.element_size()
+        except (RuntimeError, NotImplementedError):  # sparse or wrapper tensors have no storage
+            continue
+        spans.append((start, start + t.numel() * t.element_size(), key))
+    spans.sort()
+    for i, (start, end, key) in enumerate(spans):
+        for other_start, other_end, other in spans[i + 1:]:
+            if other_start >= end:
+                break
+            by_key[key].aliases.append(by_key[other].name)
+            by_key[other].aliases.append(by_key[key].name)
 
 
 def _gradient_status(
@@ -395,10 +540,15 @@ def _gradient_status(
 def _fill(record: TensorRecord, values: Dict[Any, List[float]], key: int) -> None:
     summary = values.get(("param", key))
     if summary is not None:
-        mean, std, lo, hi, zeros, nonfinite = summary
+        mean, std, lo, hi, zeros, nonfinite, subnormal = summary
         record.mean, record.std, record.min, record.max = mean, std, lo, hi
         record.zero_fraction = zeros / record.numel if record.numel else None
         record.nonfinite = int(nonfinite)
+        record.subnormal = int(subnormal)
+    if ("sv", key) in values:
+        record.gate_singular_values = values[("sv", key)]
+    if ("rho", key) in values:
+        record.spectral_radius = values[("rho", key)][0]
     gates = values.get(("gates", key))
     if gates is not None:
         record.gate_means = gates

@@ -38,14 +38,22 @@ class TensorRecord:
     max: Optional[float] = None
     zero_fraction: Optional[float] = None
     nonfinite: int = 0
+    subnormal: int = 0  # elements with 0 < |x| < finfo.tiny
     fan_in: Optional[int] = None
     fan_out: Optional[int] = None
+    # the fan that sets the forward signal's scale; differs from fan_in for transposed convs
+    layer_fan_in: Optional[int] = None
     # "ok", "none" (trainable but no gradient), "frozen", "not-floating", "buffer",
     # "not-run" (no backward was made)
     grad_status: str = "buffer"
     grad: Optional[GradientRecord] = None
     # per-gate means along dim 0 for recurrent weights and biases (i, f, g, o for LSTM)
     gate_means: Optional[List[float]] = None
+    # recurrent weight_hh: [min, max] singular value of each gate block; vanilla RNN radius
+    gate_singular_values: Optional[List[float]] = None
+    spectral_radius: Optional[float] = None
+    clones: List[str] = field(default_factory=list)  # distinct parameters with identical values
+    aliases: List[str] = field(default_factory=list)  # distinct parameters sharing its memory
     notes: List[str] = field(default_factory=list)
 
     @property
@@ -67,8 +75,10 @@ class TensorRecord:
                 "std": finite_or_none(self.grad.std),
                 "nonfinite": self.grad.nonfinite,
             }
-        if self.gate_means is not None:
-            d["gate_means"] = [finite_or_none(v) for v in self.gate_means]
+        for key in ("gate_means", "gate_singular_values"):
+            if d[key] is not None:
+                d[key] = [finite_or_none(v) for v in d[key]]
+        d["spectral_radius"] = finite_or_none(self.spectral_radius)
         return d
 
 
@@ -82,6 +92,10 @@ class OutputRecord:
     std: float
     zero_fraction: float
     feature_std: float  # per-feature std across the batch, averaged over features
+    # activations only: fraction of units dead (along the last dim / dim 1), of saturated outputs
+    dead_last: Optional[float] = None
+    dead_channel: Optional[float] = None
+    saturated: Optional[float] = None
 
 
 @dataclass
@@ -99,6 +113,12 @@ class ModuleRecord:
     first_call: Optional[int] = None  # position in the forward's call order
     output: Optional[OutputRecord] = None
     ignore: Dict[str, str] = field(default_factory=dict)  # its class's __initaudit_ignore__
+    # what consumes its output (layers and norms): see flow.Flow
+    consumer_kind: Optional[str] = None  # activation, norm, layer, output, opaque, unknown
+    consumer: Optional[str] = None  # nonlinearity name, or the consuming node
+    consumer_param: float = 0.0  # leaky_relu's slope
+    consumer_method: Optional[str] = None  # "fx" (traced) or "hooks" (call order)
+    residual: Optional[str] = None  # "residual" or "lora": its output is added to a skip
 
     @property
     def name(self) -> str:
@@ -109,7 +129,7 @@ class ModuleRecord:
         if self.output is not None:
             out = d["output"]
             out["shape"] = list(self.output.shape)
-            for key in ("mean", "std", "zero_fraction", "feature_std"):
+            for key in ("mean", "std", "zero_fraction", "feature_std", "dead_last", "dead_channel", "saturated"):
                 out[key] = finite_or_none(out[key])
         return d
 
@@ -126,6 +146,11 @@ class Recording:
     declared_ties: Set[FrozenSet[str]]  # parameter-name sets the model itself declares tied
     backward: bool  # whether a backward was made
     loss: Optional[float] = None
+    # tr(J^T J) / min(inputs, outputs) of the input-output Jacobian, from the backward's probe
+    jacobian_gain: Optional[float] = None
+    jacobian_note: Optional[str] = None  # why it is None
+    traced: List[str] = field(default_factory=list)  # modules torch.fx traced ("" = the model)
+    unobserved: List[str] = field(default_factory=list)  # parameterized modules no hook saw
 
     @property
     def parameters(self) -> List[TensorRecord]:

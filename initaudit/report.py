@@ -90,6 +90,7 @@ class Report:
             "seconds": round(self.seconds, 4),
             "suppressed": len(self.suppressed),
             "baselined": len(self.baselined),
+            "jacobian_gain": finite_or_none(self.recording.jacobian_gain),
         }
 
     def to_dict(self) -> Dict[str, Any]:
@@ -104,6 +105,11 @@ class Report:
             "buffers": [t.to_dict() for t in self.buffers],
             "modules": [m.to_dict() for m in self.modules],
             "rules": list(self.rules),
+            "graph": {
+                "traced": list(self.recording.traced),
+                "unobserved": list(self.recording.unobserved),
+                "jacobian_note": self.recording.jacobian_note,
+            },
             "loss": finite_or_none(self.recording.loss),
             "summary": self.summary(),
         }

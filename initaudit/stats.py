@@ -12,7 +12,7 @@ from typing import Dict, Hashable, List, Optional, Sequence, Tuple
 
 import torch
 
-PARAMETER_FIELDS = ("mean", "std", "min", "max", "zeros", "nonfinite")
+PARAMETER_FIELDS = ("mean", "std", "min", "max", "zeros", "nonfinite", "subnormal")
 OUTPUT_FIELDS = ("mean", "std", "zero_fraction", "feature_std")
 GRADIENT_FIELDS = ("norm", "std", "nonfinite")
 
@@ -40,11 +40,12 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def tensor_summary(t: torch.Tensor) -> torch.Tensor:
-    """``[mean, std, min, max, zeros, nonfinite]`` of a floating tensor, on its device.
+    """``[mean, std, min, max, zeros, nonfinite, subnormal]`` of a floating tensor, on its device.
 
     ``mean = sum(x) / n`` and ``std = sqrt(sum((x - mean)^2) / n)`` (population std,
     two passes so that a large mean does not cancel a small spread), accumulated in
-    float32 or better. ``zeros`` and ``nonfinite`` are element counts.
+    float32 or better. ``zeros``, ``nonfinite`` and ``subnormal`` (``0 < |x| < finfo.tiny``)
+    are element counts.
     """
     x = t.detach()
     n = x.numel()
@@ -52,16 +53,76 @@ def tensor_summary(t: torch.Tensor) -> torch.Tensor:
     if n == 0:
         nan = torch.tensor(float("nan"), dtype=torch.float64, device=x.device)
         zero = torch.zeros((), dtype=torch.float64, device=x.device)
-        return torch.stack([nan, nan, nan, nan, zero, zero])
+        return torch.stack([nan, nan, nan, nan, zero, zero, zero])
     xa = x.to(acc)
     mean = xa.sum() / n
     std = ((xa - mean).square().sum() / n).sqrt()
     lo, hi = torch.aminmax(xa)
     zeros = n - torch.count_nonzero(x)
     nonfinite = n - torch.isfinite(x).sum()
+    subnormal = ((x != 0) & (x.abs() < torch.finfo(x.dtype).tiny)).sum()
     return torch.stack(
-        [mean.double(), std.double(), lo.double(), hi.double(), zeros.double(), nonfinite.double()]
+        [mean.double(), std.double(), lo.double(), hi.double(), zeros.double(), nonfinite.double(),
+         subnormal.double()]
     )
+
+
+def probe(t: torch.Tensor, points: int = 4) -> torch.Tensor:
+    """Elements at ``points`` fixed, spread-out positions of the flattened tensor.
+
+    With the shape, dtype, mean and std they bucket candidate clones, so that only tensors
+    in one bucket are compared element by element.
+    """
+    x = t.detach().reshape(-1)
+    n = x.numel()
+    if n == 0:
+        return torch.zeros(points, dtype=torch.float64, device=x.device)
+    index = torch.tensor([(i * (n - 1)) // max(points - 1, 1) for i in range(points)], device=x.device)
+    return x[index].double()
+
+
+def activation_summary(out: torch.Tensor, nonlinearity: str) -> torch.Tensor:
+    """``[dead_last, dead_channel, saturated]`` of an activation's output, NaN where undefined.
+
+    A unit is dead when it is zero for every example (and position) in the batch:
+    ``dead_last`` takes units along the last dimension (Linear features),
+    ``dead_channel`` along dimension 1 (conv channels). ``saturated`` is the fraction of
+    outputs with ``|y| > 0.99`` for tanh, or outside ``(0.01, 0.99)`` for sigmoid.
+    """
+    x = out.detach()
+    nan = torch.tensor(float("nan"), dtype=torch.float64, device=x.device)
+    dead_last = dead_channel = saturated = nan
+    if x.dim() >= 2 and x.numel():
+        alive = x != 0
+        dead_last = 1 - alive.reshape(-1, x.shape[-1]).any(dim=0).double().mean()
+        if x.dim() >= 3:
+            dead_channel = 1 - alive.transpose(0, 1).reshape(x.shape[1], -1).any(dim=1).double().mean()
+    if nonlinearity == "tanh" and x.numel():
+        saturated = (x.abs() > 0.99).double().mean()
+    elif nonlinearity == "sigmoid" and x.numel():
+        saturated = ((x < 0.01) | (x > 0.99)).double().mean()
+    return torch.stack([dead_last, dead_channel, saturated])
+
+
+def block_singular_values(w: torch.Tensor, blocks: int) -> torch.Tensor:
+    """``[min_0, max_0, min_1, max_1, ...]``: extreme singular values of each gate block.
+
+    The recurrent weight ``weight_hh`` of an LSTM stacks its gates (i, f, g, o) along
+    dimension 0; an orthogonal block has every singular value equal to 1 (Saxe et al. 2014).
+    """
+    x = w.detach().to(torch.float64 if w.device.type == "cpu" else torch.float32)
+    rows = x.shape[0] // blocks
+    values = []
+    for b in range(blocks):
+        sv = torch.linalg.svdvals(x[b * rows:(b + 1) * rows])
+        values += [sv.min(), sv.max()]
+    return torch.stack(values).double()
+
+
+def spectral_radius(w: torch.Tensor) -> torch.Tensor:
+    """``max |eigenvalue|`` of a square matrix: how a vanilla RNN's state grows per step."""
+    x = w.detach().to(torch.float64 if w.device.type == "cpu" else torch.float32)
+    return torch.linalg.eigvals(x).abs().max().double()
 
 
 def feature_std(out: torch.Tensor) -> torch.Tensor:

@@ -26,11 +26,11 @@ def test_fans_by_hand():
 
 def test_tensor_summary_against_float64_reference():
     x = torch.tensor([[0.0, 1.0, -2.0], [3.0, 0.0, float("inf")]])
-    mean, std, lo, hi, zeros, nonfinite = stats.tensor_summary(x[:, :2].reshape(-1)).tolist()
+    mean, std, lo, hi, zeros, nonfinite, subnormal = stats.tensor_summary(x[:, :2].reshape(-1)).tolist()
     # [0, 1, 3, 0]: mean 1, population variance ((1 + 0 + 4 + 1) / 4) = 1.5
     assert mean == pytest.approx(1.0)
     assert std == pytest.approx(math.sqrt(1.5))
-    assert (lo, hi, zeros, nonfinite) == (0.0, 3.0, 2.0, 0.0)
+    assert (lo, hi, zeros, nonfinite, subnormal) == (0.0, 3.0, 2.0, 0.0, 0.0)
     assert stats.tensor_summary(x).tolist()[5] == 1.0
 
 
@@ -105,3 +105,36 @@ def test_classify():
     assert activations.classify(nn.ReLU6())[1].name == "relu"
     assert activations.classify(nn.Dropout())[0] == activations.PASSTHROUGH
     assert activations.classify(nn.LSTM(3, 4))[0] == activations.OTHER
+
+
+def test_subnormal_count():
+    tiny = torch.finfo(torch.float32).tiny
+    x = torch.tensor([0.0, tiny / 4, -tiny / 1024, tiny, 1.0])  # two below the smallest normal
+    assert stats.tensor_summary(x).tolist()[6] == 2.0
+
+
+def test_activation_summary_dead_units_and_saturation():
+    out = torch.zeros(4, 3)
+    out[0, 0] = 1.0  # unit 0 fires once; units 1 and 2 never
+    dead_last, dead_channel, saturated = stats.activation_summary(out, "relu").tolist()
+    assert dead_last == pytest.approx(2 / 3) and math.isnan(dead_channel) and math.isnan(saturated)
+    conv = torch.zeros(2, 4, 5, 5)
+    conv[1, 3, 2, 2] = 0.5  # only channel 3 ever fires
+    assert stats.activation_summary(conv, "relu").tolist()[1] == pytest.approx(3 / 4)
+    y = torch.tensor([[0.999, -0.995, 0.5, 0.0]])
+    assert stats.activation_summary(y, "tanh").tolist()[2] == pytest.approx(0.5)
+    s = torch.tensor([[0.005, 0.5, 0.995, 0.3]])
+    assert stats.activation_summary(s, "sigmoid").tolist()[2] == pytest.approx(0.5)
+
+
+def test_block_singular_values_of_orthogonal_blocks():
+    w = torch.cat([torch.linalg.qr(torch.randn(8, 8))[0] * g for g in (1.0, 2.0, 0.5)])
+    sv = stats.block_singular_values(w, 3).tolist()
+    assert sv == pytest.approx([1, 1, 2, 2, 0.5, 0.5], rel=1e-6)
+
+
+def test_spectral_radius():
+    w = torch.diag(torch.tensor([0.5, -1.5, 1.0]))
+    assert stats.spectral_radius(w).item() == pytest.approx(1.5)
+    rotation = torch.tensor([[0.0, -2.0], [2.0, 0.0]])  # eigenvalues +-2i
+    assert stats.spectral_radius(rotation).item() == pytest.approx(2.0)

@@ -11,14 +11,19 @@ from ..graph import LayerUse, accessor, layer_runs
 from ..registry import RuleContext, Violation, rule
 
 
+FAN_OUT_FIT = 1.1  # a weight within 10% of the fan_out-mode std was drawn in that mode
+
+
 @dataclass
 class Scale:
     """A layer's measured weight std against the std its consumer asks for."""
 
     use: LayerUse
     measured: float
-    low: float  # recommended std, lower end (gain_low / sqrt(fan_in))
+    low: float  # recommended std, lower end (gain_low / sqrt(fan))
     high: float  # recommended std, upper end (equal to low except for tanh)
+    mode: str = "fan_in"  # or "fan_out", when the weight was drawn for the backward pass
+    fan: int = 0
 
     @property
     def ratio(self) -> float:
@@ -42,14 +47,26 @@ class Scale:
 
 
 def recommended_std(use: LayerUse) -> Optional[Scale]:
-    """``gain / sqrt(fan_in)`` for the consuming activation (He et al. 2015, Glorot & Bengio 2010)."""
+    """``gain / sqrt(fan)`` for the consuming activation (He et al. 2015, Glorot & Bengio 2010).
+
+    ``fan`` is the layer's fan-in (for a transposed conv, ``in_channels / groups x kernel``),
+    or its fan-out when that fits the weight better: He et al. (2015) show either mode keeps
+    the signal bounded (``kaiming_normal_(mode="fan_out")`` preserves the backward pass).
+    """
     w = use.weight
     # zero, constant and non-finite weights are IA101, IA102 and IA103's to report
-    if not w.fan_in or w.std is None or not math.isfinite(w.std) or w.min == w.max or w.nonfinite:
+    fan_in = w.layer_fan_in or w.fan_in
+    if not fan_in or w.std is None or not math.isfinite(w.std) or w.min == w.max or w.nonfinite:
         return None
     low_gain, high_gain = activations.gain_range(use.activation)
-    root = math.sqrt(w.fan_in)
-    return Scale(use, w.std, low_gain / root, high_gain / root)
+    by_fan_in = Scale(use, w.std, low_gain / math.sqrt(fan_in), high_gain / math.sqrt(fan_in), "fan_in", fan_in)
+    if w.fan_out and w.fan_out != fan_in:
+        root = math.sqrt(w.fan_out)
+        by_fan_out = Scale(use, w.std, low_gain / root, high_gain / root, "fan_out", w.fan_out)
+        # only a close fit counts as fan_out mode: a wrong init must not pass by accident
+        if by_fan_out.off_by <= FAN_OUT_FIT < by_fan_in.off_by:
+            return by_fan_out
+    return by_fan_in
 
 
 def _fix(scales: List[Scale]) -> Optional[str]:
@@ -58,7 +75,7 @@ def _fix(scales: List[Scale]) -> Optional[str]:
     for s in scales:
         if s.off_by <= 1.1:
             continue
-        call = activations.init_call(s.use.activation, "model.get_submodule(name).weight", s.use.weight.fan_in or 1)
+        call = activations.init_call(s.use.activation, "model.get_submodule(name).weight", s.fan)
         names = by_call.setdefault(call, [])
         if s.use.module.name not in names:
             names.append(s.use.module.name)
@@ -71,9 +88,7 @@ def _fix(scales: List[Scale]) -> Optional[str]:
         elif "math.sqrt(" in call:  # the fan differs per layer: one call each
             for name in names:
                 s = next(x for x in scales if x.use.module.name == name)
-                lines.append(
-                    activations.init_call(s.use.activation, accessor(name + ".weight"), s.use.weight.fan_in or 1)
-                )
+                lines.append(activations.init_call(s.use.activation, accessor(name + ".weight"), s.fan))
         else:
             lines.append(f"for name in {names!r}: {call}")
     return "\n".join(lines)
@@ -148,7 +163,7 @@ def _violation(
     message = (
         f"weight scale does not fit the consuming nonlinearity in {span}: "
         f"'{w.module.name}' feeds {w.activation.describe()} with weight std {worst.measured:.3g}, "
-        f"recommended {worst.recommended()} ({activations.init_name(w.activation)}, fan_in={w.weight.fan_in}), "
+        f"recommended {worst.recommended()} ({activations.init_name(w.activation)}, {worst.mode}={worst.fan}), "
         f"{worst.off_by:.2g}x too {direction}"
     )
     if len(scales) > 1:
