@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence
 
 import click
 
-from . import __version__, baseline, formats
+from . import __version__, baseline, formats, profile
 from .api import audit_target, parse_ties
 from .config import ConfigError, Settings, check_codes, load_settings
 from .errors import InitauditError, describe
@@ -97,6 +97,10 @@ def settings_from(
               help="Settings file (default: [tool.initaudit] of the nearest pyproject.toml).")
 @click.option("--stats", is_flag=True, help="Also print per-parameter statistics.")
 @click.option("--show-suppressed", is_flag=True, help="Also list suppressed findings and why.")
+@click.option("--profile", "show_profile", is_flag=True,
+              help="Also print the depth profile: per layer, signal, gradient and weight scale.")
+@click.option("--plot", type=click.Path(dir_okay=False), metavar="FILE.png",
+              help="Draw the depth profile as a signal-propagation plot (needs matplotlib).")
 @click.option("--tied", multiple=True, metavar="A=B",
               help="Declare parameters deliberately tied (e.g. encoder.weight=decoder.weight). Repeatable.")
 @click.option("--baseline", "baseline_path", type=click.Path(dir_okay=False),
@@ -120,6 +124,8 @@ def main(
     config: Optional[str],
     stats: bool,
     show_suppressed: bool,
+    show_profile: bool,
+    plot: Optional[str],
     tied: Sequence[str],
     baseline_path: Optional[str],
     write_baseline: Optional[str],
@@ -173,5 +179,16 @@ def main(
             write_file(output, rendered)
         if stats and (output or output_format == "table"):
             click.echo("\n\n".join(r.stats_table() for r in reports) + "\n")
+        if show_profile and (output or output_format == "table"):
+            for r in reports:
+                click.echo(f"Depth profile of {r.target}:\n{profile.profile_table(profile.depth_profile(r.recording))}\n")
+        if plot:
+            try:
+                for i, r in enumerate(reports):
+                    path = plot if len(reports) == 1 else f"{os.path.splitext(plot)[0]}-{i}{os.path.splitext(plot)[1]}"
+                    profile.plot(profile.depth_profile(r.recording), path, title=r.target or "")
+            except InitauditError as exc:
+                error(str(exc), exc, verbose)
+                status = EXIT_ERROR
         click.echo(terminal)
     raise click.exceptions.Exit(status)

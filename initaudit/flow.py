@@ -78,12 +78,6 @@ def _is_tensor_node(arg: Any, graph_module: fx.GraphModule) -> bool:
     return isinstance(arg, fx.Node) and arg.op not in ("get_attr",)
 
 
-def _origin_kind(node: fx.Node, graph_module: fx.GraphModule) -> str:
-    if node.op == "call_module":
-        return activations.classify(graph_module.get_submodule(node.target))[0]
-    return node.op
-
-
 class _Walker:
     def __init__(self, graph_module: fx.GraphModule) -> None:
         self.gm = graph_module
@@ -105,12 +99,22 @@ class _Walker:
                 return step
             if step == "residual" and residual is None:
                 other = next(a for a in user.args if isinstance(a, fx.Node) and a is not previous[user])
-                residual = "lora" if _origin_kind(self._source(other), self.gm) == activations.LAYER else "residual"
+                residual = "lora" if self._frozen_layer(self._source(other)) else "residual"
             for nxt in sorted(user.users, key=self.order.__getitem__):
                 previous.setdefault(nxt, user)
                 frontier.append(nxt)
             frontier.sort(key=self.order.__getitem__)
         return Flow("output", residual=residual)
+
+    def _frozen_layer(self, node: fx.Node) -> bool:
+        """A call of a layer whose parameters are all frozen: the base layer of a LoRA pair."""
+        if node.op != "call_module":
+            return False
+        module = self.gm.get_submodule(node.target)
+        params = list(module.parameters())
+        return activations.classify(module)[0] == activations.LAYER and bool(params) and not any(
+            p.requires_grad for p in params
+        )
 
     def _source(self, node: fx.Node) -> fx.Node:
         """Walk back through shape-only operations to the node that computed a value."""
@@ -194,6 +198,8 @@ def analyze(model: nn.Module, max_depth: int = 4) -> Tuple[Dict[str, Flow], List
     traced: List[str] = []
 
     def visit(module: nn.Module, prefix: str, depth: int) -> None:
+        if next(module.children(), None) is None:
+            return  # a leaf has no inner flow to trace
         gm = _trace(module)
         if gm is None:
             if depth < max_depth:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Set
 import torch
 from torch import nn
 
-from . import activations, flow, stats
+from . import activations, fingerprint, flow, stats
 from .errors import ForwardError, describe, user_frame
 from .records import GradientRecord, ModuleRecord, OutputRecord, Recording, TensorRecord
 from .state import preserved, seed_torch
@@ -28,6 +28,10 @@ _GATES: Dict[type, int] = {nn.LSTM: 4, nn.LSTMCell: 4, nn.GRU: 3, nn.GRUCell: 3}
 _GATED_PREFIXES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 _RECURRENT_BLOCKS: Dict[type, int] = {**_GATES, nn.RNN: 1, nn.RNNCell: 1}
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_AVERAGE_POOLS = (
+    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+)
 
 
 def floating_tensors(obj: Any) -> Iterator[torch.Tensor]:
@@ -133,6 +137,8 @@ class CallRecorder:
         self.first_call: Dict[int, int] = {}
         self.started: Dict[int, int] = {}  # order in which modules first started their forward
         self.call_outputs: List[Optional[Tuple[Tuple[int, ...], str]]] = []
+        # average pooling divides the Jacobian's squared norm by the window: undo it in the gain
+        self.pooling = 1.0
         self.running: List[int] = []
         self.handles: List[Any] = []
         # nonlinearity of each activation module, whose outputs also get dead/saturated counts
@@ -168,6 +174,10 @@ class CallRecorder:
         if out is None:
             self.call_outputs.append(None)
             return
+        if isinstance(module, _AVERAGE_POOLS):
+            first = next(floating_tensors(args), None)
+            if first is not None and out.numel():
+                self.pooling *= first.numel() / out.numel()
         self.call_outputs.append((tuple(out.shape), str(out.dtype).replace("torch.", "")))
         self.deferred.add(("call", index), stats.output_summary(out))
         if key in self.nonlinearity:
@@ -313,15 +323,17 @@ def inspect(
             input_grads = probed if probed is not None else input_grads
         gain, gain_note = jacobian_gain(output, input_grads, sum(t.numel() for t in leaves))
         if gain is not None:
-            deferred.add("jacobian", gain.reshape(1))
+            deferred.add("jacobian", (gain * recorder.pooling).reshape(1))
+            if recorder.pooling != 1.0:
+                gain_note = f"corrected for average pooling over {recorder.pooling:g} elements"
         _gradient_status(tensors, grads, backward, deferred)
         if loss_value is not None:
             deferred.add("loss", loss_value.detach().reshape(1).double())
         values = deferred.resolve()
+        for key, record in tensors:
+            _fill(record, values, key)
         _relate(tensors, param_names, values)
 
-    for key, record in tensors:
-        _fill(record, values, key)
     modules = _module_records(module_names, recorder, values, ignores, flows)
     _note_unjudged(tensors, set(recorder.calls))
     return Recording(
@@ -364,6 +376,8 @@ def _module_records(
         )
         if record.first_call is not None:
             record.output = _output(recorder, values, record.first_call)
+        if isinstance(module, (nn.RNN, nn.RNNCell)):
+            record.activation = module.nonlinearity
         found = flows.get(names[0])
         if found is not None and found.consumer != "unknown":
             record.consumer_kind = found.consumer
@@ -458,6 +472,8 @@ def _tensor_records(
                 deferred.add(("param", key), stats.tensor_summary(t))
                 if kind == "parameter" and t.numel() > 1:
                     deferred.add(("probe", key), stats.probe(t))
+                if kind == "parameter" and t.dim() >= 2 and t.numel() > 1:
+                    deferred.add(("shape", key), fingerprint.shape_stats(t))
                 gates = _GATES.get(type(owner)) if owner is not None else None
                 if gates and attr.startswith(_GATED_PREFIXES) and t.shape[0] % gates == 0:
                     deferred.add(("gates", key), stats.chunk_means(t, gates))
@@ -545,6 +561,10 @@ def _fill(record: TensorRecord, values: Dict[Any, List[float]], key: int) -> Non
         record.zero_fraction = zeros / record.numel if record.numel else None
         record.nonfinite = int(nonfinite)
         record.subnormal = int(subnormal)
+    if ("shape", key) in values:
+        record.kurtosis, record.ortho_offdiag, record.ortho_spread = values[("shape", key)]
+        found = fingerprint.identify(record)
+        record.init = found.describe() if found is not None else None
     if ("sv", key) in values:
         record.gate_singular_values = values[("sv", key)]
     if ("rho", key) in values:

@@ -52,6 +52,11 @@ class TensorRecord:
     # recurrent weight_hh: [min, max] singular value of each gate block; vanilla RNN radius
     gate_singular_values: Optional[List[float]] = None
     spectral_radius: Optional[float] = None
+    # shape of the distribution, for the init fingerprint (weights of 2+ dims)
+    kurtosis: Optional[float] = None
+    ortho_offdiag: Optional[float] = None
+    ortho_spread: Optional[float] = None
+    init: Optional[str] = None  # the init that most likely produced it (fingerprint.identify)
     clones: List[str] = field(default_factory=list)  # distinct parameters with identical values
     aliases: List[str] = field(default_factory=list)  # distinct parameters sharing its memory
     notes: List[str] = field(default_factory=list)
@@ -78,7 +83,8 @@ class TensorRecord:
         for key in ("gate_means", "gate_singular_values"):
             if d[key] is not None:
                 d[key] = [finite_or_none(v) for v in d[key]]
-        d["spectral_radius"] = finite_or_none(self.spectral_radius)
+        for key in ("spectral_radius", "kurtosis", "ortho_offdiag", "ortho_spread"):
+            d[key] = finite_or_none(d[key])
         return d
 
 

@@ -160,13 +160,14 @@ class Report:
                     t.fan_in if t.fan_in is not None else "",
                     t.fan_out if t.fan_out is not None else "",
                     _num(grad) if isinstance(grad, float) else grad,
+                    t.init or "",
                     "; ".join(t.notes),
                 ]
             )
         return tabulate(
             rows,
             headers=["name", "kind", "shape", "dtype", "mean", "std", "min", "max", "zeros",
-                     "nonfinite", "fan_in", "fan_out", "grad norm", "notes"],
+                     "nonfinite", "fan_in", "fan_out", "grad norm", "init (fingerprint)", "notes"],
             tablefmt="simple",
             disable_numparse=True,
         )

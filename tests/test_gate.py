@@ -103,7 +103,7 @@ def test_explicit_config_file(project, tmp_path):
 def test_rule_threshold_from_config(project):
     # a 2-layer default-init MLP: the first layer is 1/sqrt(6) = 0.41x He, "off by" 2.45x
     assert "IA201" in run("deep_mlp.py:build", "--factory-arg", "depth=2", "--fail-on", "info").stdout
-    project("[tool.initaudit]\nvariance-tolerance = 3.0\nfail-on = 'info'\n")
+    project("[tool.initaudit]\nvariance-tolerance = 3.0\nfail-on = 'info'\nselect = ['IA201']\n")
     result = run("deep_mlp.py:build", "--factory-arg", "depth=2")
     assert result.exit_code == 0 and "IA201" not in result.stdout
 
@@ -121,7 +121,7 @@ def test_tied_pairs_from_config(project):
 # suppression ---------------------------------------------------------------------------------
 
 def test_per_parameter_ignores(project):
-    project('[tool.initaudit]\nper-parameter-ignores = {"2.*" = ["IA101"], "9.*" = ["IA2"]}\n')
+    project('[tool.initaudit]\nselect = ["IA1"]\nper-parameter-ignores = {"2.*" = ["IA101"], "9.*" = ["IA2"]}\n')
     result = run("zero_hidden.py:build")
     assert result.exit_code == 0, result.output
     assert "1 suppressed" in result.stdout and "IA101" not in result.stdout
@@ -187,6 +187,7 @@ def test_suppression_through_the_api():
 
 def test_baseline_write_then_gate_on_new_findings_only(project):
     path = project.path
+    project("[tool.initaudit]\nselect = ['IA1']\n")
     assert run("zero_hidden.py:build", "--write-baseline", "baseline.json").exit_code == 0
     data = json.loads((path / "baseline.json").read_text())
     assert data == {
@@ -217,7 +218,7 @@ def test_bad_baseline_is_exit_2(project):
 
 def test_sarif_validates_against_the_official_schema(project):
     assert SARIF_SCHEMA["id"].startswith("https://docs.oasis-open.org/sarif/sarif/v2.1.0/")
-    project('[tool.initaudit]\nper-parameter-ignores = {"2.*" = ["IA4"]}\n')
+    project('[tool.initaudit]\nselect = ["IA1", "IA4"]\nper-parameter-ignores = {"2.*" = ["IA4"]}\n')
     result = run("zero_hidden.py:build", "shared_linear.py:build", "--format", "sarif")
     assert result.exit_code == 1
     log = json.loads(result.stdout)
@@ -238,7 +239,7 @@ def test_sarif_validates_against_the_official_schema(project):
 
 
 def test_github_workflow_commands(project):
-    result = run("zero_hidden.py:build", "shared_linear.py:build", "--format", "github")
+    result = run("zero_hidden.py:build", "shared_linear.py:build", "--format", "github", "--select", "IA1,IA4")
     assert result.exit_code == 1
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 2

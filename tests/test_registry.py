@@ -61,8 +61,9 @@ def test_codes_are_stable_and_well_formed():
 
 
 def test_selection_by_prefix_and_ignore():
-    assert [r.code for r in resolve_selection(["IA1"])] == ["IA101", "IA102", "IA103"]
-    assert [r.code for r in resolve_selection(["ALL"], ["IA1", "IA2", "IA3"])] == ["IA401", "IA501"]
+    assert [r.code for r in resolve_selection(["IA1"])] == ["IA101", "IA102", "IA103", "IA104", "IA105"]
+    assert [r.code for r in resolve_selection(["ALL"], ["IA1", "IA2", "IA3", "IA5"])] == ["IA401", "IA402", "IA601"]
+    assert [r.code for r in resolve_selection(["ia30"], ["IA301"])] == ["IA302", "IA303", "IA304", "IA305"]
     with pytest.raises(ValueError, match="IA9"):
         resolve_selection(["IA9"])
     with pytest.raises(ValueError, match="--ignore"):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+import math
+from typing import Iterator, List, Tuple
 
+from .. import activations
+from ..records import Recording
 from ..registry import RuleContext, Violation, rule
 
 
@@ -49,3 +52,86 @@ def non_finite_gradient(ctx: RuleContext) -> Iterator[Violation]:
             fix=None,
             locations=t.names,
         )
+
+
+@rule(
+    "IA302",
+    "zero-gradient",
+    "warning",
+    "A trainable parameter's first-step gradient is identically zero.",
+)
+def zero_gradient(ctx: RuleContext) -> Iterator[Violation]:
+    zero = [t for t in ctx.recording.parameters if t.grad is not None and t.grad.norm == 0 and not t.grad.nonfinite]
+    if not zero:
+        return
+    # one finding: a zero weight or a dead layer zeroes the gradients of everything below it
+    names = [t.name for t in zero]
+    listed = ", ".join(f"'{n}'" for n in names[:8]) + (", ..." if len(names) > 8 else "")
+    yield Violation(
+        names[0],
+        f"the first-step gradient of {len(names)} trainable parameter(s) is exactly zero ({listed}): "
+        "the optimizer will not move them (a zero weight above them, dead units, or a loss that "
+        "ignores their path)",
+        fix=None,
+        locations=names,
+    )
+
+
+def weight_gradients(recording: Recording) -> List[Tuple[str, float]]:
+    """``(weight name, gradient RMS)`` of layer weights, in the forward order of their layers."""
+    order = {}
+    for m in recording.modules:
+        if m.kind == activations.LAYER and m.first_call is not None:
+            order[m.name] = m.first_call
+    found = []
+    for t in recording.parameters:
+        if t.module in order and t.ndim >= 2 and t.grad is not None and t.grad.norm > 0 and t.numel:
+            if math.isfinite(t.grad.norm):
+                found.append((order[t.module], t.name, t.grad.norm / math.sqrt(t.numel)))
+    return [(name, rms) for _, name, rms in sorted(found)]
+
+
+def _gradient_trend(ctx: RuleContext, direction: str) -> Iterator[Violation]:
+    grads = weight_gradients(ctx.recording)
+    if len(grads) < 2:
+        return
+    limit = float(ctx.options["gradient-ratio"])
+    (first_name, first), (last_name, last) = grads[0], grads[-1]
+    ratio = first / last
+    if direction == "vanishing" and ratio >= 1 / limit:
+        return
+    if direction == "exploding" and ratio <= limit:
+        return
+    per_layer = ratio ** (1 / (len(grads) - 1))
+    yield Violation(
+        first_name,
+        f"the first-step gradient RMS of the layer weights {'shrinks' if ratio < 1 else 'grows'} "
+        f"{max(ratio, 1 / ratio):.3g}x from the last layer ('{last_name}', {last:.3g}) back to the "
+        f"first ('{first_name}', {first:.3g}) over {len(grads)} layers, about {per_layer:.3g}x per "
+        "layer going backward: with one learning rate, the "
+        + ("first layers will barely move" if ratio < 1 else "first layers will take steps far too large"),
+        fix=None,
+        locations=[first_name, last_name],
+    )
+
+
+@rule(
+    "IA304",
+    "gradient-vanishing",
+    "warning",
+    "The weight-gradient RMS of the first layer is over 100x smaller than the last layer's.",
+    options={"gradient-ratio": 100.0},
+)
+def gradient_vanishing(ctx: RuleContext) -> Iterator[Violation]:
+    yield from _gradient_trend(ctx, "vanishing")
+
+
+@rule(
+    "IA305",
+    "gradient-exploding",
+    "warning",
+    "The weight-gradient RMS of the first layer is over 100x larger than the last layer's.",
+    options={"gradient-ratio": 100.0},
+)
+def gradient_exploding(ctx: RuleContext) -> Iterator[Violation]:
+    yield from _gradient_trend(ctx, "exploding")

@@ -1,4 +1,4 @@
-"""Rules on recurrent layers: LSTM gate biases."""
+"""Rules on recurrent layers: LSTM gate biases, recurrent weight spectra."""
 
 from __future__ import annotations
 
@@ -48,4 +48,77 @@ def forget_bias_unset(ctx: RuleContext) -> Iterator[Violation]:
             "'forget': set the slice of both biases",
             fix="with torch.no_grad(): " + "; ".join(fix_lines),
             locations=[b.name for b in biases.values()],
+        )
+
+
+GATE_NAMES = {"LSTM": "ifgo", "LSTMCell": "ifgo", "GRU": "rzn", "GRUCell": "rzn", "RNN": "h", "RNNCell": "h"}
+
+
+@rule(
+    "IA502",
+    "recurrent-not-orthogonal",
+    "info",
+    "A recurrent weight_hh gate block is far from orthogonal (singular values spread).",
+    options={"orthogonal-spread": 2.0},
+)
+def recurrent_not_orthogonal(ctx: RuleContext) -> Iterator[Violation]:
+    limit = float(ctx.options["orthogonal-spread"])
+    for t in ctx.recording.parameters:
+        values = t.gate_singular_values
+        if not values:
+            continue
+        gates = GATE_NAMES.get(t.module_type, "?" * (len(values) // 2))
+        spreads = []
+        for i in range(0, len(values), 2):
+            low, high = values[i], values[i + 1]
+            spread = high / low if low > 0 else float("inf")
+            spreads.append((gates[i // 2] if i // 2 < len(gates) else str(i // 2), low, high, spread))
+        worst = max(spreads, key=lambda s: s[3])
+        if worst[3] <= limit:
+            continue
+        detail = ", ".join(f"{g}: {lo:.2g}..{hi:.2g}" for g, lo, hi, _ in spreads)
+        rows = t.shape[0] // max(len(spreads), 1)
+        yield Violation(
+            t.name,
+            f"gate blocks of '{t.name}' are far from orthogonal: singular values {detail} "
+            f"(spread up to {worst[3]:.3g}x; an orthogonal block has all of them equal). Orthogonal "
+            "recurrent weights keep the state's norm through time (Saxe et al. 2014)",
+            fix="with torch.no_grad():\n"
+            + "\n".join(
+                f"    nn.init.orthogonal_({accessor(t.name)}[{i * rows}:{(i + 1) * rows}])"
+                for i in range(len(spreads))
+            ),
+            locations=t.names,
+        )
+
+
+@rule(
+    "IA503",
+    "recurrent-spectral-radius",
+    "warning",
+    "A vanilla RNN's recurrent matrix has spectral radius above 1.2, or below 0.5 with tanh.",
+    options={"spectral-radius-max": 1.2, "spectral-radius-min": 0.5},
+)
+def recurrent_spectral_radius(ctx: RuleContext) -> Iterator[Violation]:
+    high = float(ctx.options["spectral-radius-max"])
+    low = float(ctx.options["spectral-radius-min"])
+    for t in ctx.recording.parameters:
+        rho = t.spectral_radius
+        if rho is None:
+            continue
+        module = ctx.recording.module(t.module)
+        nonlinearity = module.activation if module is not None else None
+        if rho > high:
+            what = (f"above {high:g}: the hidden state grows about {rho:.3g}x per step, so states "
+                    "and gradients explode over long sequences")
+        elif rho < low and nonlinearity == "tanh":
+            what = (f"below {low:g} with tanh: the state shrinks about {rho:.3g}x per step, so the "
+                    "network forgets within a few steps (vanishing memory)")
+        else:
+            continue
+        yield Violation(
+            t.name,
+            f"spectral radius of '{t.name}' ({t.module_type}) is {rho:.3g}, {what}",
+            fix=f"nn.init.orthogonal_({accessor(t.name)})",
+            locations=t.names,
         )

@@ -71,3 +71,28 @@ def shared_parameter(ctx: RuleContext) -> Iterator[Violation]:
             fix=None,
             locations=names,
         )
+
+
+@rule(
+    "IA402",
+    "aliased-storage",
+    "warning",
+    "Distinct Parameters share memory.",
+)
+def aliased_storage(ctx: RuleContext) -> Iterator[Violation]:
+    seen: Set[str] = set()
+    for t in ctx.recording.parameters:
+        if not t.aliases or t.name in seen:
+            continue
+        names = [t.name] + [n for n in t.aliases if n not in seen]
+        seen.update(names)
+        listed = ", ".join(f"'{n}'" for n in names)
+        yield Violation(
+            t.name,
+            f"distinct Parameters {listed} share memory (one was made from the other's .data, or "
+            "as a view of it): an update to one silently changes the other, while the optimizer "
+            "treats them as independent; give each its own storage (.clone()) or share the "
+            "Parameter object itself",
+            fix=None,
+            locations=names,
+        )

@@ -165,6 +165,7 @@ def _violation(
         f"'{w.module.name}' feeds {w.activation.describe()} with weight std {worst.measured:.3g}, "
         f"recommended {worst.recommended()} ({activations.init_name(w.activation)}, {worst.mode}={worst.fan}), "
         f"{worst.off_by:.2g}x too {direction}"
+        + (f" (it looks like {w.weight.init.split(' / Keras')[0]})" if w.weight.init else "")
     )
     if len(scales) > 1:
         message += f"; compounded over the run: {product:.2g}x"

@@ -1,0 +1,48 @@
+"""--profile and --plot: the depth profile shows where the signal dies."""
+
+import sys
+
+from click.testing import CliRunner
+
+from initaudit.cli import main
+from initaudit.profile import depth_profile
+from initaudit import audit
+
+from conftest import EXAMPLES, mlp
+
+
+def test_profile_rows_follow_the_forward_order_and_show_the_collapse():
+    rows = depth_profile(audit(mlp(30)).recording)
+    assert [r.layer for r in rows] == [str(i) for i in range(0, 60, 2)]
+    assert rows[0].consumer == "relu" and rows[-1].consumer == "linear"
+    # default init is 1/sqrt(6) of He under ReLU: the ratio column says so for every hidden layer
+    assert all(abs(r.ratio - 6 ** -0.5) < 0.03 for r in rows[1:-1])
+    assert rows[-2].signal < rows[0].signal * 1e-6
+
+
+def test_profile_on_the_30_layer_example():
+    result = CliRunner().invoke(main, [f"{EXAMPLES / 'deep_mlp.py'}:build", "--profile"])
+    lines = result.stdout.splitlines()
+    header = next(i for i, l in enumerate(lines) if l.startswith("layer "))
+    first, last = lines[header + 2], lines[header + 2 + 29]
+    assert first.split()[0] == "0" and last.split()[0] == "58"
+    # the bar column shrinks from full width to a stub where the signal has died
+    assert "#" * 24 in first and "#" * 3 not in last
+
+
+def test_plot_writes_a_png(tmp_path):
+    path = tmp_path / "profile.png"
+    result = CliRunner().invoke(main, [f"{EXAMPLES / 'deep_mlp.py'}:build", "--factory-arg", "depth=5",
+                                       "--plot", str(path)])
+    assert result.exit_code == 1  # the findings decide the exit code, not the plot
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch):
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    result = CliRunner().invoke(main, [f"{EXAMPLES / 'healthy_mlp.py'}:build", "--plot", str(tmp_path / "p.png")])
+    assert result.exit_code == 2
+    assert "pip install 'initaudit[plot]'" in result.stderr
+    assert not (tmp_path / "p.png").exists()
