@@ -120,9 +120,10 @@ def candidates(family: str, fan_in: int, fan_out: int) -> List[Tuple[float, str,
         else:
             # Keras widens its truncated draw so that the std after truncation is the nominal one;
             # torch's trunc_normal_(std=s) leaves 0.88 s
-            found.append((std, f"trunc_normal_(std={std / TRUNCATED_STD:.3g}, a=-2*std, b=2*std)",
+            wide = std / TRUNCATED_STD
+            found.append((std, f"trunc_normal_(std={wide:.3g}, a={-2 * wide:.3g}, b={2 * wide:.3g})",
                           _keras(stem, scale, mode, "truncated_normal")))
-            found.append((std * TRUNCATED_STD, f"trunc_normal_(std={std:.3g}, a=-2*std, b=2*std)", None))
+            found.append((std * TRUNCATED_STD, f"trunc_normal_(std={std:.3g}, a={-2 * std:.3g}, b={2 * std:.3g})", None))
     if family == "normal":
         found += [(std, call, keras) for std, call, keras in _FIXED]
     if family == "truncated_normal":
@@ -142,6 +143,20 @@ class Fingerprint:
     def describe(self) -> str:
         keras = f" / Keras {self.keras}" if self.keras else ""
         return f"{self.torch_call}{keras}"
+
+    def call(self, target: str) -> str:
+        """The ``torch.nn.init`` call that draws ``target`` the same way, as a line of Python."""
+        name, _, rest = self.torch_call.partition("(")
+        depth, end = 1, len(rest)
+        for i, char in enumerate(rest):  # the argument list ends at the matching parenthesis
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            if depth == 0:
+                end = i
+                break
+        args = rest[:end]
+        if name == "eye_" or name == "dirac_":
+            return f"nn.init.{name}({target})"
+        return f"nn.init.{name}({target}{', ' + args if args else ''})"
 
 
 def _family(t: TensorRecord) -> Optional[str]:
@@ -187,5 +202,5 @@ def identify(t: TensorRecord) -> Optional[Fingerprint]:
         return Fingerprint(family, call, keras, scale, True, std)
     generic = {"uniform": f"uniform_(-{t.std * math.sqrt(3):.3g}, {t.std * math.sqrt(3):.3g})",
                "normal": f"normal_(std={t.std:.3g})",
-               "truncated_normal": f"trunc_normal_(std={t.std / TRUNCATED_STD:.3g})"}[family]
+               "truncated_normal": f"trunc_normal_(std={t.std / TRUNCATED_STD:.3g}, a={-2 * t.std / TRUNCATED_STD:.3g}, b={2 * t.std / TRUNCATED_STD:.3g})"}[family]
     return Fingerprint(family, generic, None, scale, False, t.std)

@@ -498,6 +498,7 @@ def _relate(
     the bytes. Constant tensors (zero biases, unit gains) are not clones of each other.
     """
     by_key = {key: record for key, record in records if record.kind == "parameter"}
+    aliased = _aliases(by_key, param_names)
     buckets: Dict[Tuple[Any, ...], List[int]] = {}
     for key, record in by_key.items():
         probe = values.get(("probe", key))
@@ -508,27 +509,60 @@ def _relate(
     for keys in buckets.values():
         for i, a in enumerate(keys):
             for b in keys[i + 1:]:
+                if (a, b) in aliased:
+                    continue  # one memory seen twice is IA402's, not a clone
                 ta, tb = param_names[a][0], param_names[b][0]
                 if ta.device == tb.device and torch.equal(ta.detach(), tb.detach()):
                     by_key[a].clones.append(by_key[b].name)
                     by_key[b].clones.append(by_key[a].name)
+
+
+def _byte_span(t: torch.Tensor) -> Optional[Tuple[int, int]]:
+    """``[first, last)`` byte addresses a tensor's elements can occupy in its storage."""
+    if t.numel() == 0 or t.device.type == "meta" or t.is_sparse:
+        return None
+    try:
+        base = t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # wrapper tensors have no storage of their own
+        return None
+    reach = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    start = base + t.storage_offset() * t.element_size()
+    return start, start + (reach + 1) * t.element_size()
+
+
+def _element_offsets(t: torch.Tensor) -> torch.Tensor:
+    """Storage offsets of every element: ``offset + sum_i index_i * stride_i``."""
+    offsets = torch.tensor([t.storage_offset()], dtype=torch.int64)
+    for size, stride in zip(t.shape, t.stride()):
+        offsets = (offsets[:, None] + torch.arange(size, dtype=torch.int64)[None, :] * stride).reshape(-1)
+    return offsets
+
+
+def _aliases(by_key: Dict[int, TensorRecord], param_names: "OrderedDict[int, Tuple[Any, List[str]]]") -> Set[Tuple[int, int]]:
+    """Fill ``aliases`` of parameters whose elements share memory; returns the pairs.
+
+    Byte spans rule out most pairs at once; two strided views whose spans overlap (two
+    column blocks of one matrix) are compared element by element.
+    """
     spans = []
-    for key, record in by_key.items():
-        t = param_names[key][0]
-        if t.numel() == 0 or t.device.type == "meta":
-            continue
-        try:
-            start = t.untyped_storage().data_ptr() + t.storage_offset() * t.element_size()
-        except (RuntimeError, NotImplementedError):  # sparse or wrapper tensors have no storage
-            continue
-        spans.append((start, start + t.numel() * t.element_size(), key))
+    for key in by_key:
+        span = _byte_span(param_names[key][0])
+        if span is not None:
+            spans.append((span[0], span[1], key))
     spans.sort()
+    pairs: Set[Tuple[int, int]] = set()
     for i, (start, end, key) in enumerate(spans):
-        for other_start, other_end, other in spans[i + 1:]:
+        for other_start, _, other in spans[i + 1:]:
             if other_start >= end:
                 break
+            a, b = param_names[key][0], param_names[other][0]
+            if not (a.is_contiguous() and b.is_contiguous()) and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr():
+                if a.element_size() != b.element_size() or not bool(torch.isin(_element_offsets(a), _element_offsets(b)).any()):
+                    continue
             by_key[key].aliases.append(by_key[other].name)
             by_key[other].aliases.append(by_key[key].name)
+            pairs |= {(key, other), (other, key)}
+    return pairs
 
 
 def _gradient_status(
@@ -565,6 +599,7 @@ def _fill(record: TensorRecord, values: Dict[Any, List[float]], key: int) -> Non
         record.kurtosis, record.ortho_offdiag, record.ortho_spread = values[("shape", key)]
         found = fingerprint.identify(record)
         record.init = found.describe() if found is not None else None
+        record.init_call = found.call("{w}") if found is not None and found.family != "constant" else None
     if ("sv", key) in values:
         record.gate_singular_values = values[("sv", key)]
     if ("rho", key) in values:

@@ -57,6 +57,7 @@ class TensorRecord:
     ortho_offdiag: Optional[float] = None
     ortho_spread: Optional[float] = None
     init: Optional[str] = None  # the init that most likely produced it (fingerprint.identify)
+    init_call: Optional[str] = None  # that init as a call on "{w}", to redraw it the same way
     clones: List[str] = field(default_factory=list)  # distinct parameters with identical values
     aliases: List[str] = field(default_factory=list)  # distinct parameters sharing its memory
     notes: List[str] = field(default_factory=list)

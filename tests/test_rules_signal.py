@@ -369,3 +369,54 @@ def test_ia503_not_for_default_or_relu():
     with torch.no_grad():
         relu_rnn.weight_hh_l0.mul_(0.1)
     assert "IA503" not in codes(audit(relu_rnn))
+
+
+# regressions found in review --------------------------------------------------------------------
+
+class Views(nn.Module):
+    def __init__(self, first, second):
+        super().__init__()
+        base = torch.randn(8, 8)
+        self.a = nn.Parameter(first(base))
+        self.b = nn.Parameter(second(base))
+
+    def forward(self, x):
+        return x * (self.a.sum() + self.b.sum())
+
+
+def test_ia402_strided_views_are_compared_element_by_element():
+    overlapping = Views(lambda w: w[:, :4], lambda w: w[7:])  # share row 7's first four elements
+    assert "IA402" in codes(audit(overlapping, torch.randn(4, 8)))
+    disjoint = Views(lambda w: w[:, :4], lambda w: w[:, 4:])  # interleaved spans, no common element
+    assert "IA402" not in codes(audit(disjoint, torch.randn(4, 8)))
+
+
+def test_aliased_parameters_are_not_also_reported_as_clones():
+    a, b = nn.Linear(8, 8), nn.Linear(8, 8)
+    b.weight = nn.Parameter(a.weight.data)
+    rep = audit(nn.Sequential(a, nn.ReLU(), b), torch.randn(4, 8))
+    assert "IA402" in codes(rep) and "IA105" not in codes(rep)
+
+
+def test_ia304_not_fooled_by_global_average_pooling():
+    layers = []
+    for cin, cout in [(3, 32), (32, 32), (32, 32), (32, 32)]:
+        conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        layers += [conv, nn.BatchNorm2d(cout), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+    rep = audit(model, torch.randn(16, 3, 32, 32))
+    assert "IA304" not in codes(rep) and "IA305" not in codes(rep)
+
+
+def test_ia105_fix_redraws_each_copy_the_way_it_was_drawn():
+    layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True)
+    model = nn.TransformerEncoder(layer, num_layers=3, enable_nested_tensor=False)
+    x = torch.randn(4, 6, 32)
+    found = findings(audit(model, x), "IA105")
+    weight_fixes = [f.fix for f in found if "linear1.weight" in f.location]
+    assert "kaiming_uniform_(model.layers[1].linear1.weight, a=math.sqrt(5))" in weight_fixes[0]
+    namespace = {"nn": nn, "math": math, "torch": torch, "model": model}
+    for f in found:
+        exec(f.fix, namespace)  # as a user would paste it
+    assert "IA105" not in codes(audit(model, x))

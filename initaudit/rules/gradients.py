@@ -77,8 +77,18 @@ def zero_gradient(ctx: RuleContext) -> Iterator[Violation]:
     )
 
 
-def weight_gradients(recording: Recording) -> List[Tuple[str, float]]:
-    """``(weight name, gradient RMS)`` of layer weights, in the forward order of their layers."""
+_POOLS = ("AvgPool1d", "AvgPool2d", "AvgPool3d", "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d")
+
+
+def weight_gradients(recording: Recording) -> List[List[Tuple[str, float]]]:
+    """``(weight name, gradient RMS)`` of layer weights in the forward order of their layers,
+    in segments split at average pooling.
+
+    A layer before a pooling over ``k`` positions sums ``k`` weakly correlated terms into its
+    weight gradient, each scaled by ``1/k``: its gradient RMS drops by about ``sqrt(k)`` by
+    construction, so layers are compared only within a segment.
+    """
+    pools = [i for i, name in enumerate(recording.call_order) if (m := recording.module(name)) is not None and m.type in _POOLS]
     order = {}
     for m in recording.modules:
         if m.kind == activations.LAYER and m.first_call is not None:
@@ -88,31 +98,38 @@ def weight_gradients(recording: Recording) -> List[Tuple[str, float]]:
         if t.module in order and t.ndim >= 2 and t.grad is not None and t.grad.norm > 0 and t.numel:
             if math.isfinite(t.grad.norm):
                 found.append((order[t.module], t.name, t.grad.norm / math.sqrt(t.numel)))
-    return [(name, rms) for _, name, rms in sorted(found)]
+    segments: List[List[Tuple[str, float]]] = []
+    for position, name, rms in sorted(found):
+        segment = sum(1 for p in pools if p < position)
+        while len(segments) <= segment:
+            segments.append([])
+        segments[segment].append((name, rms))
+    return [s for s in segments if s]
 
 
 def _gradient_trend(ctx: RuleContext, direction: str) -> Iterator[Violation]:
-    grads = weight_gradients(ctx.recording)
-    if len(grads) < 2:
-        return
     limit = float(ctx.options["gradient-ratio"])
-    (first_name, first), (last_name, last) = grads[0], grads[-1]
-    ratio = first / last
-    if direction == "vanishing" and ratio >= 1 / limit:
+    for grads in weight_gradients(ctx.recording):
+        if len(grads) < 2:
+            continue
+        (first_name, first), (last_name, last) = grads[0], grads[-1]
+        ratio = first / last
+        if direction == "vanishing" and ratio >= 1 / limit:
+            continue
+        if direction == "exploding" and ratio <= limit:
+            continue
+        per_layer = ratio ** (1 / (len(grads) - 1))
+        yield Violation(
+            first_name,
+            f"the first-step gradient RMS of the layer weights {'shrinks' if ratio < 1 else 'grows'} "
+            f"{max(ratio, 1 / ratio):.3g}x from the last layer ('{last_name}', {last:.3g}) back to the "
+            f"first ('{first_name}', {first:.3g}) over {len(grads)} layers, about {per_layer:.3g}x per "
+            "layer going backward: with one learning rate, the "
+            + ("first layers will barely move" if ratio < 1 else "first layers will take steps far too large"),
+            fix=None,
+            locations=[first_name, last_name],
+        )
         return
-    if direction == "exploding" and ratio <= limit:
-        return
-    per_layer = ratio ** (1 / (len(grads) - 1))
-    yield Violation(
-        first_name,
-        f"the first-step gradient RMS of the layer weights {'shrinks' if ratio < 1 else 'grows'} "
-        f"{max(ratio, 1 / ratio):.3g}x from the last layer ('{last_name}', {last:.3g}) back to the "
-        f"first ('{first_name}', {first:.3g}) over {len(grads)} layers, about {per_layer:.3g}x per "
-        "layer going backward: with one learning rate, the "
-        + ("first layers will barely move" if ratio < 1 else "first layers will take steps far too large"),
-        fix=None,
-        locations=[first_name, last_name],
-    )
 
 
 @rule(

@@ -62,12 +62,12 @@ def _segment_crossing(ctx: RuleContext, signal: List[Tuple[str, float]], directi
     steps = len(signal) - 1
     factor = (last / first) ** (1 / steps) if last > 0 else 0.0
     name, value = signal[crossed]
-    word = "below 1/" + f"{1 / limit:g}" if direction == "vanishing" else f"above {limit:g}x"
+    word = f"below 1/{1 / limit:g} of" if direction == "vanishing" else f"above {limit:g}x"
     return Violation(
         name,
         f"the signal {direction[:-3]}es along the depth: the per-feature std across the batch of the "
         f"layer outputs goes from {first:.3g} at '{first_name}' to {value:.3g} at '{name}' "
-        f"(layer call {crossed + 1} of {len(signal)}), {word} of the first layer's, and ends at "
+        f"(layer call {crossed + 1} of {len(signal)}), {word} the first layer's, and ends at "
         f"{last:.3g} at '{last_name}'; "
         + (f"about {factor:.3g}x per layer. " if factor > 0 else "the input-dependent signal is lost entirely. ")
         + ("The output is losing its dependence on the input" if direction == "vanishing"
@@ -171,8 +171,8 @@ def saturated_units(ctx: RuleContext) -> Iterator[Violation]:
         yield Violation(
             where,
             f"{out.saturated:.0%} of the outputs of {name} after '{where}' are saturated ({bound}): "
-            "their gradient is nearly zero, so the layers below learn little (Glorot & Bengio "
-            "2010); the weight scale feeding it is too large",
+            "there the derivative is nearly zero, so little gradient passes back through them "
+            "(Glorot & Bengio 2010); the weight scale feeding it is too large",
             fix=None,
             locations=[where, name],
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterator, List, Set
+from typing import Iterator, List, Optional, Set
 
 from ..activations import NORM_TYPES
 from ..advice import reinit_call
@@ -177,7 +177,8 @@ def cloned_init(ctx: RuleContext) -> Iterator[Violation]:
         uses = uses if uses is not None else consumers(ctx.recording)
         names = [g.name for g in group]
         listed = ", ".join(f"'{n}'" for n in names)
-        fixes = [reinit_call(g, uses) for g in group[1:]]
+        # each copy redrawn the way the first was drawn, so that only the values change
+        fixes = [_redraw(t, g, uses) for g in group[1:]]
         yield Violation(
             t.name,
             f"{len(group)} distinct parameters hold bit-identical values ({listed}): they "
@@ -187,6 +188,15 @@ def cloned_init(ctx: RuleContext) -> Iterator[Violation]:
             fix="\n".join(f for f in fixes if f) or None,
             locations=names,
         )
+
+
+def _redraw(template: TensorRecord, copy: TensorRecord, uses) -> Optional[str]:
+    target = accessor(copy.name)
+    if template.init_call:
+        return template.init_call.replace("{w}", target)
+    if copy.ndim < 2 and template.min is not None:
+        return f"nn.init.uniform_({target}, {template.min:.4g}, {template.max:.4g})"
+    return reinit_call(copy, uses)
 
 
 @rule(
