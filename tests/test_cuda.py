@@ -75,3 +75,29 @@ def test_cli_device_auto_picks_cuda():
     result = CliRunner().invoke(main, [f"{EXAMPLES / 'healthy_mlp'}.py:build", "--device", "auto", "--format", "json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["device"].startswith("cuda")
+
+
+@cuda
+def test_same_findings_on_cuda_as_on_cpu():
+    import sys
+
+    sys.path.insert(0, str(EXAMPLES))
+    import deep_mlp
+    import lstm_forget
+
+    rnn = nn.RNN(16, 64)
+    with torch.no_grad():
+        rnn.weight_hh_l0.copy_(torch.linalg.qr(torch.randn(64, 64))[0] * 1.5)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+    encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+    cases = [
+        (deep_mlp.build(), None),
+        (lstm_forget.build(), None),
+        (rnn, None),
+        (encoder, torch.randn(4, 6, 32)),
+    ]
+    for model, x in cases:
+        cpu = sorted((f.code, f.location) for f in audit(model, x).findings)
+        gpu = audit(model, x, device="cuda")
+        assert sorted((f.code, f.location) for f in gpu.findings) == cpu, type(model).__name__
+        assert gpu.recording.jacobian_gain is None or gpu.recording.jacobian_gain > 0
