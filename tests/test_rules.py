@@ -408,3 +408,37 @@ def test_ia201_signal_of_a_repeated_layer_uses_each_call():
     assert "a run of 12 layer calls" in f.message
     assert "compounded over the run: 0.00024x" in f.message
     assert "changes 0.00049x" in f.message
+
+
+def test_ia201_fan_out_mode_is_accepted():
+    model = nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 2))
+    for m in model:
+        if isinstance(m, nn.Linear):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    nn.init.xavier_uniform_(model[-1].weight)
+    run = layer_runs(audit(model).recording)[0]
+    scale = recommended_std(run[0])
+    assert scale.mode == "fan_out" and scale.ratio == pytest.approx(1.0, rel=0.05)
+    assert "IA201" not in codes(audit(model))
+
+
+def test_ia201_transposed_conv_uses_its_real_fan():
+    up = nn.ConvTranspose2d(64, 8, 4, stride=2, padding=1)
+    # He for the forward pass: each output sums in_channels * kernel inputs (ignoring stride)
+    nn.init.normal_(up.weight, std=math.sqrt(2 / (64 * 16)))
+    model = nn.Sequential(up, nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1))
+    rep = audit(model, torch.randn(4, 64, 8, 8))
+    use = layer_runs(rep.recording)[0][0]
+    assert use.weight.fan_in == 8 * 16 and use.weight.layer_fan_in == 64 * 16
+    assert recommended_std(use).ratio == pytest.approx(1.0, rel=0.05)
+
+
+def test_every_parameterized_module_is_observed_even_in_eval_mode():
+    layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True)
+    model = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False).eval()
+    rep = audit(model, torch.randn(4, 6, 32))
+    # the eval-mode fast path would skip the submodules' forwards; the audit runs in train mode
+    assert rep.recording.module("layers.1.linear2").calls == 1
+    # MultiheadAttention reads out_proj's weight itself, never calling it: listed, not hidden
+    assert rep.recording.unobserved == ["layers.0.self_attn.out_proj", "layers.1.self_attn.out_proj"]
+    assert all(not m.training for m in model.modules())
