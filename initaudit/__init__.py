@@ -11,12 +11,15 @@ with warnings.catch_warnings():
     import torch  # noqa: F401
 
 from .api import audit
+from .fixer import FixResult, fix
 from .errors import ForwardError, InitauditError, InputError, LoadError
 from .registry import Rule, RuleContext, Violation, load_rules, rule
 from .report import Finding, Report
 
 __all__ = [
     "audit",
+    "fix",
+    "FixResult",
     "Report",
     "Finding",
     "rule",

@@ -185,9 +185,16 @@ def gain_range(activation: Activation) -> Tuple[float, float]:
     return g, g
 
 
-def init_call(activation: Activation, target: str, fan_in: int) -> str:
-    """The ``torch.nn.init`` call that gives ``target`` the recommended std."""
+def init_call(activation: Activation, target: str, fan_in: int, torch_fan_in: Optional[int] = None) -> str:
+    """The ``torch.nn.init`` call that gives ``target`` the recommended std.
+
+    When the fan that sets the signal's scale is not the one ``torch.nn.init`` computes
+    from the shape (``torch_fan_in``; transposed convs), the std is written out.
+    """
     name = activation.name
+    if torch_fan_in is not None and torch_fan_in != fan_in:
+        low, high = gain_range(activation)
+        return f"nn.init.normal_({target}, std={high:.4g} / math.sqrt({fan_in}))"
     if name == "relu":
         return f'nn.init.kaiming_normal_({target}, nonlinearity="relu")'
     if name == "leaky_relu":

@@ -42,4 +42,4 @@ def reinit_call(t: TensorRecord, uses: Dict[str, LayerUse]) -> Optional[str]:
         return f"nn.init.normal_({target})"
     use = uses.get(t.module)
     activation = use.activation if use is not None else activations.LINEAR
-    return activations.init_call(activation, target, t.fan_in or 1)
+    return activations.init_call(activation, target, t.layer_fan_in or t.fan_in or 1, t.fan_in)

@@ -139,8 +139,14 @@ def audit(
     input_shape: Optional[Sequence[int]] = None,
     batch_size: int = inputs.DEFAULT_BATCH,
     target: Optional[str] = None,
-) -> Report:
+    fix: bool = False,
+    unsafe_fixes: bool = False,
+) -> Any:
     """Audit ``model``'s initialization and return a :class:`~initaudit.report.Report`.
+
+    With ``fix=True``, repair the findings that have a safe fix in place (and, with
+    ``unsafe_fixes=True``, the structural ones), audit again, and return a
+    :class:`~initaudit.fixer.FixResult` holding both reports (``.before``, ``.after``).
 
     ``example_input`` is a tensor, a tuple (positional arguments) or a dict (keyword
     arguments); when ``None`` it is inferred from the first layer (or built with
@@ -169,7 +175,7 @@ def audit(
         x = inputs.to_device(x, dev)
         recording = inspect(model, x, loss=loss, seed=seed)
     findings, suppressed = suppress.split(run_rules(recording, rules, options, ties), recording, per_parameter_ignores)
-    return Report(
+    report = Report(
         findings=findings,
         suppressed=suppressed,
         recording=recording,
@@ -178,6 +184,16 @@ def audit(
         torch_version=torch.__version__,
         seconds=time.perf_counter() - started,
         rules=[r.code for r in rules],
+    )
+    if not fix:
+        return report
+    from .fixer import fix as repair
+
+    # the repair runs where the parameters live, so that it lasts: on their own device and dtype
+    return repair(
+        model, report, inputs.to_device(x, inputs.model_device(model)), unsafe=unsafe_fixes, seed=seed,
+        loss=loss, select=select, ignore=ignore, tied=tied, options=options,
+        per_parameter_ignores=per_parameter_ignores,
     )
 
 
@@ -188,7 +204,9 @@ def audit_target(
     factory_args: Optional[Mapping[str, Any]] = None,
     input_shape: Optional[Sequence[int]] = None,
     batch_size: int = inputs.DEFAULT_BATCH,
-) -> Report:
+    fix: bool = False,
+    unsafe_fixes: bool = False,
+) -> Any:
     """Build the model of ``path/to/file.py:factory`` (or ``pkg.mod:factory``) and audit it.
 
     The global RNGs are seeded with ``settings.seed`` before the factory runs, so that one
@@ -210,9 +228,12 @@ def audit_target(
         input_shape=input_shape,
         batch_size=batch_size,
         target=spec,
+        fix=fix,
+        unsafe_fixes=unsafe_fixes,
         **{**settings.audit_options(), "device": None},
     )
-    report.source, report.line = built.source, built.line
+    for r in (report.before, report.after) if fix else (report,):
+        r.source, r.line = built.source, built.line
     return report
 
 

@@ -23,6 +23,9 @@ from .inputs import DEFAULT_BATCH, parse_shape
 from .loader import parse_factory_args
 from .report import FAIL_LEVELS, Report
 
+if False:  # typing only
+    from .fixer import FixResult
+
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 FORMATS = ("table", "json", "sarif", "github")
 
@@ -76,6 +79,18 @@ def settings_from(
     )
 
 
+def show_fix(result: "FixResult", emit_code: bool) -> None:
+    """The before/after table; with --emit-code, the code alone on stdout and the rest on stderr."""
+    before = result.before
+    click.echo(f"Before the fix:\n{before.table()}\n", err=emit_code)
+    click.echo(f"Fixed:\n{result.table()}\n", err=emit_code)
+    if emit_code:
+        click.echo(f"After the fix:\n{result.after.table()}", err=True)
+        click.echo(result.emit_code())
+    else:
+        click.echo("After the fix:")
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("targets", nargs=-1, required=True, metavar="TARGET...")
 @click.option("--factory-arg", "factory_args", multiple=True, metavar="KEY=VALUE",
@@ -107,6 +122,12 @@ def settings_from(
               help="Fail only on findings that are not in this baseline file.")
 @click.option("--write-baseline", type=click.Path(dir_okay=False),
               help="Record today's findings in FILE and exit 0.")
+@click.option("--fix", "do_fix", is_flag=True, help="Repair the findings that have a safe fix, in place, and audit again.")
+@click.option("--unsafe-fixes", is_flag=True, help="With --fix, also make structural fixes (untie shared parameters).")
+@click.option("--save", type=click.Path(dir_okay=False), help="With --fix, torch.save the fixed state_dict to FILE.")
+@click.option("--force", is_flag=True, help="Let --save overwrite an existing file.")
+@click.option("--emit-code", is_flag=True,
+              help="With --fix, print `def init_weights(model)` reproducing the safe fixes (tables go to stderr).")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
 @click.version_option(__version__, prog_name="initaudit")
 def main(
@@ -129,6 +150,11 @@ def main(
     tied: Sequence[str],
     baseline_path: Optional[str],
     write_baseline: Optional[str],
+    do_fix: bool,
+    unsafe_fixes: bool,
+    save: Optional[str],
+    force: bool,
+    emit_code: bool,
     verbose: bool,
 ) -> None:
     """Audit the initialization of the models built by each TARGET.
@@ -141,6 +167,12 @@ def main(
         shape = parse_shape(input_shape) if input_shape else None
         kwargs = parse_factory_args(list(factory_args))
         accepted = baseline.load(baseline_path) if baseline_path else None
+        if (save or emit_code or unsafe_fixes) and not do_fix:
+            raise ValueError("--save, --emit-code and --unsafe-fixes need --fix")
+        if save and os.path.exists(save) and not force:
+            raise ValueError(f"--save {save}: the file exists; pass --force to overwrite it")
+        if do_fix and len(targets) > 1 and (save or emit_code):
+            raise ValueError("--save and --emit-code take one target")
     except (InitauditError, ValueError) as exc:
         error(str(exc), exc, verbose)
         raise click.exceptions.Exit(EXIT_ERROR)
@@ -149,7 +181,16 @@ def main(
     status = EXIT_OK
     for target in targets:
         try:
-            report = audit_target(target, settings, factory_args=kwargs, input_shape=shape, batch_size=batch_size)
+            report = audit_target(target, settings, factory_args=kwargs, input_shape=shape, batch_size=batch_size,
+                                  fix=do_fix, unsafe_fixes=unsafe_fixes)
+            if do_fix:
+                result, report = report, report.after
+                show_fix(result, emit_code)
+                if save:
+                    from .fixer import save_state_dict
+
+                    save_state_dict(result.model, save, force=force)
+                    click.echo(f"initaudit: saved the fixed state_dict to {save}", err=True)
         except (InitauditError, ValueError) as exc:
             error(f"{target}: {exc}" if len(targets) > 1 else str(exc), exc, verbose)
             status = EXIT_ERROR
@@ -172,7 +213,7 @@ def main(
         click.echo(f"initaudit: wrote {count} finding(s) to the baseline {write_baseline}", err=True)
         raise click.exceptions.Exit(status if status == EXIT_ERROR else EXIT_OK)
 
-    if reports:
+    if reports and not emit_code:
         rendered = formats.render(output_format, reports, accepted is not None, show_suppressed)
         terminal = formats.render("table", reports, show_suppressed=show_suppressed) if output else rendered
         if output:

@@ -512,9 +512,17 @@ def _relate(
                 if (a, b) in aliased:
                     continue  # one memory seen twice is IA402's, not a clone
                 ta, tb = param_names[a][0], param_names[b][0]
-                if ta.device == tb.device and torch.equal(ta.detach(), tb.detach()):
+                if ta.device == tb.device and torch.equal(ta.detach(), tb.detach()) and not _two_valued(ta):
                     by_key[a].clones.append(by_key[b].name)
                     by_key[b].clones.append(by_key[a].name)
+
+
+def _two_valued(t: torch.Tensor) -> bool:
+    """Whether a tensor holds at most two distinct values: a deliberate pattern (a forget-gate
+    slice of ones among zeros), not a random draw that was copied."""
+    x = t.detach()
+    lo, hi = x.min(), x.max()
+    return bool(((x == lo) | (x == hi)).all())
 
 
 def _byte_span(t: torch.Tensor) -> Optional[Tuple[int, int]]:

@@ -51,6 +51,11 @@ def forget_bias_unset(ctx: RuleContext) -> Iterator[Violation]:
         )
 
 
+def orthogonal_call(target: str) -> str:
+    """``orthogonal_`` drawn in float32 and copied in: QR has no bfloat16 or float16 kernel."""
+    return f"{target}.copy_(nn.init.orthogonal_(torch.empty({target}.shape, device={target}.device)))"
+
+
 GATE_NAMES = {"LSTM": "ifgo", "LSTMCell": "ifgo", "GRU": "rzn", "GRUCell": "rzn", "RNN": "h", "RNNCell": "h"}
 
 
@@ -85,7 +90,7 @@ def recurrent_not_orthogonal(ctx: RuleContext) -> Iterator[Violation]:
             "recurrent weights keep the state's norm through time (Saxe et al. 2014)",
             fix="with torch.no_grad():\n"
             + "\n".join(
-                f"    nn.init.orthogonal_({accessor(t.name)}[{i * rows}:{(i + 1) * rows}])"
+                f"    {orthogonal_call(accessor(t.name) + f'[{i * rows}:{(i + 1) * rows}]')}"
                 for i in range(len(spreads))
             ),
             locations=t.names,
@@ -119,6 +124,6 @@ def recurrent_spectral_radius(ctx: RuleContext) -> Iterator[Violation]:
         yield Violation(
             t.name,
             f"spectral radius of '{t.name}' ({t.module_type}) is {rho:.3g}, {what}",
-            fix=f"nn.init.orthogonal_({accessor(t.name)})",
+            fix=f"with torch.no_grad(): {orthogonal_call(accessor(t.name))}",
             locations=t.names,
         )

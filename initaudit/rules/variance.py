@@ -75,7 +75,7 @@ def _fix(scales: List[Scale]) -> Optional[str]:
     for s in scales:
         if s.off_by <= 1.1:
             continue
-        call = activations.init_call(s.use.activation, "model.get_submodule(name).weight", s.fan)
+        call = activations.init_call(s.use.activation, "model.get_submodule(name).weight", s.fan, s.use.weight.fan_in)
         names = by_call.setdefault(call, [])
         if s.use.module.name not in names:
             names.append(s.use.module.name)
@@ -88,7 +88,7 @@ def _fix(scales: List[Scale]) -> Optional[str]:
         elif "math.sqrt(" in call:  # the fan differs per layer: one call each
             for name in names:
                 s = next(x for x in scales if x.use.module.name == name)
-                lines.append(activations.init_call(s.use.activation, accessor(name + ".weight"), s.fan))
+                lines.append(activations.init_call(s.use.activation, accessor(name + ".weight"), s.fan, s.use.weight.fan_in))
         else:
             lines.append(f"for name in {names!r}: {call}")
     return "\n".join(lines)

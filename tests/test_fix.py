@@ -1,0 +1,258 @@
+"""--fix: every safe fix repairs its finding, touches nothing else, keeps device and dtype."""
+
+import copy
+import math
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from initaudit import audit
+from initaudit.cli import main
+
+from conftest import EXAMPLES, codes, he_init, mlp
+
+DTYPES = [torch.float32, torch.float64, torch.bfloat16]
+
+
+def relu_stack(width=32):
+    return mlp(4, width=width, inputs=16, init=he_init)
+
+
+def case_ia101():
+    m = relu_stack()
+    nn.init.zeros_(m[2].weight)
+    return m, torch.randn(32, 16)
+
+
+def case_ia102():
+    m = relu_stack()
+    nn.init.constant_(m[2].weight, 0.5)
+    return m, torch.randn(32, 16)
+
+
+def case_ia103():
+    m = relu_stack()
+    with torch.no_grad():
+        m[2].weight[0, 0] = float("nan")
+    return m, torch.randn(32, 16)
+
+
+def case_ia104():
+    m = relu_stack()
+    with torch.no_grad():
+        m[2].weight.copy_(torch.randn(32, 32) * 1e8)
+    return m, torch.randn(32, 16)
+
+
+def case_ia105():
+    first = nn.Linear(32, 32)
+    nn.init.kaiming_normal_(first.weight, nonlinearity="relu")
+    m = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), first, nn.ReLU(), copy.deepcopy(first), nn.ReLU(), nn.Linear(32, 2))
+    return m, torch.randn(32, 16)
+
+
+def case_ia201():
+    m = relu_stack()
+    with torch.no_grad():
+        m[2].weight.mul_(30)
+    return m, torch.randn(32, 16)
+
+
+class Tagger(nn.Module):
+    def __init__(self, cell=nn.LSTM, **kw):
+        super().__init__()
+        self.rnn = cell(8, 16, batch_first=True, **kw)
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0])
+
+
+def case_ia501():
+    return Tagger(), torch.randn(4, 5, 8)
+
+
+def case_ia502():
+    return Tagger(), torch.randn(4, 5, 8)
+
+
+def case_ia503():
+    m = Tagger(nn.RNN)
+    with torch.no_grad():
+        m.rnn.weight_hh_l0.copy_(torch.linalg.qr(torch.randn(16, 16))[0] * 1.5)
+    return m, torch.randn(4, 5, 8)
+
+
+def case_ia601():
+    m = nn.Sequential(nn.Linear(16, 32), nn.LayerNorm(32), nn.ReLU(), nn.Linear(32, 2))
+    nn.init.zeros_(m[1].weight)
+    return m, torch.randn(32, 16)
+
+
+CASES = {name[5:].upper(): fn for name, fn in globals().items() if name.startswith("case_")}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("code", sorted(CASES))
+def test_safe_fix_repairs_only_what_it_names(code, dtype):
+    torch.manual_seed(0)
+    model, x = CASES[code]()
+    model = model.to(dtype)
+    x = x.to(dtype)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = audit(model, x, select=[code], fix=True, seed=1)
+    fixed = [f for f in result.before.findings if f.code == code]
+    assert fixed, f"the case does not produce {code}"
+    assert code not in codes(result.after), result.after.table()
+    named = {n for f in fixed for n in [f.location, *f.locations]}
+    after = model.state_dict()
+    for k, v in before.items():
+        assert after[k].dtype == dtype if v.is_floating_point() else True
+        assert after[k].device == v.device
+        if k not in named:
+            assert torch.equal(after[k], v), f"{k} was not named by {code} but changed"
+    assert any(not torch.equal(after[k], before[k]) for k in named if k in before)
+
+
+@pytest.mark.parametrize("code", sorted(CASES))
+def test_fix_is_reproducible_under_a_seed(code):
+    def fixed_state(seed):
+        torch.manual_seed(0)
+        model, x = CASES[code]()
+        audit(model, x, select=[code], fix=True, seed=seed)
+        return model.state_dict()
+
+    a, b = fixed_state(5), fixed_state(5)
+    assert all(torch.equal(a[k], b[k]) or (a[k].isnan().any() and b[k].isnan().any()) for k in a)
+
+
+def test_fix_leaves_the_callers_rng_alone():
+    model, x = case_ia101()
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    audit(model, x, fix=True)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_lsuv_repairs_signal_findings_and_reports_factors():
+    torch.manual_seed(0)
+    model = mlp(20, width=128, inputs=64)
+    result = audit(model, torch.randn(128, 64), fix=True)
+    assert {"IA202", "IA206"} <= set(codes(result.before))
+    assert not {"IA202", "IA203", "IA206"} & set(codes(result.after))
+    assert result.lsuv and all(f > 0 for f in result.lsuv.values())
+    # LSUV's target: each layer's output variance on the batch is 1 within 0.1
+    outputs = []
+    hooks = [m.register_forward_hook(lambda m, a, o: outputs.append(o.var().item())) for m in model if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        model(torch.randn(128, 64))
+    for h in hooks:
+        h.remove()
+    assert all(abs(v - 1) < 0.35 for v in outputs[:-1])  # a fresh batch: sampling noise on top
+
+
+def test_findings_without_a_fix_say_why():
+    class WithUnused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used = nn.Linear(4, 2)
+            self.unused = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.used(x)
+
+    model = WithUnused()
+    result = audit(model, torch.randn(8, 4), select=["IA301"], fix=True)
+    entries = [u for u in result.unfixed if u[0].code == "IA301"]
+    assert [u[0].location for u in entries] == ["unused.weight", "unused.bias"]
+    assert all("forward must use" in why for _, why in entries)
+    assert result.before.findings[0].fix is None
+
+
+def test_unsafe_fix_unties_a_shared_layer_only_when_asked():
+    def shared():
+        layer = nn.Linear(8, 8)
+        return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), layer, nn.ReLU(), layer, nn.ReLU(), nn.Linear(8, 2))
+
+    model = shared()
+    result = audit(model, torch.randn(8, 4), select=["IA401"], fix=True)
+    assert "IA401" in codes(result.after) and "unsafe" in result.unfixed[0][1]
+    model = shared()
+    result = audit(model, torch.randn(8, 4), select=["IA401"], fix=True, unsafe_fixes=True)
+    assert "IA401" not in codes(result.after)
+    assert model[2] is not model[4] and model[2].weight is not model[4].weight
+
+
+# the command line --------------------------------------------------------------------------------
+
+def test_cli_fix_prints_before_after_and_exits_on_the_reaudit():
+    result = CliRunner().invoke(main, [f"{EXAMPLES / 'deep_mlp.py'}:build", "--fix"])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert out.index("Before the fix:") < out.index("Fixed:") < out.index("After the fix:")
+    assert "IA201" in out and "LSUV scale factors" in out and "old std" in out
+
+
+def test_cli_save_writes_a_loadable_state_dict_and_never_overwrites(tmp_path):
+    path = tmp_path / "fixed.pt"
+    target = f"{EXAMPLES / 'zero_hidden.py'}:build"
+    assert CliRunner().invoke(main, [target, "--fix", "--save", str(path)]).exit_code == 0
+    state = torch.load(path, weights_only=True)
+    assert state["2.weight"].std() > 0.05  # the zero layer, re-initialized
+    stamp = path.stat().st_mtime_ns
+    again = CliRunner().invoke(main, [target, "--fix", "--save", str(path)])
+    assert again.exit_code == 2 and "--force" in again.stderr and path.stat().st_mtime_ns == stamp
+    assert CliRunner().invoke(main, [target, "--fix", "--save", str(path), "--force"]).exit_code == 0
+    assert CliRunner().invoke(main, [target, "--save", str(tmp_path / "x.pt")]).exit_code == 2  # needs --fix
+
+
+@pytest.mark.parametrize("example", ["deep_mlp", "lstm_forget", "zero_hidden"])
+def test_emitted_code_fixes_a_freshly_built_model(example):
+    result = CliRunner().invoke(main, [f"{EXAMPLES / example}.py:build", "--fix", "--emit-code"])
+    assert result.exit_code == 0, result.stderr
+    code = result.stdout
+    assert code.lstrip().startswith("import math") and "def init_weights(model" in code
+    namespace = {}
+    exec(code, namespace)
+    sys.path.insert(0, str(EXAMPLES))
+    module = __import__(example)
+    torch.manual_seed(42)  # another draw than the one the fix was computed on
+    fresh = module.build()
+    namespace["init_weights"](fresh)
+    after = audit(fresh)
+    assert [f for f in after.findings if f.severity != "info"] == [], after.table()
+
+
+def test_unsafe_fixes_through_the_cli(write_target):
+    path = write_target(
+        "from torch import nn\n"
+        "def build():\n"
+        "    layer = nn.Linear(8, 8)\n"
+        "    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), layer, nn.ReLU(), layer, nn.ReLU(), nn.Linear(8, 2))\n"
+    )
+    plain = CliRunner().invoke(main, [f"{path}:build", "--select", "IA401", "--fix"])
+    assert plain.exit_code == 1 and "--unsafe-fixes" in plain.stdout
+    unsafe = CliRunner().invoke(main, [f"{path}:build", "--select", "IA401", "--fix", "--unsafe-fixes"])
+    assert unsafe.exit_code == 0 and "Structural (unsafe) fixes" in unsafe.stdout
+
+
+# the demonstration ------------------------------------------------------------------------------
+
+def test_fixing_the_deep_relu_mlp_makes_it_train():
+    sys.path.insert(0, str(EXAMPLES))
+    import fix_deep_relu as demo
+
+    torch.manual_seed(0)
+    plain = demo.build()
+    torch.manual_seed(0)
+    fixed = demo.build()
+    x, _ = demo.dataset()
+    result = audit(fixed, x, fix=True)
+    assert "IA202" in codes(result.before)
+    # measured (torch 2.13, CPU): 0.996 with the original init, 0.098 after the fix
+    plain_loss, fixed_loss = demo.train(plain), demo.train(fixed)
+    assert plain_loss > 0.9  # the original init barely learns in 200 steps
+    assert fixed_loss < 0.5 * plain_loss
