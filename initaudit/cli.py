@@ -79,16 +79,17 @@ def settings_from(
     )
 
 
-def show_fix(result: "FixResult", emit_code: bool) -> None:
-    """The before/after table; with --emit-code, the code alone on stdout and the rest on stderr."""
-    before = result.before
-    click.echo(f"Before the fix:\n{before.table()}\n", err=emit_code)
-    click.echo(f"Fixed:\n{result.table()}\n", err=emit_code)
+def show_fix(result: "FixResult", emit_code: bool, machine_output: bool) -> None:
+    """The before/after tables. With --emit-code the code alone goes to stdout, and with a
+    machine format the report does: the tables then go to stderr."""
+    to_stderr = emit_code or machine_output
+    click.echo(f"Before the fix:\n{result.before.table()}\n", err=to_stderr)
+    click.echo(f"Fixed:\n{result.table()}\n", err=to_stderr)
     if emit_code:
         click.echo(f"After the fix:\n{result.after.table()}", err=True)
         click.echo(result.emit_code())
     else:
-        click.echo("After the fix:")
+        click.echo("After the fix:", err=to_stderr)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -185,7 +186,7 @@ def main(
                                   fix=do_fix, unsafe_fixes=unsafe_fixes)
             if do_fix:
                 result, report = report, report.after
-                show_fix(result, emit_code)
+                show_fix(result, emit_code, output_format != "table" and not output)
                 if save:
                     from .fixer import save_state_dict
 

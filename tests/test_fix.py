@@ -256,3 +256,12 @@ def test_fixing_the_deep_relu_mlp_makes_it_train():
     plain_loss, fixed_loss = demo.train(plain), demo.train(fixed)
     assert plain_loss > 0.9  # the original init barely learns in 200 steps
     assert fixed_loss < 0.5 * plain_loss
+
+
+def test_cli_fix_with_json_keeps_stdout_a_json_document():
+    import json
+
+    result = CliRunner().invoke(main, [f"{EXAMPLES / 'zero_hidden.py'}:build", "--fix", "--format", "json"])
+    assert result.exit_code == 0
+    doc = json.loads(result.stdout)  # the re-audit
+    assert doc["findings"] == [] and "Before the fix:" in result.stderr
