@@ -101,3 +101,19 @@ def test_same_findings_on_cuda_as_on_cpu():
         gpu = audit(model, x, device="cuda")
         assert sorted((f.code, f.location) for f in gpu.findings) == cpu, type(model).__name__
         assert gpu.recording.jacobian_gain is None or gpu.recording.jacobian_gain > 0
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_fix_on_cuda_stays_on_cuda(dtype):
+    import sys
+
+    sys.path.insert(0, str(EXAMPLES))
+    import lstm_forget
+    import zero_hidden
+
+    for module in (zero_hidden, lstm_forget):
+        model = module.build().to("cuda", dtype)
+        result = audit(model, fix=True)
+        assert result.before.findings and not [f for f in result.after.findings if f.severity != "info"]
+        assert all(p.device.type == "cuda" and p.dtype == dtype for p in model.parameters())
