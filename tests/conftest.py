@@ -58,3 +58,14 @@ def write_target(tmp_path):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(1234)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--long", action="store_true", help="run the property tests with thousands of examples")
+
+
+def pytest_configure(config):
+    if config.getoption("--long"):
+        import os
+
+        os.environ["INITAUDIT_LONG"] = "1"
