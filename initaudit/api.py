@@ -6,7 +6,7 @@ import random
 import sys
 import time
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import TYPE_CHECKING, Any, List, Callable, Dict, FrozenSet, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import torch
 from torch import nn
@@ -124,6 +124,59 @@ def on_device(model: nn.Module, device: torch.device) -> Iterator[None]:
             module._buffers[name] = b
 
 
+def unwrap(model: nn.Module) -> Tuple[nn.Module, List[str]]:
+    """The model inside ``torch.compile``, ``DataParallel`` and ``DistributedDataParallel``
+    wrappers, so that names read as the user wrote them (no ``_orig_mod.``, no ``module.``)."""
+    notes = []
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if isinstance(inner, nn.Module):
+            notes.append("audited the module inside torch.compile (its original, uncompiled forward)")
+            model = inner
+            continue
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            notes.append(f"audited the module inside {type(model).__name__}")
+            model = model.module
+            continue
+        return model, notes
+
+
+def check_devices(model: nn.Module, device: Union[str, torch.device, None]) -> None:
+    """Meta tensors hold no values; a model on two devices needs ``device=`` to be audited."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    meta = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    if meta:
+        raise InputError(
+            f"parameter '{meta[0]}' (and {len(meta) - 1} more) is on the meta device and holds no values: "
+            "materialize the model first, e.g. model.to_empty(device='cpu') and then initialize it"
+        )
+    devices = sorted({str(t.device) for t in tensors})
+    if len(devices) > 1 and device is None:
+        raise InputError(
+            f"the model is spread over {' and '.join(devices)}: audit it on one device "
+            "(--device, or audit(..., device=...))"
+        )
+
+
+def materialize_lazy(model: nn.Module, example_input: Any) -> List[str]:
+    """Run one forward without gradients to give lazy modules their shapes; say which."""
+    lazy = [n for n, p in model.named_parameters() if isinstance(p, nn.parameter.UninitializedParameter)]
+    if not lazy:
+        return []
+    from .state import preserved
+
+    with preserved(model), torch.no_grad():
+        model.train()
+        if isinstance(example_input, dict):
+            model(**example_input)
+        elif isinstance(example_input, tuple):
+            model(*example_input)
+        else:
+            model(example_input)
+    return [f"materialized {len(lazy)} lazy parameter(s) ({', '.join(lazy[:4])}{', ...' if len(lazy) > 4 else ''}) "
+            "by a forward on the example input: their values are the lazy modules' own init"]
+
+
 def audit(
     model: nn.Module,
     example_input: Any = None,
@@ -162,6 +215,8 @@ def audit(
     if not isinstance(model, nn.Module):
         raise TypeError(f"audit() takes an nn.Module, not {type(model).__name__}")
     started = time.perf_counter()
+    model, notes = unwrap(model)
+    check_devices(model, device)
     rules = resolve_selection(select, ignore)
     ties = parse_ties(tied)
     rule_options(rules, options)  # reject unknown options before running anything
@@ -173,9 +228,12 @@ def audit(
             inputs.check_input(example_input)
             x = example_input
         x = inputs.to_device(x, dev)
+        notes += materialize_lazy(model, x)
         recording = inspect(model, x, loss=loss, seed=seed)
+        notes += recording.notes
     findings, suppressed = suppress.split(run_rules(recording, rules, options, ties), recording, per_parameter_ignores)
     report = Report(
+        notes=notes,
         findings=findings,
         suppressed=suppressed,
         recording=recording,
@@ -206,6 +264,7 @@ def audit_target(
     batch_size: int = inputs.DEFAULT_BATCH,
     fix: bool = False,
     unsafe_fixes: bool = False,
+    checkpoint: Optional[str] = None,
 ) -> Any:
     """Build the model of ``path/to/file.py:factory`` (or ``pkg.mod:factory``) and audit it.
 
@@ -214,11 +273,13 @@ def audit_target(
     factory put it).
     """
     from .config import Settings
-    from .loader import load_target
+    from .loader import load_checkpoint, load_target
 
     settings = settings or Settings()
     seed_everything(settings.seed)
     built = load_target(spec, dict(factory_args or {}))
+    if checkpoint:
+        load_checkpoint(built.model, checkpoint)
     # the model is ours (the factory just built it): move it for good, not back and forth
     model = built.model.to(resolve_device(settings.device, built.model))
     report = audit(

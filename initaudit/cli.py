@@ -123,6 +123,8 @@ def show_fix(result: "FixResult", emit_code: bool, machine_output: bool) -> None
               help="Fail only on findings that are not in this baseline file.")
 @click.option("--write-baseline", type=click.Path(dir_okay=False),
               help="Record today's findings in FILE and exit 0.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False),
+              help="Load this state dict (torch.save, read with weights_only=True) into the model first.")
 @click.option("--fix", "do_fix", is_flag=True, help="Repair the findings that have a safe fix, in place, and audit again.")
 @click.option("--unsafe-fixes", is_flag=True, help="With --fix, also make structural fixes (untie shared parameters).")
 @click.option("--save", type=click.Path(dir_okay=False), help="With --fix, torch.save the fixed state_dict to FILE.")
@@ -151,6 +153,7 @@ def main(
     tied: Sequence[str],
     baseline_path: Optional[str],
     write_baseline: Optional[str],
+    checkpoint: Optional[str],
     do_fix: bool,
     unsafe_fixes: bool,
     save: Optional[str],
@@ -183,7 +186,7 @@ def main(
     for target in targets:
         try:
             report = audit_target(target, settings, factory_args=kwargs, input_shape=shape, batch_size=batch_size,
-                                  fix=do_fix, unsafe_fixes=unsafe_fixes)
+                                  fix=do_fix, unsafe_fixes=unsafe_fixes, checkpoint=checkpoint)
             if do_fix:
                 result, report = report, report.after
                 show_fix(result, emit_code, output_format != "table" and not output)

@@ -42,6 +42,7 @@ def shape_stats(t: torch.Tensor) -> torch.Tensor:
     ``(max G_ii - min G_ii) / mean G_ii``; both are ~0 for an orthogonal ``W``.
     """
     x = t.detach()
+    x = x.to_dense() if x.layout != torch.strided else x
     acc = torch.float64 if x.dtype == torch.float64 or x.device.type == "cpu" else torch.float32
     flat = x.reshape(-1).to(acc)
     centered = flat - flat.mean()

@@ -141,6 +141,7 @@ class CallRecorder:
         self.pooling = 1.0
         self.running: List[int] = []
         self.handles: List[Any] = []
+        self.scripted = False
         # nonlinearity of each activation module, whose outputs also get dead/saturated counts
         self.nonlinearity: Dict[int, str] = {}
         for key, (module, _) in module_names.items():
@@ -150,6 +151,9 @@ class CallRecorder:
 
     def attach(self) -> None:
         for module, _ in self.module_names.values():
+            if isinstance(module, torch.jit.ScriptModule):
+                self.scripted = True  # TorchScript takes no Python hooks
+                continue
             self.handles.append(module.register_forward_pre_hook(self._pre))
             self.handles.append(module.register_forward_hook(self._post))
 
@@ -349,6 +353,8 @@ def inspect(
         jacobian_note=gain_note,
         traced=traced,
         unobserved=[m.name for m in modules if m.has_parameters and m.calls == 0],
+        notes=["a TorchScript module takes no forward hooks: parameters and gradients are audited, "
+               "module outputs (and the signal rules) are not"] if recorder.scripted else [],
     )
 
 

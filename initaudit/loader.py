@@ -188,3 +188,37 @@ def normalize(built: Any, spec: str, factory_name: str = "factory") -> Target:
             raise LoadError(f"{factory_name}() returned a dict whose 'loss' is not callable")
         return Target(spec, model, example_input=built.get("input"), loss=loss)
     raise LoadError(f"{factory_name}() returned {type(built).__name__}, expected {RETURN_FORMS}")
+
+
+def load_checkpoint(model: nn.Module, path: str) -> None:
+    """Load a ``torch.save``d state dict into ``model``, never running code from the file.
+
+    ``torch.load(..., weights_only=True)`` refuses pickles that would call anything but
+    the tensor constructors, so a malicious checkpoint is an error, not an exploit.
+    """
+    import pickle
+    from collections.abc import Mapping
+
+    if not os.path.exists(path):
+        raise LoadError(f"checkpoint not found: {path}")
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)  # an old, non-zip file
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        raise LoadError(f"refused to load {path}: it is not a plain state dict of tensors ({first})") from exc
+    except Exception as exc:
+        raise LoadError(f"cannot read checkpoint {path}: {describe(exc)}") from exc
+    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        state = state["state_dict"]  # the common {"state_dict": ..., "epoch": ...} wrapper
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise LoadError(f"{path} is not a state dict (a mapping of names to tensors), it holds {type(state).__name__}")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
+        raise LoadError(f"{path} does not fit the model: {detail[:300]}") from exc

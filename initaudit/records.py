@@ -158,6 +158,7 @@ class Recording:
     jacobian_note: Optional[str] = None  # why it is None
     traced: List[str] = field(default_factory=list)  # modules torch.fx traced ("" = the model)
     unobserved: List[str] = field(default_factory=list)  # parameterized modules no hook saw
+    notes: List[str] = field(default_factory=list)  # what the inspector could not do, and why
 
     @property
     def parameters(self) -> List[TensorRecord]:

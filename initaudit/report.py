@@ -58,6 +58,7 @@ class Report:
     source: Optional[str] = None  # the file that defines the target's factory
     line: Optional[int] = None  # the factory's line in it
     suppressed: List[Finding] = field(default_factory=list)  # by source or configuration
+    notes: List[str] = field(default_factory=list)  # what the audit did that a user should know
     baselined: List[Finding] = field(default_factory=list)  # already in the baseline
 
     @property
@@ -105,6 +106,7 @@ class Report:
             "buffers": [t.to_dict() for t in self.buffers],
             "modules": [m.to_dict() for m in self.modules],
             "rules": list(self.rules),
+            "notes": list(self.notes),
             "graph": {
                 "traced": list(self.recording.traced),
                 "unobserved": list(self.recording.unobserved),
@@ -137,6 +139,7 @@ class Report:
         blocks = [_findings_table(self.findings, width) if self.findings else "No findings."]
         if show_suppressed and self.suppressed:
             blocks.append("Suppressed:\n" + _findings_table(self.suppressed, width, why=True))
+        blocks.extend(f"note: {note}" for note in self.notes)
         blocks.append(self.summary_line())
         return "\n\n".join(blocks)
 

@@ -47,7 +47,7 @@ def tensor_summary(t: torch.Tensor) -> torch.Tensor:
     float32 or better. ``zeros``, ``nonfinite`` and ``subnormal`` (``0 < |x| < finfo.tiny``)
     are element counts.
     """
-    x = t.detach()
+    x = dense(t)
     n = x.numel()
     acc = accumulation_dtype(x.dtype)
     if n == 0:
@@ -67,13 +67,19 @@ def tensor_summary(t: torch.Tensor) -> torch.Tensor:
     )
 
 
+def dense(t: torch.Tensor) -> torch.Tensor:
+    """A detached, strided view of ``t``: sparse tensors are densified for their statistics."""
+    x = t.detach()
+    return x.to_dense() if x.layout != torch.strided else x
+
+
 def probe(t: torch.Tensor, points: int = 4) -> torch.Tensor:
     """Elements at ``points`` fixed, spread-out positions of the flattened tensor.
 
     With the shape, dtype, mean and std they bucket candidate clones, so that only tensors
     in one bucket are compared element by element.
     """
-    x = t.detach().reshape(-1)
+    x = dense(t).reshape(-1)
     n = x.numel()
     if n == 0:
         return torch.zeros(points, dtype=torch.float64, device=x.device)
@@ -158,7 +164,7 @@ def output_summary(out: torch.Tensor) -> torch.Tensor:
 
 def gradient_summary(g: torch.Tensor) -> torch.Tensor:
     """``[norm, std, nonfinite]`` of a gradient: ``norm = sqrt(sum(g^2))``, population std."""
-    x = g.detach()
+    x = dense(g)
     n = x.numel()
     xa = x.to(accumulation_dtype(x.dtype))
     norm = xa.square().sum().sqrt()

@@ -117,3 +117,14 @@ def test_fix_on_cuda_stays_on_cuda(dtype):
         result = audit(model, fix=True)
         assert result.before.findings and not [f for f in result.after.findings if f.severity != "info"]
         assert all(p.device.type == "cuda" and p.dtype == dtype for p in model.parameters())
+
+
+@cuda
+def test_model_on_cpu_and_cuda_is_a_clear_error_unless_a_device_is_given():
+    from initaudit import InputError
+
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2).cuda())
+    with pytest.raises(InputError, match="spread over cpu and cuda:0"):
+        audit(model, torch.randn(4, 8))
+    rep = audit(model, torch.randn(4, 8), device="cuda")
+    assert rep.device.startswith("cuda") and model[0].weight.device.type == "cpu"

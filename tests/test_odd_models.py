@@ -1,0 +1,189 @@
+"""Odd models get a clear finding or a clean skip, never a traceback; bad input gets one line."""
+
+import dataclasses
+import warnings
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from initaudit import InputError, audit
+from initaudit.cli import main
+
+from conftest import EXAMPLES, codes
+
+
+def small():
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+
+
+def names(report):
+    return [t.name for t in report.parameters]
+
+
+def test_no_parameters():
+    rep = audit(nn.Sequential(nn.ReLU(), nn.Tanh()), torch.randn(4, 3))
+    assert rep.parameters == [] and rep.findings == []
+
+
+def test_lazy_modules_are_materialized_and_said_so():
+    model = nn.Sequential(nn.LazyLinear(16), nn.ReLU(), nn.Linear(16, 2))
+    rep = audit(model, torch.randn(4, 8))
+    assert model[0].weight.shape == (16, 8)
+    assert any("materialized 2 lazy parameter(s)" in n for n in rep.notes)
+    assert "note: materialized" in rep.table()
+
+
+def test_torch_compile_is_audited_with_the_original_names():
+    rep = audit(torch.compile(small()), torch.randn(4, 8))
+    assert names(rep) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert any("torch.compile" in n for n in rep.notes)
+
+
+def test_data_parallel_is_unwrapped():
+    rep = audit(nn.DataParallel(small()), torch.randn(4, 8))
+    assert names(rep) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+
+
+def test_torchscript_audits_parameters_and_says_what_it_cannot():
+    rep = audit(torch.jit.script(small()), torch.randn(4, 8))
+    assert names(rep) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert all(t.grad_status == "ok" for t in rep.parameters)
+    assert any("TorchScript" in n for n in rep.notes)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64], ids=str)
+def test_low_and_high_precision(dtype):
+    rep = audit(small().to(dtype), torch.randn(4, 8, dtype=dtype))
+    assert all(t.dtype == str(dtype).replace("torch.", "") for t in rep.parameters)
+    assert all(t.std and t.std > 0 for t in rep.parameters if t.ndim == 2)
+
+
+def test_complex_parameters_are_listed_not_judged():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = nn.Linear(8, 2).to(torch.complex64)
+        rep = audit(model, torch.randn(4, 8, dtype=torch.complex64))
+    assert all(t.grad_status == "not-floating" and "not floating point" in t.notes[0] for t in rep.parameters)
+
+
+def test_integer_and_quantized_buffers():
+    model = small()
+    model.register_buffer("steps", torch.arange(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.register_buffer("q", torch.quantize_per_tensor(torch.randn(4), 0.1, 0, torch.qint8))
+    before = model.q.clone()
+    rep = audit(model, torch.randn(4, 8))
+    assert rep.buffers == []  # neither is a floating-point statistic
+    assert torch.equal(model.q.int_repr(), before.int_repr())
+
+
+def test_sparse_parameter():
+    class Sparse(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(8, 8).to_sparse())
+
+        def forward(self, x):
+            return torch.sparse.mm(self.w, x.T).T
+
+    rep = audit(Sparse(), torch.randn(4, 8))
+    (w,) = rep.parameters
+    assert w.std > 0 and w.grad_status == "ok"
+
+
+def test_frozen_parameters_get_no_ia301():
+    model = small()
+    model[0].requires_grad_(False)
+    assert "IA301" not in codes(audit(model, torch.randn(4, 8)))
+
+
+def test_keyword_only_forward_and_dataclass_output():
+    @dataclasses.dataclass
+    class Output:
+        logits: torch.Tensor
+
+    class KW(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(8, 2)
+
+        def forward(self, *, features):
+            return Output(self.lin(features))
+
+    rep = audit(KW(), {"features": torch.randn(4, 8)})
+    assert all(t.grad_status == "ok" for t in rep.parameters)
+
+
+def test_meta_device_is_a_clear_error():
+    with pytest.raises(InputError, match="meta device.*to_empty"):
+        audit(small().to("meta"), torch.randn(4, 8))
+
+
+def test_model_on_two_devices_names_both():
+    model = small()
+    model.register_buffer("table", torch.zeros(4, device="meta"))  # a second device: cpu and meta
+    with pytest.raises(InputError, match="spread over cpu and meta"):
+        audit(model, torch.randn(4, 8))
+
+
+# bad input to the CLI -----------------------------------------------------------------------------
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line_error(result, text):
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and text in lines[0], result.stderr
+    assert result.stdout == ""
+
+
+def test_unknown_device():
+    one_line_error(run(f"{EXAMPLES / 'healthy_mlp.py'}:build", "--device", "tpu9"), "unknown device 'tpu9'")
+
+
+def test_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(3)
+    import sys
+
+    sys.path.insert(0, str(EXAMPLES))
+    import zero_hidden
+
+    model = zero_hidden.build()
+    nn.init.kaiming_normal_(model[2].weight, nonlinearity="relu")
+    path = tmp_path / "good.pt"
+    torch.save(model.state_dict(), path)
+    result = run(f"{EXAMPLES / 'zero_hidden.py'}:build", "--checkpoint", path, "--select", "IA101")
+    assert result.exit_code == 0, result.output  # the checkpoint's weights, not the factory's zero layer
+
+
+def test_checkpoint_that_is_not_a_state_dict(tmp_path):
+    path = tmp_path / "list.pt"
+    torch.save([1, 2, 3], path)
+    one_line_error(run(f"{EXAMPLES / 'zero_hidden.py'}:build", "--checkpoint", path), "is not a state dict")
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"other.weight": torch.zeros(2)}, wrong)
+    one_line_error(run(f"{EXAMPLES / 'zero_hidden.py'}:build", "--checkpoint", wrong), "does not fit the model")
+
+
+class Exploit:
+    """A pickle that, if loaded with weights_only=False, would create a file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"0.weight": Exploit(str(marker))}, path)
+    assert not marker.exists()
+    one_line_error(run(f"{EXAMPLES / 'zero_hidden.py'}:build", "--checkpoint", path), "refused to load")
+    assert not marker.exists()
