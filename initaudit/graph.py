@@ -35,7 +35,7 @@ class LayerUse:
 def _weights(recording: Recording) -> Dict[str, TensorRecord]:
     weights = {}
     for t in recording.tensors:
-        if t.kind == "parameter" and t.attr == "weight" and t.ndim >= 2 and t.floating:
+        if t.kind in ("parameter", "effective") and t.attr == "weight" and t.ndim >= 2 and t.floating:
             for name in t.names:
                 module, _, _ = name.rpartition(".")
                 weights.setdefault(module, t)

@@ -374,7 +374,8 @@ def _module_records(
             kind=kind,
             activation=act.name if act else None,
             activation_param=act.param if act else 0.0,
-            leaf=next(module.children(), None) is None,
+            # a parametrized layer is still a leaf: its only child holds its parametrizations
+            leaf=all(child == "parametrizations" for child, _ in module.named_children()),
             has_parameters=next(module.parameters(recurse=False), None) is not None,
             calls=recorder.counts.get(key, 0),
             first_call=recorder.first_call.get(key),
@@ -488,6 +489,53 @@ def _tensor_records(
                     deferred.add(("sv", key), stats.block_singular_values(t, recurrent))
                     if recurrent == 1 and t.shape[0] == t.shape[1]:
                         deferred.add(("rho", key), stats.spectral_radius(t).reshape(1))
+            records.append((key, record))
+    records += _effective_records(module_names, deferred)
+    return records
+
+
+def _effective_records(
+    module_names: "OrderedDict[int, Tuple[Any, List[str]]]",
+    deferred: stats.Deferred,
+) -> List[Tuple[int, TensorRecord]]:
+    """The effective tensors of parametrized modules (``parametrize``, ``weight_norm``,
+    ``spectral_norm``): what the layer computes with, named as the layer uses it, with a
+    note naming the trainable originals. The value rules and IA201 judge these."""
+    from torch.nn.utils import parametrize
+
+    records = []
+    for module, names in module_names.values():
+        if not parametrize.is_parametrized(module):
+            continue
+        for attr, plist in module.parametrizations.items():
+            was_training = module.training
+            module.eval()  # spectral_norm's power iteration runs (and writes buffers) only in training
+            try:
+                with torch.no_grad():
+                    value = getattr(module, attr).detach()
+            finally:
+                module.train(was_training)
+            originals = [f"{names[0]}.parametrizations.{attr}.{n}" if names[0] else f"parametrizations.{attr}.{n}"
+                         for n, _ in plist.named_parameters(recurse=False)]
+            fans = stats.fan_in_and_fan_out(value.shape)
+            name = f"{names[0]}.{attr}" if names[0] else attr
+            record = TensorRecord(
+                names=[name], kind="effective", module=names[0], module_type=type(module).__name__, attr=attr,
+                shape=tuple(value.shape), dtype=str(value.dtype).replace("torch.", ""), device=str(value.device),
+                requires_grad=False, floating=value.is_floating_point(), numel=value.numel(),
+                fan_in=fans[0] if fans else None, fan_out=fans[1] if fans else None,
+                grad_status="effective",
+            )
+            record.layer_fan_in = record.fan_in
+            record.notes.append(
+                f"effective {attr} of a parametrization ({', '.join(type(p).__name__ for p in plist)}); "
+                f"trainable original(s): {', '.join(originals)}"
+            )
+            key = ("effective", name)
+            if record.floating:
+                deferred.add(("param", key), stats.tensor_summary(value))
+                if value.dim() >= 2 and value.numel() > 1:
+                    deferred.add(("shape", key), fingerprint.shape_stats(value))
             records.append((key, record))
     return records
 

@@ -22,7 +22,7 @@ class TensorRecord:
     """One parameter or floating-point buffer, under every name it is reachable by."""
 
     names: List[str]
-    kind: str  # "parameter" or "buffer"
+    kind: str  # "parameter", "buffer", or "effective" (a parametrization's computed tensor)
     module: str  # owner module of names[0] ("" for the root)
     module_type: str
     attr: str
@@ -162,7 +162,8 @@ class Recording:
 
     @property
     def parameters(self) -> List[TensorRecord]:
-        return [t for t in self.tensors if t.kind == "parameter"]
+        """Parameters, and the effective tensors of parametrized modules (judged like weights)."""
+        return [t for t in self.tensors if t.kind in ("parameter", "effective")]
 
     def module(self, name: str) -> Optional[ModuleRecord]:
         """The module reachable as ``name``."""

@@ -63,7 +63,8 @@ class Report:
 
     @property
     def parameters(self) -> List[TensorRecord]:
-        return [t for t in self.recording.tensors if t.kind == "parameter"]
+        """Every parameter, then the effective weights of parametrized modules."""
+        return self.recording.parameters
 
     @property
     def buffers(self) -> List[TensorRecord]:
@@ -81,7 +82,7 @@ class Report:
         return not any(fails(f.severity, fail_on) for f in self.findings)
 
     def summary(self) -> Dict[str, Any]:
-        params = self.parameters
+        params = [t for t in self.parameters if t.kind == "parameter"]
         return {
             "errors": self.count("error"),
             "warnings": self.count("warning"),

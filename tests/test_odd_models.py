@@ -187,3 +187,30 @@ def test_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path):
     assert not marker.exists()
     one_line_error(run(f"{EXAMPLES / 'zero_hidden.py'}:build", "--checkpoint", path), "refused to load")
     assert not marker.exists()
+
+
+def test_parametrized_weights_are_judged_by_their_effective_value():
+    from torch.nn.utils import parametrizations
+
+    torch.manual_seed(0)
+    layers = [parametrizations.weight_norm(nn.Linear(64, 64)) for _ in range(20)]
+    model = nn.Sequential(*[m for layer in layers for m in (layer, nn.ReLU())], nn.Linear(64, 2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rep = audit(model, torch.randn(64, 64))
+    effective = {t.name: t for t in rep.parameters if t.kind == "effective"}
+    assert "0.weight" in effective and "0.parametrizations.weight.original1" in effective["0.weight"].notes[0]
+    # weight_norm keeps PyTorch's default scale: the effective weights are 1/sqrt(6) of He
+    assert "IA201" in codes(rep)
+    assert rep.summary()["parameters"] == 20 * 3 + 2  # g, v, bias per layer and the head; no effective
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_spectral_norm_power_iteration_is_not_advanced_by_the_audit():
+    from torch.nn.utils import parametrizations
+
+    model = nn.Sequential(parametrizations.spectral_norm(nn.Linear(8, 8)), nn.ReLU(), nn.Linear(8, 2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    audit(model, torch.randn(4, 8))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k  # the u and v vectors included
