@@ -138,3 +138,12 @@ def test_spectral_radius():
     assert stats.spectral_radius(w).item() == pytest.approx(1.5)
     rotation = torch.tensor([[0.0, -2.0], [2.0, 0.0]])  # eigenvalues +-2i
     assert stats.spectral_radius(rotation).item() == pytest.approx(2.0)
+
+
+def test_float16_summary_against_an_independent_float64_reference():
+    ref = (torch.randn(50_000, dtype=torch.float64) * 0.02 + 0.5).to(torch.float16)
+    mean, std, lo, hi, *_ = stats.tensor_summary(ref).tolist()
+    exact = ref.double()  # the stored float16 values, in float64
+    assert mean == pytest.approx(exact.mean().item(), rel=1e-6)
+    assert std == pytest.approx(exact.std(correction=0).item(), rel=1e-4)
+    assert (lo, hi) == (exact.min().item(), exact.max().item())
