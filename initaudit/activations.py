@@ -75,6 +75,14 @@ PASSTHROUGH_TYPES: Tuple[type, ...] = (
     nn.ZeroPad2d,
 )
 
+# average pooling averages an example's variation over its window by design: the signal,
+# gradient and Jacobian figures account for it
+AVERAGE_POOL_TYPES: Tuple[type, ...] = (
+    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+)
+AVERAGE_POOLS = frozenset(t.__name__ for t in AVERAGE_POOL_TYPES)
+
 # nonlinearity name -> module type(s); the name is what messages and gains use.
 ACTIVATION_TYPES: Dict[str, Tuple[type, ...]] = {
     "relu": (nn.ReLU, nn.ReLU6),

@@ -28,10 +28,7 @@ _GATES: Dict[type, int] = {nn.LSTM: 4, nn.LSTMCell: 4, nn.GRU: 3, nn.GRUCell: 3}
 _GATED_PREFIXES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 _RECURRENT_BLOCKS: Dict[type, int] = {**_GATES, nn.RNN: 1, nn.RNNCell: 1}
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-_AVERAGE_POOLS = (
-    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-)
+
 
 
 def floating_tensors(obj: Any) -> Iterator[torch.Tensor]:
@@ -178,7 +175,7 @@ class CallRecorder:
         if out is None:
             self.call_outputs.append(None)
             return
-        if isinstance(module, _AVERAGE_POOLS):
+        if isinstance(module, activations.AVERAGE_POOL_TYPES):
             first = next(floating_tensors(args), None)
             if first is not None and out.numel():
                 self.pooling *= first.numel() / out.numel()

@@ -77,9 +77,6 @@ def zero_gradient(ctx: RuleContext) -> Iterator[Violation]:
     )
 
 
-_POOLS = ("AvgPool1d", "AvgPool2d", "AvgPool3d", "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d")
-
-
 def weight_gradients(recording: Recording) -> List[List[Tuple[str, float]]]:
     """``(weight name, gradient RMS)`` of layer weights in the forward order of their layers,
     in segments split at average pooling.
@@ -88,7 +85,7 @@ def weight_gradients(recording: Recording) -> List[List[Tuple[str, float]]]:
     weight gradient, each scaled by ``1/k``: its gradient RMS drops by about ``sqrt(k)`` by
     construction, so layers are compared only within a segment.
     """
-    pools = [i for i, name in enumerate(recording.call_order) if (m := recording.module(name)) is not None and m.type in _POOLS]
+    pools = [i for i, name in enumerate(recording.call_order) if (m := recording.module(name)) is not None and m.type in activations.AVERAGE_POOLS]
     order = {}
     for m in recording.modules:
         if m.kind == activations.LAYER and m.first_call is not None:

@@ -10,9 +10,6 @@ from ..records import OutputRecord, Recording
 from ..registry import RuleContext, Violation, rule
 
 
-_POOLS = ("AvgPool1d", "AvgPool2d", "AvgPool3d", "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d")
-
-
 def layer_signal(recording: Recording) -> List[List[Tuple[str, float]]]:
     """``(layer name, per-feature std across the batch)`` of every layer call, in forward order,
     in segments split at average pooling.
@@ -27,7 +24,7 @@ def layer_signal(recording: Recording) -> List[List[Tuple[str, float]]]:
         module = recording.module(name)
         if module is None:
             continue
-        if module.type in _POOLS and segments[-1]:
+        if module.type in activations.AVERAGE_POOLS and segments[-1]:
             segments.append([])
             continue
         out = recording.call_outputs[index]
