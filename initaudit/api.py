@@ -194,8 +194,14 @@ def audit(
     target: Optional[str] = None,
     fix: bool = False,
     unsafe_fixes: bool = False,
+    params_only: bool = False,
+    no_backward: bool = False,
 ) -> Any:
     """Audit ``model``'s initialization and return a :class:`~initaudit.report.Report`.
+
+    ``params_only=True`` runs no forward at all (the value rules only, no input needed);
+    ``no_backward=True`` skips the backward (no gradient rules). The report's notes say which
+    rules were skipped.
 
     With ``fix=True``, repair the findings that have a safe fix in place (and, with
     ``unsafe_fixes=True``, the structural ones), audit again, and return a
@@ -218,18 +224,29 @@ def audit(
     model, notes = unwrap(model)
     check_devices(model, device)
     rules = resolve_selection(select, ignore)
+    available = {"values"} | ({"forward"} if not params_only else set()) | (
+        {"backward"} if not (params_only or no_backward) else set())
+    skipped = [r.code for r in rules if r.needs not in available]
+    rules = [r for r in rules if r.needs in available]
     ties = parse_ties(tied)
     rule_options(rules, options)  # reject unknown options before running anything
     dev = resolve_device(device, model)
+    if skipped:
+        what = "no forward (--params-only)" if params_only else "no backward (--no-backward)"
+        notes.append(f"{what}: skipped {', '.join(skipped)}")
     with on_device(model, dev):
-        if example_input is None or input_shape is not None:
+        if params_only:
+            x = None
+        elif example_input is None or input_shape is not None:
             x = inputs.make_input(model, input_shape, batch=batch_size, seed=seed)
         else:
             inputs.check_input(example_input)
             x = example_input
-        x = inputs.to_device(x, dev)
-        notes += materialize_lazy(model, x)
-        recording = inspect(model, x, loss=loss, seed=seed)
+        if x is not None:
+            x = inputs.to_device(x, dev)
+            notes += materialize_lazy(model, x)
+        recording = inspect(model, x, loss=loss, seed=seed, run_forward=not params_only,
+                            run_backward=not (params_only or no_backward))
         notes += recording.notes
     findings, suppressed = suppress.split(run_rules(recording, rules, options, ties), recording, per_parameter_ignores)
     report = Report(
@@ -265,6 +282,8 @@ def audit_target(
     fix: bool = False,
     unsafe_fixes: bool = False,
     checkpoint: Optional[str] = None,
+    params_only: bool = False,
+    no_backward: bool = False,
 ) -> Any:
     """Build the model of ``path/to/file.py:factory`` (or ``pkg.mod:factory``) and audit it.
 
@@ -291,6 +310,8 @@ def audit_target(
         target=spec,
         fix=fix,
         unsafe_fixes=unsafe_fixes,
+        params_only=params_only,
+        no_backward=no_backward,
         **{**settings.audit_options(), "device": None},
     )
     for r in (report.before, report.after) if fix else (report,):

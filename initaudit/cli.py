@@ -123,6 +123,9 @@ def show_fix(result: "FixResult", emit_code: bool, machine_output: bool) -> None
               help="Fail only on findings that are not in this baseline file.")
 @click.option("--write-baseline", type=click.Path(dir_okay=False),
               help="Record today's findings in FILE and exit 0.")
+@click.option("--params-only", is_flag=True,
+              help="No forward at all: the value rules only (for models too large to run).")
+@click.option("--no-backward", is_flag=True, help="Forward but no backward: no gradient rules.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False),
               help="Load this state dict (torch.save, read with weights_only=True) into the model first.")
 @click.option("--fix", "do_fix", is_flag=True, help="Repair the findings that have a safe fix, in place, and audit again.")
@@ -154,6 +157,8 @@ def main(
     baseline_path: Optional[str],
     write_baseline: Optional[str],
     checkpoint: Optional[str],
+    params_only: bool,
+    no_backward: bool,
     do_fix: bool,
     unsafe_fixes: bool,
     save: Optional[str],
@@ -186,7 +191,8 @@ def main(
     for target in targets:
         try:
             report = audit_target(target, settings, factory_args=kwargs, input_shape=shape, batch_size=batch_size,
-                                  fix=do_fix, unsafe_fixes=unsafe_fixes, checkpoint=checkpoint)
+                                  fix=do_fix, unsafe_fixes=unsafe_fixes, checkpoint=checkpoint,
+                                  params_only=params_only, no_backward=no_backward)
             if do_fix:
                 result, report = report, report.after
                 show_fix(result, emit_code, output_format != "table" and not output)

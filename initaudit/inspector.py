@@ -288,8 +288,13 @@ def inspect(
     *,
     loss: Optional[LossFn] = None,
     seed: int = 0,
+    run_forward: bool = True,
+    run_backward: bool = True,
 ) -> Recording:
     """Record statistics of ``model`` on ``example_input``; the model is left untouched.
+
+    ``run_forward=False`` records the parameters alone (no input needed: for models too
+    large to run); ``run_backward=False`` runs the forward without gradients.
 
     The forward runs in training mode (a first training step), with every module's output
     reduced to a few statistics by a forward hook. The backward uses
@@ -305,28 +310,33 @@ def inspect(
     recorder = CallRecorder(module_names, deferred)
     # values as the user left them, before a training-mode forward can touch a buffer
     tensors = _tensor_records(param_names, buffer_names, module_names, deferred)
+    backward, grads, gain, gain_note, loss_value = False, {}, None, None, None
     with preserved(model):
         flows, traced = flow.analyze(model)
-        model.train()
-        seed_torch(seed)
-        x, leaves = probe_input(example_input)
-        with torch.enable_grad():
-            output = _forward(model, x, recorder)
-            loss_value = _loss(output, x, loss, seed)
-            probed: Optional[List[Optional[torch.Tensor]]] = None
-            if loss is not None and leaves:
-                # a custom loss says nothing of the Jacobian: probe it with a projection of its own
-                probe = random_projection_loss(output, seed)
-                probed = []
-                if probe is not None:
-                    probed = list(torch.autograd.grad(probe, leaves, allow_unused=True, retain_graph=True))
-            backward, grads, input_grads = _first_step_gradients(loss_value, param_names, leaves)
-            input_grads = probed if probed is not None else input_grads
-        gain, gain_note = jacobian_gain(output, input_grads, sum(t.numel() for t in leaves))
-        if gain is not None:
-            deferred.add("jacobian", (gain * recorder.pooling).reshape(1))
-            if recorder.pooling != 1.0:
-                gain_note = f"corrected for average pooling over {recorder.pooling:g} elements"
+        if run_forward:
+            model.train()
+            seed_torch(seed)
+            x, leaves = probe_input(example_input) if run_backward else (example_input, [])
+            with torch.enable_grad() if run_backward else torch.no_grad():
+                output = _forward(model, x, recorder)
+                if run_backward:
+                    loss_value = _loss(output, x, loss, seed)
+                    probed: Optional[List[Optional[torch.Tensor]]] = None
+                    if loss is not None and leaves:
+                        # a custom loss says nothing of the Jacobian: probe it with a projection of its own
+                        probe = random_projection_loss(output, seed)
+                        probed = []
+                        if probe is not None:
+                            probed = list(torch.autograd.grad(probe, leaves, allow_unused=True, retain_graph=True))
+                    backward, grads, input_grads = _first_step_gradients(loss_value, param_names, leaves)
+                    input_grads = probed if probed is not None else input_grads
+                    gain, gain_note = jacobian_gain(output, input_grads, sum(t.numel() for t in leaves))
+            if gain is not None:
+                deferred.add("jacobian", (gain * recorder.pooling).reshape(1))
+                if recorder.pooling != 1.0:
+                    gain_note = f"corrected for average pooling over {recorder.pooling:g} elements"
+        if not run_backward:
+            gain_note = "no backward was made"
         _gradient_status(tensors, grads, backward, deferred)
         if loss_value is not None:
             deferred.add("loss", loss_value.detach().reshape(1).double())
@@ -336,7 +346,8 @@ def inspect(
         _relate(tensors, param_names, values)
 
     modules = _module_records(module_names, recorder, values, ignores, flows)
-    _note_unjudged(tensors, set(recorder.calls))
+    if run_forward:
+        _note_unjudged(tensors, set(recorder.calls))
     return Recording(
         tensors=[r for _, r in tensors],
         modules=modules,
@@ -349,7 +360,7 @@ def inspect(
         jacobian_gain=values["jacobian"][0] if "jacobian" in values else None,
         jacobian_note=gain_note,
         traced=traced,
-        unobserved=[m.name for m in modules if m.has_parameters and m.calls == 0],
+        unobserved=[m.name for m in modules if m.has_parameters and m.calls == 0] if run_forward else [],
         notes=["a TorchScript module takes no forward hooks: parameters and gradients are audited, "
                "module outputs (and the signal rules) are not"] if recorder.scripted else [],
     )

@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Opti
 from .records import Recording
 
 SEVERITIES = ("info", "warning", "error")
+NEEDS = ("values", "forward", "backward")
 SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
 CODE_PATTERN = re.compile(r"^[A-Z]+[0-9]{3}$")
 ENTRY_POINT_GROUP = "initaudit.rules"
@@ -54,6 +55,7 @@ class Rule:
     summary: str
     check: Callable[[RuleContext], Iterable[Violation]]
     options: Mapping[str, Any] = field(default_factory=dict)
+    needs: str = "values"  # what it reads: "values" only, the "forward", or the "backward" too
 
 
 _RULES: Dict[str, Rule] = {}
@@ -66,8 +68,16 @@ def rule(
     severity: str,
     summary: str,
     options: Optional[Mapping[str, Any]] = None,
+    needs: str = "values",
 ) -> Callable[[Callable[[RuleContext], Iterable[Violation]]], Callable[[RuleContext], Iterable[Violation]]]:
-    """Register the decorated function as rule ``code``."""
+    """Register the decorated function as rule ``code``.
+
+    ``needs`` says what the rule reads: parameter ``"values"`` alone, the ``"forward"``
+    (module outputs), or the ``"backward"`` (gradients); an audit that skips the forward
+    (``params_only``) or the backward (``no_backward``) skips the rules that need it.
+    """
+    if needs not in NEEDS:
+        raise ValueError(f"rule {code}: needs must be one of {NEEDS}")
     if not CODE_PATTERN.match(code):
         raise ValueError(f"rule code {code!r} must be letters followed by three digits")
     if severity not in SEVERITIES:
@@ -78,7 +88,7 @@ def rule(
         # re-importing a rule module registers the same function again; another one is a clash
         if existing is not None and existing.check.__qualname__ != check.__qualname__:
             raise ValueError(f"rule code {code} is registered twice")
-        _RULES[code] = Rule(code, name, severity, summary, check, dict(options or {}))
+        _RULES[code] = Rule(code, name, severity, summary, check, dict(options or {}), needs)
         return check
 
     return register

@@ -214,3 +214,43 @@ def test_spectral_norm_power_iteration_is_not_advanced_by_the_audit():
     audit(model, torch.randn(4, 8))
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k  # the u and v vectors included
+
+
+def test_params_only_needs_no_input_and_runs_the_value_rules():
+    class Custom(nn.Module):  # nothing to infer an input from, and never run
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(16, 16))
+            self.scale = nn.Parameter(torch.ones(3))
+
+        def forward(self, x):
+            raise AssertionError("--params-only must not run the forward")
+
+    rep = audit(Custom(), params_only=True)
+    assert codes(rep) == ["IA101"]
+    assert all(t.grad_status == "not-run" for t in rep.parameters)
+    assert any("skipped IA201" in n and "IA301" in n for n in rep.notes)
+    assert "IA201" not in rep.rules and "IA101" in rep.rules
+
+
+def test_no_backward_skips_the_gradient_rules():
+    class WithUnused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = small()
+            self.extra = nn.Linear(3, 3)  # never called: IA301 with a backward
+
+        def forward(self, x):
+            return self.body(x)
+
+    rep = audit(WithUnused(), torch.randn(4, 8), no_backward=True, select=["IA3", "IA1"])
+    assert "IA301" not in codes(rep) and any("skipped IA301" in n for n in rep.notes)
+    assert all(t.grad_status == "not-run" for t in rep.parameters)
+
+
+def test_cli_params_only():
+    result = run(f"{EXAMPLES / 'zero_hidden.py'}:build", "--params-only", "--format", "json")
+    import json
+
+    doc = json.loads(result.stdout)
+    assert result.exit_code == 1 and [f["code"] for f in doc["findings"]] == ["IA101"]

@@ -15,6 +15,7 @@ from ..registry import RuleContext, Violation, rule
     "no-gradient",
     "error",
     "A trainable parameter received no gradient in the first backward.",
+    needs="backward",
 )
 def no_gradient(ctx: RuleContext) -> Iterator[Violation]:
     rec = ctx.recording
@@ -40,6 +41,7 @@ def no_gradient(ctx: RuleContext) -> Iterator[Violation]:
     "non-finite-gradient",
     "error",
     "A first-step gradient holds NaN or Inf.",
+    needs="backward",
 )
 def non_finite_gradient(ctx: RuleContext) -> Iterator[Violation]:
     for t in ctx.recording.parameters:
@@ -59,6 +61,7 @@ def non_finite_gradient(ctx: RuleContext) -> Iterator[Violation]:
     "zero-gradient",
     "warning",
     "A trainable parameter's first-step gradient is identically zero.",
+    needs="backward",
 )
 def zero_gradient(ctx: RuleContext) -> Iterator[Violation]:
     zero = [t for t in ctx.recording.parameters if t.grad is not None and t.grad.norm == 0 and not t.grad.nonfinite]
@@ -135,6 +138,7 @@ def _gradient_trend(ctx: RuleContext, direction: str) -> Iterator[Violation]:
     "warning",
     "The weight-gradient RMS of the first layer is over 100x smaller than the last layer's.",
     options={"gradient-ratio": 100.0},
+    needs="backward",
 )
 def gradient_vanishing(ctx: RuleContext) -> Iterator[Violation]:
     yield from _gradient_trend(ctx, "vanishing")
@@ -146,6 +150,7 @@ def gradient_vanishing(ctx: RuleContext) -> Iterator[Violation]:
     "warning",
     "The weight-gradient RMS of the first layer is over 100x larger than the last layer's.",
     options={"gradient-ratio": 100.0},
+    needs="backward",
 )
 def gradient_exploding(ctx: RuleContext) -> Iterator[Violation]:
     yield from _gradient_trend(ctx, "exploding")

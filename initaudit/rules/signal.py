@@ -80,6 +80,7 @@ def _segment_crossing(ctx: RuleContext, signal: List[Tuple[str, float]], directi
     "warning",
     "The input-dependent part of the layer outputs falls below 1/10 of the first layer's.",
     options={"signal-vanishing-ratio": 10.0},
+    needs="forward",
 )
 def signal_vanishing(ctx: RuleContext) -> Iterator[Violation]:
     yield from _crossing(ctx, "vanishing")
@@ -91,6 +92,7 @@ def signal_vanishing(ctx: RuleContext) -> Iterator[Violation]:
     "warning",
     "The input-dependent part of the layer outputs rises above 10x the first layer's.",
     options={"signal-exploding-ratio": 10.0},
+    needs="forward",
 )
 def signal_exploding(ctx: RuleContext) -> Iterator[Violation]:
     yield from _crossing(ctx, "exploding")
@@ -117,6 +119,7 @@ def _activation_calls(recording: Recording, names: Tuple[str, ...]) -> Iterator[
     "warning",
     "More than half of a ReLU layer's units are zero for every example in the batch.",
     options={"dead-fraction": 0.5},
+    needs="forward",
 )
 def dead_units(ctx: RuleContext) -> Iterator[Violation]:
     limit = float(ctx.options["dead-fraction"])
@@ -154,6 +157,7 @@ def dead_units(ctx: RuleContext) -> Iterator[Violation]:
     "warning",
     "More than half of a tanh's outputs beyond |0.99|, or of a sigmoid's outside (0.01, 0.99).",
     options={"saturated-fraction": 0.5},
+    needs="forward",
 )
 def saturated_units(ctx: RuleContext) -> Iterator[Violation]:
     limit = float(ctx.options["saturated-fraction"])
@@ -181,6 +185,7 @@ def saturated_units(ctx: RuleContext) -> Iterator[Violation]:
     "warning",
     "The input-output Jacobian's gain tr(J^T J) / min(m, n) is outside [0.1, 10].",
     options={"jacobian-min": 0.1, "jacobian-max": 10.0},
+    needs="backward",
 )
 def jacobian_gain(ctx: RuleContext) -> Iterator[Violation]:
     gain = ctx.recording.jacobian_gain

@@ -116,6 +116,7 @@ def _signal(run: List[LayerUse]) -> Optional[float]:
         "severe-factor": 10.0,  # one layer off by more than this: warning
         "signal-tolerance": 10.0,  # measured signal change confirming the product: warning
     },
+    needs="forward",
 )
 def variance_mismatch(ctx: RuleContext) -> Iterator[Violation]:
     tol = float(ctx.options["variance-tolerance"])
