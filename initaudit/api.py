@@ -6,7 +6,7 @@ import random
 import sys
 import time
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, List, Callable, Dict, FrozenSet, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import torch
 from torch import nn

@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 from collections import Counter
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 from .errors import InitauditError
 from .report import Report

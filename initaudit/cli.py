@@ -11,19 +11,19 @@ import os
 import sys
 import tempfile
 import traceback
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 import click
 
 from . import __version__, baseline, formats, profile
 from .api import audit_target, parse_ties
-from .config import ConfigError, Settings, check_codes, load_settings
+from .config import Settings, check_codes, load_settings
 from .errors import InitauditError, describe
 from .inputs import DEFAULT_BATCH, parse_shape
 from .loader import parse_factory_args
 from .report import FAIL_LEVELS, Report
 
-if False:  # typing only
+if TYPE_CHECKING:
     from .fixer import FixResult
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2

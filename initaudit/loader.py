@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .errors import InputError, LoadError, describe, user_frame
+from .errors import LoadError, describe, user_frame
 
 RETURN_FORMS = (
     "an nn.Module, a tuple (model, example_input), "

@@ -1,6 +1,6 @@
 import textwrap
 from pathlib import Path
-from typing import Callable, Iterable, List
+from typing import Callable, List
 
 import pytest
 import torch

@@ -1,7 +1,6 @@
 """--fix: every safe fix repairs its finding, touches nothing else, keeps device and dtype."""
 
 import copy
-import math
 import sys
 
 import pytest

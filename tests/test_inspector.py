@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from initaudit import ForwardError, audit
-from initaudit.inspector import inspect, random_projection_loss
+from initaudit.inspector import random_projection_loss
 
 from conftest import he_init, mlp
 

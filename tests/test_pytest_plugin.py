@@ -2,8 +2,6 @@
 
 import textwrap
 
-import pytest
-
 from conftest import EXAMPLES
 
 MODELS = f"""

@@ -7,7 +7,6 @@ import textwrap
 
 import pytest
 
-from initaudit import audit
 from initaudit.api import rule_options
 from initaudit.registry import load_rules, resolve_selection
 
