@@ -341,6 +341,7 @@ def inspect(
         if loss_value is not None:
             deferred.add("loss", loss_value.detach().reshape(1).double())
         values = deferred.resolve()
+        _exact_where_needed(values, tensors, param_names, buffer_names)
         for key, record in tensors:
             _fill(record, values, key)
         _relate(tensors, param_names, values)
@@ -484,7 +485,7 @@ def _tensor_records(
             else:
                 record.layer_fan_in = record.fan_in
             if floating:
-                deferred.add(("param", key), stats.tensor_summary(t))
+                deferred.add(("fast", key), stats.fast_summary(t))
                 if kind == "parameter" and t.numel() > 1:
                     deferred.add(("probe", key), stats.probe(t))
                 if kind == "parameter" and t.dim() >= 2 and t.numel() > 1:
@@ -541,7 +542,7 @@ def _effective_records(
             )
             key = ("effective", name)
             if record.floating:
-                deferred.add(("param", key), stats.tensor_summary(value))
+                deferred.add(("param", key), stats.tensor_summary(value))  # small and rare: exact
                 if value.dim() >= 2 and value.numel() > 1:
                     deferred.add(("shape", key), fingerprint.shape_stats(value))
             records.append((key, record))
@@ -655,6 +656,31 @@ def _gradient_status(
         else:
             record.grad_status = "ok"
             deferred.add(("grad", key), stats.gradient_summary(grads[key]))
+
+
+def _exact_where_needed(
+    values: Dict[Any, List[float]],
+    tensors: List[Tuple[Any, TensorRecord]],
+    param_names: "OrderedDict[int, Tuple[Any, List[str]]]",
+    buffer_names: "OrderedDict[int, Tuple[Any, List[str]]]",
+) -> None:
+    """Turn fast summaries into ``("param", key)`` values, redoing the few that need it.
+
+    Tensors with NaN or Inf, or whose variance cancels (a large mean, or a constant such as
+    a norm gain), get the exact two-pass summary, in one more transfer for all of them;
+    a healthy model needs none.
+    """
+    redo = stats.Deferred()
+    for key, _ in tensors:
+        fast = values.pop(("fast", key), None)
+        if fast is None:
+            continue
+        if stats.needs_exact(fast):
+            tensor = (param_names.get(key) or buffer_names.get(key))[0]
+            redo.add(("param", key), stats.tensor_summary(tensor))
+        else:
+            values[("param", key)] = stats.from_fast(fast)
+    values.update(redo.resolve())
 
 
 def _fill(record: TensorRecord, values: Dict[Any, List[float]], key: int) -> None:

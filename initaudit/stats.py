@@ -67,6 +67,51 @@ def tensor_summary(t: torch.Tensor) -> torch.Tensor:
     )
 
 
+def fast_summary(t: torch.Tensor) -> torch.Tensor:
+    """``[mean, variance, min, max, zeros, small, second_moment]``, about five reads of ``t``.
+
+    ``mean = sum(x) / n``, ``second_moment = x.x / n`` (a dot product, accumulated in float32
+    or better), ``variance = second_moment - mean^2``; ``small`` counts ``|x| < finfo.tiny``
+    (zeros and subnormals: ``|x|`` clamped to ``tiny``, minus ``tiny``, is non-zero exactly
+    there). It is exact when ``min`` and ``max`` are finite (no NaN or Inf) and the variance
+    is not a small difference of large numbers; :func:`needs_exact` says when it is not, and
+    :func:`tensor_summary` then gives the exact values.
+    """
+    x = dense(t)
+    n = x.numel()
+    if n == 0:
+        nan = torch.tensor(float("nan"), dtype=torch.float64, device=x.device)
+        zero = torch.zeros((), dtype=torch.float64, device=x.device)
+        return torch.stack([nan, nan, nan, nan, zero, zero, nan])
+    xa = x.to(accumulation_dtype(x.dtype)).reshape(-1)
+    mean = xa.sum() / n
+    second = torch.dot(xa, xa) / n
+    lo, hi = torch.aminmax(xa)
+    zeros = n - torch.count_nonzero(x)
+    tiny = torch.finfo(x.dtype).tiny
+    small = torch.count_nonzero(xa.abs().clamp_max_(tiny).sub_(tiny))
+    return torch.stack([mean.double(), (second - mean * mean).double(), lo.double(), hi.double(),
+                        zeros.double(), small.double(), second.double()])
+
+
+# below this share of the second moment, the variance from x.x - n mean^2 has lost its digits
+CANCELLATION = 1e-3
+
+
+def needs_exact(fast: List[float]) -> bool:
+    """Whether a :func:`fast_summary` must be redone with :func:`tensor_summary`."""
+    mean, variance, lo, hi, zeros, small, second = fast
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return True  # NaN or Inf: count them exactly
+    return second > 0 and variance < CANCELLATION * second
+
+
+def from_fast(fast: List[float]) -> List[float]:
+    """A :func:`fast_summary` in :func:`tensor_summary`'s layout (when it needs no redo)."""
+    mean, variance, lo, hi, zeros, small, _ = fast
+    return [mean, math.sqrt(max(variance, 0.0)), lo, hi, zeros, 0.0, small - zeros]
+
+
 def dense(t: torch.Tensor) -> torch.Tensor:
     """A detached, strided view of ``t``: sparse tensors are densified for their statistics."""
     x = t.detach()

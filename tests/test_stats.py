@@ -147,3 +147,30 @@ def test_float16_summary_against_an_independent_float64_reference():
     assert mean == pytest.approx(exact.mean().item(), rel=1e-6)
     assert std == pytest.approx(exact.std(correction=0).item(), rel=1e-4)
     assert (lo, hi) == (exact.min().item(), exact.max().item())
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: torch.randn(64, 64) * 0.05,  # an ordinary weight: the fast path
+        lambda: torch.ones(64),  # a norm gain: its variance cancels, redone exactly
+        lambda: 1e4 + torch.randn(4096) * 1e-2,  # a large mean over a small spread: redone
+        lambda: torch.tensor([1.0, float("nan"), float("inf"), 0.0, 2.0] * 10),  # non-finite: redone
+        lambda: torch.cat([torch.randn(100), torch.full((7,), 1e-40), torch.zeros(5)]),  # subnormals
+        lambda: (torch.randn(256, 32) * 0.02).to(torch.bfloat16),
+    ],
+    ids=["ordinary", "ones", "large-mean", "non-finite", "subnormal", "bfloat16"],
+)
+def test_the_inspector_records_the_exact_summary(make):
+    from initaudit.inspector import inspect
+
+    holder = nn.Module()
+    holder.p = nn.Parameter(make(), requires_grad=False)
+    holder.forward = lambda x: x
+    (record,) = [t for t in inspect(holder, torch.zeros(2, 2)).tensors if t.name == "p"]
+    mean, std, lo, hi, zeros, nonfinite, subnormal = stats.tensor_summary(holder.p).tolist()
+    got = [record.mean, record.std, record.min, record.max]
+    for a, b in zip(got, [mean, std, lo, hi]):
+        assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-4, abs=1e-9)
+    assert record.zero_fraction * record.numel == zeros
+    assert (record.nonfinite, record.subnormal) == (nonfinite, subnormal)
