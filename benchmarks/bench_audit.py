@@ -22,7 +22,7 @@ from torch import nn
 
 from initaudit import audit
 from initaudit.inspector import random_projection_loss
-from initaudit.stats import Deferred, tensor_summary
+from initaudit.stats import Deferred, fast_summary, needs_exact, tensor_summary
 
 
 def mlp(depth: int = 30, width: int = 1024) -> nn.Module:
@@ -88,10 +88,17 @@ def plain_step(model: nn.Module, x: torch.Tensor) -> None:
 
 
 def parameter_pass(model: nn.Module) -> None:
+    """The inspector's parameter pass: fast summaries, exact ones only where needed."""
+    params = list({id(p): p for p in model.parameters()}.values())
     deferred = Deferred()
-    for i, p in enumerate({id(p): p for p in model.parameters()}.values()):
-        deferred.add(i, tensor_summary(p))
-    deferred.resolve()
+    for i, p in enumerate(params):
+        deferred.add(i, fast_summary(p))
+    values = deferred.resolve()
+    redo = Deferred()
+    for i, p in enumerate(params):
+        if needs_exact(values[i]):
+            redo.add(i, tensor_summary(p))
+    redo.resolve()
 
 
 def read_floor(model: nn.Module) -> None:
