@@ -20,6 +20,7 @@ from .report import Finding, Report
 
 if TYPE_CHECKING:
     from .config import Settings
+    from .progress import Progress
 
 Tie = Union[str, Tuple[str, str], Sequence[str]]
 
@@ -196,6 +197,7 @@ def audit(
     unsafe_fixes: bool = False,
     params_only: bool = False,
     no_backward: bool = False,
+    progress: Optional["Progress"] = None,
 ) -> Any:
     """Audit ``model``'s initialization and return a :class:`~initaudit.report.Report`.
 
@@ -246,8 +248,10 @@ def audit(
             x = inputs.to_device(x, dev)
             notes += materialize_lazy(model, x)
         recording = inspect(model, x, loss=loss, seed=seed, run_forward=not params_only,
-                            run_backward=not (params_only or no_backward))
+                            run_backward=not (params_only or no_backward), progress=progress)
         notes += recording.notes
+    if progress is not None:
+        progress.phase("rules")
     findings, suppressed = suppress.split(run_rules(recording, rules, options, ties), recording, per_parameter_ignores)
     report = Report(
         notes=notes,
@@ -284,6 +288,7 @@ def audit_target(
     checkpoint: Optional[str] = None,
     params_only: bool = False,
     no_backward: bool = False,
+    progress: Optional["Progress"] = None,
 ) -> Any:
     """Build the model of ``path/to/file.py:factory`` (or ``pkg.mod:factory``) and audit it.
 
@@ -295,6 +300,8 @@ def audit_target(
     from .loader import load_checkpoint, load_target
 
     settings = settings or Settings()
+    if progress is not None:
+        progress.phase("building")
     seed_everything(settings.seed)
     built = load_target(spec, dict(factory_args or {}))
     if checkpoint:
@@ -312,6 +319,7 @@ def audit_target(
         unsafe_fixes=unsafe_fixes,
         params_only=params_only,
         no_backward=no_backward,
+        progress=progress,
         **{**settings.audit_options(), "device": None},
     )
     for r in (report.before, report.after) if fix else (report,):

@@ -21,6 +21,7 @@ from .config import Settings, check_codes, load_settings
 from .errors import InitauditError, describe
 from .inputs import DEFAULT_BATCH, parse_shape
 from .loader import parse_factory_args
+from .progress import Progress
 from .report import FAIL_LEVELS, Report
 
 if TYPE_CHECKING:
@@ -134,6 +135,7 @@ def show_fix(result: "FixResult", emit_code: bool, machine_output: bool) -> None
 @click.option("--force", is_flag=True, help="Let --save overwrite an existing file.")
 @click.option("--emit-code", is_flag=True,
               help="With --fix, print `def init_weights(model)` reproducing the safe fixes (tables go to stderr).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
 @click.version_option(__version__, prog_name="initaudit")
 def main(
@@ -164,6 +166,7 @@ def main(
     save: Optional[str],
     force: bool,
     emit_code: bool,
+    quiet: bool,
     verbose: bool,
 ) -> None:
     """Audit the initialization of the models built by each TARGET.
@@ -189,10 +192,12 @@ def main(
     reports: List[Report] = []
     status = EXIT_OK
     for target in targets:
+        progress = Progress(enabled=not quiet)
         try:
             report = audit_target(target, settings, factory_args=kwargs, input_shape=shape, batch_size=batch_size,
                                   fix=do_fix, unsafe_fixes=unsafe_fixes, checkpoint=checkpoint,
-                                  params_only=params_only, no_backward=no_backward)
+                                  params_only=params_only, no_backward=no_backward, progress=progress)
+            progress.done()
             if do_fix:
                 result, report = report, report.after
                 show_fix(result, emit_code, output_format != "table" and not output)
@@ -202,6 +207,7 @@ def main(
                     save_state_dict(result.model, save, force=force)
                     click.echo(f"initaudit: saved the fixed state_dict to {save}", err=True)
         except (InitauditError, ValueError) as exc:
+            progress.done()
             error(f"{target}: {exc}" if len(targets) > 1 else str(exc), exc, verbose)
             status = EXIT_ERROR
             continue

@@ -19,6 +19,7 @@ from . import activations, fingerprint, flow, stats
 from .errors import ForwardError, describe, user_frame
 from .records import GradientRecord, ModuleRecord, OutputRecord, Recording, TensorRecord
 from .state import preserved, seed_torch
+from .progress import SILENT, Progress
 from .suppress import declared_ignores
 
 LossFn = Callable[[Any, Any], torch.Tensor]
@@ -290,6 +291,7 @@ def inspect(
     seed: int = 0,
     run_forward: bool = True,
     run_backward: bool = True,
+    progress: Optional[Progress] = None,
 ) -> Recording:
     """Record statistics of ``model`` on ``example_input``; the model is left untouched.
 
@@ -301,9 +303,11 @@ def inspect(
     ``torch.autograd.grad``, so no parameter's ``.grad`` is written. Every statistic is
     computed on the device its tensor lives on and brought to the host in one transfer.
     """
+    progress = progress or SILENT
     param_names = _names(model.named_parameters(remove_duplicate=False))
     buffer_names = _names(model.named_buffers(remove_duplicate=False))
     module_names = _names(model.named_modules(remove_duplicate=False))
+    progress.phase("parameter statistics")
     # a malformed suppression is the user's error: say so before running anything
     ignores = {key: declared_ignores(m) for key, (m, _) in module_names.items()}
     deferred = stats.Deferred()
@@ -312,14 +316,17 @@ def inspect(
     tensors = _tensor_records(param_names, buffer_names, module_names, deferred)
     backward, grads, gain, gain_note, loss_value = False, {}, None, None, None
     with preserved(model):
+        progress.phase("tracing")
         flows, traced = flow.analyze(model)
         if run_forward:
+            progress.phase("forward")
             model.train()
             seed_torch(seed)
             x, leaves = probe_input(example_input) if run_backward else (example_input, [])
             with torch.enable_grad() if run_backward else torch.no_grad():
                 output = _forward(model, x, recorder)
                 if run_backward:
+                    progress.phase("backward")
                     loss_value = _loss(output, x, loss, seed)
                     probed: Optional[List[Optional[torch.Tensor]]] = None
                     if loss is not None and leaves:

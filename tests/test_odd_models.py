@@ -254,3 +254,51 @@ def test_cli_params_only():
 
     doc = json.loads(result.stdout)
     assert result.exit_code == 1 and [f["code"] for f in doc["findings"]] == ["IA101"]
+
+
+class FakeTerminal:
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        self.text += text
+
+    def flush(self):
+        pass
+
+
+def test_progress_shows_phases_only_after_two_seconds_and_only_on_a_terminal():
+    from initaudit.progress import Progress
+
+    now = [0.0]
+    terminal = FakeTerminal()
+    progress = Progress(stream=terminal, clock=lambda: now[0])
+    progress.phase("building")
+    assert terminal.text == ""  # a quick audit shows nothing
+    now[0] = 3.0
+    progress.phase("forward")
+    assert "initaudit: forward... (3s)" in terminal.text
+    progress.done()
+    assert terminal.text.endswith("\r\x1b[K")
+    quiet = Progress(enabled=False, stream=FakeTerminal(), clock=lambda: 10.0)
+    quiet.phase("forward")
+    assert quiet.stream.text == ""
+
+
+def test_no_progress_when_stderr_is_not_a_terminal():
+    result = run(f"{EXAMPLES / 'healthy_mlp.py'}:build", "--format", "json")
+    assert result.stderr == ""
+
+
+def test_progress_follows_the_audit_phases():
+    from initaudit.progress import Progress
+
+    terminal = FakeTerminal()
+    clock = iter(range(0, 1000, 5))  # five seconds per look at the clock: every phase is shown
+    progress = Progress(stream=terminal, clock=lambda: float(next(clock)))
+    audit(small(), torch.randn(4, 8), progress=progress)
+    shown = [part.split("...")[0] for part in terminal.text.split("initaudit: ")[1:]]
+    assert shown == ["parameter statistics", "tracing", "forward", "backward", "rules"]
