@@ -93,7 +93,7 @@ class _Walker:
             if user in seen:
                 continue
             seen.add(user)
-            step = self._step(user, previous[user])
+            step = self._step(user)
             if isinstance(step, Flow):
                 step.residual = step.residual or residual
                 return step
@@ -127,7 +127,7 @@ class _Walker:
             node = first
         return node
 
-    def _step(self, user: fx.Node, came_from: fx.Node) -> Any:
+    def _step(self, user: fx.Node) -> Any:
         if user.op == "output":
             return Flow("output")
         if user.op == "call_module":

@@ -43,7 +43,17 @@ def _weights(recording: Recording) -> Dict[str, TensorRecord]:
 
 
 def layer_runs(recording: Recording) -> List[List[LayerUse]]:
-    """Runs of layer calls in forward order, each with its consumers resolved."""
+    """Runs of layer calls in forward order, each with its consumers resolved.
+
+    Derived once per recording and kept with it: several rules and the profile read it.
+    """
+    cached = recording.__dict__.get("_layer_runs")
+    if cached is None:
+        cached = recording.__dict__["_layer_runs"] = _build_runs(recording)
+    return cached
+
+
+def _build_runs(recording: Recording) -> List[List[LayerUse]]:
     weights = _weights(recording)
     runs: List[List[LayerUse]] = []
     current: List[LayerUse] = []

@@ -12,10 +12,6 @@ from typing import Dict, Hashable, List, Optional, Sequence, Tuple
 
 import torch
 
-PARAMETER_FIELDS = ("mean", "std", "min", "max", "zeros", "nonfinite", "subnormal")
-OUTPUT_FIELDS = ("mean", "std", "zero_fraction", "feature_std")
-GRADIENT_FIELDS = ("norm", "std", "nonfinite")
-
 
 def fan_in_and_fan_out(shape: Sequence[int]) -> Optional[Tuple[int, int]]:
     """Fans of a weight of ``shape``, exactly as ``torch.nn.init`` computes them.
