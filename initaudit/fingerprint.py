@@ -33,24 +33,33 @@ ORTHO_SAMPLE = 64  # rows (or columns) whose Gram matrix tests orthogonality
 SCALE_MATCH = 1.15  # a std within 15% of a scheme's is that scheme
 
 
+# elements of the strided sample the kurtosis is taken from: its standard error on a normal
+# draw, sqrt(24 / n), is 0.02 there, against the 0.6 that separates the families
+KURTOSIS_SAMPLE = 1 << 16
+
+
 def shape_stats(t: torch.Tensor) -> torch.Tensor:
     """``[kurtosis, ortho_offdiag, ortho_spread]`` of a weight of 2+ dims, on its device.
 
-    ``kurtosis = E[(x - m)^4] / Var^2``. With ``W`` viewed as ``(out, -1)`` and ``S`` the first
+    ``kurtosis = E[(x - m)^4] / Var^2`` over every ``ceil(n / 65536)``-th element (all of
+    them in a tensor of up to 65536). With ``W`` viewed as ``(out, -1)`` and ``S`` the first
     64 rows (or columns, when ``W`` is tall), ``G = S S^T``: ``ortho_offdiag`` is
     ``max |G_ij| / mean G_ii`` off the diagonal and ``ortho_spread`` is
-    ``(max G_ii - min G_ii) / mean G_ii``; both are ~0 for an orthogonal ``W``.
+    ``(max G_ii - min G_ii) / mean G_ii``; both are ~0 for an orthogonal ``W``. Only the
+    sample and ``S`` are copied, so the cost does not grow with the size of ``W``.
     """
     x = t.detach()
     x = x.to_dense() if x.layout != torch.strided else x
     acc = torch.float64 if x.dtype == torch.float64 or x.device.type == "cpu" else torch.float32
-    flat = x.reshape(-1).to(acc)
-    centered = flat - flat.mean()
+    flat = x.reshape(-1)
+    step = -(-flat.numel() // KURTOSIS_SAMPLE)
+    sample = flat[::step].to(acc)
+    centered = sample - sample.mean()
     var = centered.square().mean()
-    kurtosis = centered.pow(4).mean() / var.square()
-    w = x.reshape(x.shape[0], -1).to(acc)
-    sample = w[:ORTHO_SAMPLE] if w.shape[0] <= w.shape[1] else w[:, :ORTHO_SAMPLE].T
-    gram = sample @ sample.T
+    kurtosis = centered.square().square_().mean() / var.square()
+    w = x.reshape(x.shape[0], -1)
+    rows = (w[:ORTHO_SAMPLE] if w.shape[0] <= w.shape[1] else w[:, :ORTHO_SAMPLE].T).to(acc)
+    gram = rows @ rows.T
     diag = gram.diagonal()
     scale = diag.mean()
     off = (gram - torch.diag_embed(diag)).abs().max() / scale

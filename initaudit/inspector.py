@@ -348,7 +348,7 @@ def inspect(
         if loss_value is not None:
             deferred.add("loss", loss_value.detach().reshape(1).double())
         values = deferred.resolve()
-        _exact_where_needed(values, tensors, param_names, buffer_names)
+        _exact_where_needed(values, tensors, param_names, buffer_names, grads)
         for key, record in tensors:
             _fill(record, values, key)
         _relate(tensors, param_names, values)
@@ -577,22 +577,36 @@ def _relate(
         bucket = (record.shape, record.dtype, values[("param", key)][0], values[("param", key)][1], *probe)
         buckets.setdefault(bucket, []).append(key)
     for keys in buckets.values():
-        for i, a in enumerate(keys):
-            for b in keys[i + 1:]:
-                if (a, b) in aliased:
-                    continue  # one memory seen twice is IA402's, not a clone
-                ta, tb = param_names[a][0], param_names[b][0]
-                if ta.device == tb.device and torch.equal(ta.detach(), tb.detach()) and not _two_valued(ta):
-                    by_key[a].clones.append(by_key[b].name)
-                    by_key[b].clones.append(by_key[a].name)
+        # each tensor is compared with one member of each set of equal tensors found so far:
+        # a bucket of k copies costs k - 1 comparisons, not k (k - 1) / 2
+        classes: List[List[int]] = []
+        for key in keys:
+            tensor = param_names[key][0].detach()
+            for members in classes:
+                first = param_names[members[0]][0].detach()
+                if tensor.device == first.device and torch.equal(tensor, first):
+                    members.append(key)
+                    break
+            else:
+                classes.append([key])
+        for members in classes:
+            if len(members) < 2 or _two_valued(by_key[members[0]]):
+                continue
+            for a in members:
+                by_key[a].clones += [by_key[b].name for b in members if b != a and (a, b) not in aliased]
 
 
-def _two_valued(t: torch.Tensor) -> bool:
-    """Whether a tensor holds at most two distinct values: a deliberate pattern (a forget-gate
-    slice of ones among zeros), not a random draw that was copied."""
-    x = t.detach()
-    lo, hi = x.min(), x.max()
-    return bool(((x == lo) | (x == hi)).all())
+def _two_valued(record: TensorRecord) -> bool:
+    """Whether a tensor holds only its min and max: a deliberate pattern (a forget-gate slice
+    of ones among zeros), not a random draw that was copied.
+
+    By the Bhatia-Davis inequality ``Var <= (max - mean)(mean - min)``, with equality exactly
+    when every value is ``min`` or ``max``; read from the recorded summary, no pass needed.
+    """
+    if record.std is None or record.mean is None or record.min is None or record.max is None:
+        return False
+    bound = (record.max - record.mean) * (record.mean - record.min)
+    return bound > 0 and record.std ** 2 >= bound * (1 - 1e-4)
 
 
 def _byte_span(t: torch.Tensor) -> Optional[Tuple[int, int]]:
@@ -662,7 +676,7 @@ def _gradient_status(
             record.grad_status = "none"
         else:
             record.grad_status = "ok"
-            deferred.add(("grad", key), stats.gradient_summary(grads[key]))
+            deferred.add(("gradfast", key), stats.gradient_fast(grads[key]))
 
 
 def _exact_where_needed(
@@ -670,24 +684,39 @@ def _exact_where_needed(
     tensors: List[Tuple[Any, TensorRecord]],
     param_names: "OrderedDict[int, Tuple[Any, List[str]]]",
     buffer_names: "OrderedDict[int, Tuple[Any, List[str]]]",
+    grads: Dict[int, Optional[torch.Tensor]],
 ) -> None:
-    """Turn fast summaries into ``("param", key)`` values, redoing the few that need it.
+    """Turn fast summaries into ``("param", key)`` and ``("grad", key)`` values, completing
+    the few that need it, in one more transfer for all of them.
 
     Tensors with NaN or Inf, or whose variance cancels (a large mean, or a constant such as
-    a norm gain), get the exact two-pass summary, in one more transfer for all of them;
-    a healthy model needs none.
+    a norm gain), get the exact two-pass summary; tensors that may hold zeros or subnormals
+    (a zero bias) get those counted. A model with neither needs no second transfer.
     """
     redo = stats.Deferred()
-    for key, _ in tensors:
+    counted: Dict[Any, List[float]] = {}
+    for key, record in tensors:
         fast = values.pop(("fast", key), None)
-        if fast is None:
-            continue
-        if stats.needs_exact(fast):
+        if fast is not None:
             tensor = (param_names.get(key) or buffer_names.get(key))[0]
-            redo.add(("param", key), stats.tensor_summary(tensor))
-        else:
-            values[("param", key)] = stats.from_fast(fast)
-    values.update(redo.resolve())
+            if stats.needs_exact(fast):
+                redo.add(("param", key), stats.tensor_summary(tensor))
+            elif stats.needs_counts(fast, tensor.dtype):
+                counted[key] = fast
+                redo.add(("counts", key), stats.small_counts(tensor))
+            else:
+                values[("param", key)] = stats.from_fast(fast)
+        fast = values.pop(("gradfast", key), None)
+        if fast is not None:
+            summary = stats.gradient_from_fast(fast)
+            if summary is None:
+                redo.add(("grad", key), stats.gradient_summary(grads[key]))
+            else:
+                values[("grad", key)] = summary
+    done = redo.resolve()
+    for key, fast in counted.items():
+        values[("param", key)] = stats.from_fast(fast, done.pop(("counts", key)))
+    values.update(done)
 
 
 def _fill(record: TensorRecord, values: Dict[Any, List[float]], key: int) -> None:

@@ -64,30 +64,48 @@ def tensor_summary(t: torch.Tensor) -> torch.Tensor:
 
 
 def fast_summary(t: torch.Tensor) -> torch.Tensor:
-    """``[mean, variance, min, max, zeros, small, second_moment]``, about five reads of ``t``.
+    """``[mean, variance, min, max, min_abs, second_moment]``, about four reads of ``t``.
 
     ``mean = sum(x) / n``, ``second_moment = x.x / n`` (a dot product, accumulated in float32
-    or better), ``variance = second_moment - mean^2``; ``small`` counts ``|x| < finfo.tiny``
-    (zeros and subnormals: ``|x|`` clamped to ``tiny``, minus ``tiny``, is non-zero exactly
-    there). It is exact when ``min`` and ``max`` are finite (no NaN or Inf) and the variance
-    is not a small difference of large numbers; :func:`needs_exact` says when it is not, and
-    :func:`tensor_summary` then gives the exact values.
+    or better), ``variance = second_moment - mean^2``, ``min_abs = min |x|``. No element is
+    zero or subnormal when ``min_abs >= finfo.tiny``; only then are the zero and subnormal
+    counts known to be 0 without counting. The summary is exact when ``min`` and ``max`` are
+    finite (no NaN or Inf) and the variance is not a small difference of large numbers.
+    :func:`needs_exact` and :func:`needs_counts` say when it is not enough, and
+    :func:`tensor_summary` or :func:`small_counts` then complete it.
     """
     x = dense(t)
     n = x.numel()
     if n == 0:
         nan = torch.tensor(float("nan"), dtype=torch.float64, device=x.device)
-        zero = torch.zeros((), dtype=torch.float64, device=x.device)
-        return torch.stack([nan, nan, nan, nan, zero, zero, nan])
+        return torch.stack([nan, nan, nan, nan, nan, nan])
     xa = x.to(accumulation_dtype(x.dtype)).reshape(-1)
     mean = xa.sum() / n
     second = torch.dot(xa, xa) / n
     lo, hi = torch.aminmax(xa)
-    zeros = n - torch.count_nonzero(x)
-    tiny = torch.finfo(x.dtype).tiny
-    small = torch.count_nonzero(xa.abs().clamp_max_(tiny).sub_(tiny))
     return torch.stack([mean.double(), (second - mean * mean).double(), lo.double(), hi.double(),
-                        zeros.double(), small.double(), second.double()])
+                        min_abs(xa).double(), second.double()])
+
+
+# elements per slice of :func:`min_abs`'s scratch buffer: 1 MiB of float32 stays in cache
+_SCRATCH = 1 << 18
+
+
+def min_abs(x: torch.Tensor) -> torch.Tensor:
+    """``min |x|`` of a flat tensor, without allocating a copy of it on the CPU.
+
+    ``|x|`` of one slice at a time is written into one small buffer that stays in cache, so
+    the pass costs about one read; on other devices ``x.abs().amin()``.
+    """
+    if x.device.type != "cpu" or x.numel() <= _SCRATCH:
+        return x.abs().amin()
+    scratch = torch.empty(_SCRATCH, dtype=x.dtype)
+    lows = []
+    for part in x.split(_SCRATCH):
+        out = scratch[: part.numel()]
+        torch.abs(part, out=out)
+        lows.append(out.amin())
+    return torch.stack(lows).amin()
 
 
 # below this share of the second moment, the variance from x.x - n mean^2 has lost its digits
@@ -96,16 +114,34 @@ CANCELLATION = 1e-3
 
 def needs_exact(fast: List[float]) -> bool:
     """Whether a :func:`fast_summary` must be redone with :func:`tensor_summary`."""
-    mean, variance, lo, hi, zeros, small, second = fast
+    mean, variance, lo, hi, smallest, second = fast
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return True  # NaN or Inf: count them exactly
     return second > 0 and variance < CANCELLATION * second
 
 
-def from_fast(fast: List[float]) -> List[float]:
-    """A :func:`fast_summary` in :func:`tensor_summary`'s layout (when it needs no redo)."""
-    mean, variance, lo, hi, zeros, small, _ = fast
-    return [mean, math.sqrt(max(variance, 0.0)), lo, hi, zeros, 0.0, small - zeros]
+def needs_counts(fast: List[float], dtype: torch.dtype) -> bool:
+    """Whether a tensor may hold zeros or subnormals, which :func:`small_counts` then counts."""
+    return not fast[4] >= torch.finfo(dtype).tiny
+
+
+def small_counts(t: torch.Tensor) -> torch.Tensor:
+    """``[zeros, subnormal]``: elements equal to 0, and with ``0 < |x| < finfo.tiny``."""
+    x = dense(t)
+    n = x.numel()
+    zeros = n - torch.count_nonzero(x)
+    subnormal = ((x != 0) & (x.abs() < torch.finfo(x.dtype).tiny)).sum()
+    return torch.stack([zeros.double(), subnormal.double()])
+
+
+def from_fast(fast: List[float], counts: Optional[List[float]] = None) -> List[float]:
+    """A :func:`fast_summary` in :func:`tensor_summary`'s layout (when it needs no redo).
+
+    ``counts`` are the :func:`small_counts` of a tensor that may hold zeros or subnormals.
+    """
+    mean, variance, lo, hi, _, _ = fast
+    zeros, subnormal = counts if counts is not None else (0.0, 0.0)
+    return [mean, math.sqrt(max(variance, 0.0)), lo, hi, zeros, 0.0, subnormal]
 
 
 def dense(t: torch.Tensor) -> torch.Tensor:
@@ -181,26 +217,33 @@ def feature_std(out: torch.Tensor) -> torch.Tensor:
     falls to zero when the input is lost even while the raw RMS looks healthy.
     NaN for a batch of one.
     """
-    x = out.detach()
-    if x.dim() == 0 or x.shape[0] < 2:
-        return torch.tensor(float("nan"), dtype=torch.float64, device=x.device)
-    x = x.reshape(x.shape[0], -1).to(accumulation_dtype(x.dtype))
-    centered = x - x.mean(dim=0, keepdim=True)
-    return centered.square().mean(dim=0).sqrt().mean().double()
+    return output_summary(out)[3]
 
 
 def output_summary(out: torch.Tensor) -> torch.Tensor:
-    """``[mean, std, zero_fraction, feature_std]`` of a module's output, on its device."""
+    """``[mean, std, zero_fraction, feature_std]`` of a module's output, on its device.
+
+    With ``out`` viewed as ``(batch, features)``, ``m_f`` and ``v_f`` the per-feature mean and
+    population variance over the batch (two passes, so a shared offset cancels exactly):
+    ``mean = mean_f m_f``, ``std^2 = mean_f v_f + Var_f(m_f)`` (the law of total variance)
+    and ``feature_std = mean_f sqrt(v_f)`` (:func:`feature_std`, NaN for a batch of one).
+    One centred copy of the output is made and freed at once; no reference is kept.
+    """
     x = out.detach()
     n = x.numel()
+    nan = torch.tensor(float("nan"), dtype=torch.float64, device=x.device)
     if n == 0:
-        nan = torch.tensor(float("nan"), dtype=torch.float64, device=x.device)
         return torch.stack([nan, nan, nan, nan])
-    xa = x.to(accumulation_dtype(x.dtype))
-    mean = xa.sum() / n
-    std = ((xa - mean).square().sum() / n).sqrt()
-    zero_fraction = (n - torch.count_nonzero(x)) / n
-    return torch.stack([mean.double(), std.double(), zero_fraction.double(), feature_std(x)])
+    batch = x.shape[0] if x.dim() else 1
+    flat = x.reshape(batch, -1)
+    xa = flat.to(accumulation_dtype(x.dtype))
+    feature_mean = xa.mean(dim=0)
+    feature_var = (xa - feature_mean).square_().mean(dim=0)
+    mean = feature_mean.mean()
+    std = (feature_var.mean() + (feature_mean - mean).square().mean()).sqrt()
+    zero_fraction = (n - torch.count_nonzero(flat)) / n
+    per_feature = feature_var.sqrt().mean() if batch >= 2 else nan
+    return torch.stack([mean.double(), std.double(), zero_fraction.double(), per_feature.double()])
 
 
 def gradient_summary(g: torch.Tensor) -> torch.Tensor:
@@ -213,6 +256,36 @@ def gradient_summary(g: torch.Tensor) -> torch.Tensor:
     std = ((xa - mean).square().sum() / max(n, 1)).sqrt()
     nonfinite = n - torch.isfinite(x).sum()
     return torch.stack([norm.double(), std.double(), nonfinite.double()])
+
+
+def gradient_fast(g: torch.Tensor) -> torch.Tensor:
+    """``[mean, second_moment, n]`` of a gradient from a sum and a dot product: two reads.
+
+    :func:`gradient_from_fast` turns it into :func:`gradient_summary`'s layout, or says that
+    the exact summary is needed (NaN or Inf, or a variance that cancels).
+    """
+    x = dense(g)
+    n = max(x.numel(), 1)
+    xa = x.to(accumulation_dtype(x.dtype)).reshape(-1)
+    mean = xa.sum() / n
+    second = torch.dot(xa, xa) / n
+    count = torch.tensor(float(x.numel()), dtype=torch.float64, device=x.device)
+    return torch.stack([mean.double(), second.double(), count])
+
+
+def gradient_from_fast(fast: List[float]) -> Optional[List[float]]:
+    """``[norm, std, nonfinite]`` from a :func:`gradient_fast`, or ``None`` when it must be redone.
+
+    ``norm = sqrt(n * second_moment)``, ``std = sqrt(second_moment - mean^2)``; a NaN or Inf
+    anywhere makes the sum or the dot product non-finite, so finite ones mean none.
+    """
+    mean, second, n = fast
+    if not (math.isfinite(mean) and math.isfinite(second)):
+        return None
+    variance = second - mean * mean
+    if second > 0 and variance < CANCELLATION * second:
+        return None
+    return [math.sqrt(n * second), math.sqrt(max(variance, 0.0)), 0.0]
 
 
 def chunk_means(t: torch.Tensor, chunks: int) -> torch.Tensor:
