@@ -28,14 +28,10 @@ from typing import List, Optional, Tuple
 import torch
 
 from .records import TensorRecord
+from .stats import KURTOSIS_SAMPLE
 
 ORTHO_SAMPLE = 64  # rows (or columns) whose Gram matrix tests orthogonality
 SCALE_MATCH = 1.15  # a std within 15% of a scheme's is that scheme
-
-
-# elements of the strided sample the kurtosis is taken from: its standard error on a normal
-# draw, sqrt(24 / n), is 0.02 there, against the 0.6 that separates the families
-KURTOSIS_SAMPLE = 1 << 16
 
 
 def shape_stats(t: torch.Tensor) -> torch.Tensor:

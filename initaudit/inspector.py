@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Set
 import torch
 from torch import nn
 
-from . import activations, fingerprint, flow, stats
+from . import activations, distributed, fingerprint, flow, stats
 from .errors import ForwardError, describe, user_frame
 from .records import GradientRecord, ModuleRecord, OutputRecord, Recording, TensorRecord
 from .state import preserved, seed_torch
@@ -190,7 +190,7 @@ class CallRecorder:
         if not self.running:
             return ""
         module, names = self.module_names[self.running[-1]]
-        return f" in module '{names[0]}' ({type(module).__name__})" if names[0] else ""
+        return f" in module '{names[0]}' ({distributed.type_name(module)})" if names[0] else ""
 
 
 def _forward(model: nn.Module, example_input: Any, recorder: CallRecorder) -> Any:
@@ -276,11 +276,30 @@ def _first_step_gradients(
         return bool(trainable), {i: None for i, _ in trainable}, [None] * len(leaves)
     wrt = [p for _, p in trainable] + leaves
     try:
-        grads = torch.autograd.grad(loss_value.reshape(()), wrt, allow_unused=True)
+        if any(distributed.is_dtensor(p) for p in wrt):
+            grads = _accumulated_gradients(loss_value, wrt)
+        else:
+            grads = torch.autograd.grad(loss_value.reshape(()), wrt, allow_unused=True)
     except Exception as exc:
         raise ForwardError(f"the backward failed: {describe(exc)}", user_frame(exc)) from exc
     by_param = {i: g for (i, _), g in zip(trainable, grads)}
     return bool(trainable), by_param, list(grads[len(trainable):])
+
+
+def _accumulated_gradients(loss_value: torch.Tensor, wrt: List[torch.Tensor]) -> List[Optional[torch.Tensor]]:
+    """Gradients through ``.grad``, for sharded parameters (FSDP2) whose gradient is
+    reduce-scattered into ``.grad`` by hooks that ``torch.autograd.grad`` does not run.
+
+    ``.grad`` is cleared first so that nothing accumulates onto the user's; the caller's
+    :func:`~initaudit.state.preserved` puts the user's ``.grad`` back afterwards.
+    """
+    for t in wrt:
+        t.grad = None
+    loss_value.reshape(()).backward()
+    grads = [t.grad for t in wrt]
+    for t in wrt:
+        t.grad = None
+    return grads
 
 
 def inspect(
@@ -313,7 +332,8 @@ def inspect(
     deferred = stats.Deferred()
     recorder = CallRecorder(module_names, deferred)
     # values as the user left them, before a training-mode forward can touch a buffer
-    tensors = _tensor_records(param_names, buffer_names, module_names, deferred)
+    partials = distributed.Partials()
+    tensors = _tensor_records(param_names, buffer_names, module_names, deferred, partials)
     backward, grads, gain, gain_note, loss_value = False, {}, None, None, None
     with preserved(model):
         progress.phase("tracing")
@@ -344,10 +364,11 @@ def inspect(
                     gain_note = f"corrected for average pooling over {recorder.pooling:g} elements"
         if not run_backward:
             gain_note = "no backward was made"
-        _gradient_status(tensors, grads, backward, deferred)
+        _gradient_status(tensors, grads, backward, deferred, partials)
         if loss_value is not None:
             deferred.add("loss", loss_value.detach().reshape(1).double())
         values = deferred.resolve()
+        _combine(values, partials)
         _exact_where_needed(values, tensors, param_names, buffer_names, grads)
         for key, record in tensors:
             _fill(record, values, key)
@@ -386,7 +407,7 @@ def _module_records(
         kind, act = activations.classify(module)
         record = ModuleRecord(
             names=names,
-            type=type(module).__name__,
+            type=distributed.type_name(module),
             kind=kind,
             activation=act.name if act else None,
             activation_param=act.param if act else 0.0,
@@ -457,6 +478,7 @@ def _tensor_records(
     buffer_names: "OrderedDict[int, Tuple[Any, List[str]]]",
     module_names: "OrderedDict[int, Tuple[Any, List[str]]]",
     deferred: stats.Deferred,
+    partials: distributed.Partials,
 ) -> List[Tuple[int, TensorRecord]]:
     modules_by_name = {}
     for module, names in module_names.values():
@@ -475,7 +497,7 @@ def _tensor_records(
                 names=names,
                 kind=kind,
                 module=module_name,
-                module_type=type(owner).__name__ if owner is not None else "",
+                module_type=distributed.type_name(owner) if owner is not None else "",
                 attr=attr,
                 shape=tuple(t.shape),
                 dtype=str(t.dtype).replace("torch.", ""),
@@ -491,7 +513,10 @@ def _tensor_records(
                 record.layer_fan_in = owner.in_channels // owner.groups * (fans[0] // t.shape[1])
             else:
                 record.layer_fan_in = record.fan_in
-            if floating:
+            if floating and distributed.is_sharded(t):
+                _sharded_records(key, t, kind, record, partials)
+            elif floating:
+                t = distributed.local(t)  # a replicated DTensor is whole on every rank
                 deferred.add(("fast", key), stats.fast_summary(t))
                 if kind == "parameter" and t.numel() > 1:
                     deferred.add(("probe", key), stats.probe(t))
@@ -508,6 +533,37 @@ def _tensor_records(
             records.append((key, record))
     records += _effective_records(module_names, deferred)
     return records
+
+
+def _sharded_records(key: int, t: torch.Tensor, kind: str, record: TensorRecord, partials: distributed.Partials) -> None:
+    """File the partial statistics of a sharded tensor's local piece, to be combined across ranks.
+
+    The kurtosis is combined from power sums; the orthogonality test and the recurrent
+    statistics need whole rows or blocks, which no rank holds, and are not computed.
+    """
+    piece = distributed.local(t)
+    partials.add(("fast", key), t, *stats.partial_fast(piece))
+    if kind == "parameter" and t.numel() > 1:
+        partials.add(("probe", key), t, stats.probe(piece), torch.zeros(0, device=piece.device))
+    if kind == "parameter" and t.dim() >= 2 and t.numel() > 1:
+        partials.add(("moments", key), t, *stats.partial_moments(piece, t.numel()))
+    groups = distributed.shard_groups(t)
+    ranks = math.prod(torch.distributed.get_world_size(g) for g in groups)
+    record.notes.append(f"sharded over {ranks} ranks ({', '.join(str(p) for p in t.placements)}): statistics "
+                        "combined across ranks; orthogonality and recurrent-gate statistics not computed")
+
+
+def _combine(values: Dict[Any, List[float]], partials: distributed.Partials) -> None:
+    """Put the combined statistics of sharded tensors among ``values``, in the local layouts."""
+    for (what, key), (sums, mins) in partials.resolve().items():
+        if what == "fast":
+            values[("fast", key)] = stats.from_partial_fast(sums, mins)
+        elif what == "probe":
+            values[("probe", key)] = sums
+        elif what == "moments":
+            values[("shape", key)] = [stats.kurtosis_from_moments(sums), None, None]
+        elif what == "gradient":
+            values[("gradient", key)] = sums
 
 
 def _effective_records(
@@ -584,7 +640,7 @@ def _relate(
             tensor = param_names[key][0].detach()
             for members in classes:
                 first = param_names[members[0]][0].detach()
-                if tensor.device == first.device and torch.equal(tensor, first):
+                if _equal(tensor, first):
                     members.append(key)
                     break
             else:
@@ -594,6 +650,14 @@ def _relate(
                 continue
             for a in members:
                 by_key[a].clones += [by_key[b].name for b in members if b != a and (a, b) not in aliased]
+
+
+def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-identical values; sharded tensors compare their pieces and agree across ranks."""
+    if distributed.is_sharded(a) or distributed.is_sharded(b):
+        return distributed.is_sharded(a) and distributed.is_sharded(b) and distributed.all_equal(a, b)
+    a, b = distributed.local(a), distributed.local(b)
+    return a.device == b.device and torch.equal(a, b)
 
 
 def _two_valued(record: TensorRecord) -> bool:
@@ -638,6 +702,8 @@ def _aliases(by_key: Dict[int, TensorRecord], param_names: "OrderedDict[int, Tup
     """
     spans = []
     for key in by_key:
+        if distributed.is_dtensor(param_names[key][0]):
+            continue  # its local piece's memory says nothing of another rank's
         span = _byte_span(param_names[key][0])
         if span is not None:
             spans.append((span[0], span[1], key))
@@ -662,6 +728,7 @@ def _gradient_status(
     grads: Dict[int, Optional[torch.Tensor]],
     backward: bool,
     deferred: stats.Deferred,
+    partials: distributed.Partials,
 ) -> None:
     for key, record in records:
         if record.kind != "parameter":
@@ -676,7 +743,11 @@ def _gradient_status(
             record.grad_status = "none"
         else:
             record.grad_status = "ok"
-            deferred.add(("gradfast", key), stats.gradient_fast(grads[key]))
+            grad = grads[key]
+            if distributed.is_sharded(grad):
+                partials.add(("gradient", key), grad, *stats.partial_gradient(distributed.local(grad)))
+            else:
+                deferred.add(("gradfast", key), stats.gradient_fast(distributed.local(grad)))
 
 
 def _exact_where_needed(
@@ -691,29 +762,59 @@ def _exact_where_needed(
 
     Tensors with NaN or Inf, or whose variance cancels (a large mean, or a constant such as
     a norm gain), get the exact two-pass summary; tensors that may hold zeros or subnormals
-    (a zero bias) get those counted. A model with neither needs no second transfer.
+    (a zero bias) get those counted. A model with neither needs no second transfer. Sharded
+    tensors do the same on their pieces, combined across ranks.
     """
     redo = stats.Deferred()
+    partials = distributed.Partials()
     counted: Dict[Any, List[float]] = {}
+    exact: Dict[Any, Tuple[float, float]] = {}
     for key, record in tensors:
         fast = values.pop(("fast", key), None)
         if fast is not None:
             tensor = (param_names.get(key) or buffer_names.get(key))[0]
+            sharded = distributed.is_sharded(tensor)
+            piece = distributed.local(tensor)
             if stats.needs_exact(fast):
-                redo.add(("param", key), stats.tensor_summary(tensor))
+                if sharded:
+                    exact[key] = (float(tensor.numel()), fast[0])
+                    partials.add(("param", key), tensor, *stats.partial_exact(piece, fast[0]))
+                else:
+                    redo.add(("param", key), stats.tensor_summary(piece))
             elif stats.needs_counts(fast, tensor.dtype):
                 counted[key] = fast
-                redo.add(("counts", key), stats.small_counts(tensor))
+                if sharded:
+                    partials.add(("counts", key), tensor, *stats.partial_counts(piece))
+                else:
+                    redo.add(("counts", key), stats.small_counts(piece))
             else:
                 values[("param", key)] = stats.from_fast(fast)
         fast = values.pop(("gradfast", key), None)
-        if fast is not None:
-            summary = stats.gradient_from_fast(fast)
+        sums = values.pop(("gradient", key), None)
+        summary = stats.gradient_from_fast(fast) if fast is not None else None
+        if sums is not None:
+            summary = stats.gradient_from_partial(sums)
             if summary is None:
-                redo.add(("grad", key), stats.gradient_summary(grads[key]))
-            else:
-                values[("grad", key)] = summary
+                exact[("grad", key)] = (sums[0], sums[1] / max(sums[0], 1))
+                partials.add(("grad", key), grads[key], *stats.partial_gradient_exact(
+                    distributed.local(grads[key]), sums[1] / max(sums[0], 1)))
+                continue
+        elif fast is not None and summary is None:
+            redo.add(("grad", key), stats.gradient_summary(distributed.local(grads[key])))
+            continue
+        if summary is not None:
+            values[("grad", key)] = summary
     done = redo.resolve()
+    for (what, key), (sums, mins) in partials.resolve().items():
+        if what == "param":
+            n, mean = exact[key]
+            done[("param", key)] = stats.from_partial_exact(n, mean, sums, mins)
+        elif what == "counts":
+            done[("counts", key)] = sums
+        else:
+            n, _ = exact[("grad", key)]
+            squares, centred, nonfinite = sums
+            done[("grad", key)] = [math.sqrt(squares), math.sqrt(centred / max(n, 1)), nonfinite]
     for key, fast in counted.items():
         values[("param", key)] = stats.from_fast(fast, done.pop(("counts", key)))
     values.update(done)

@@ -1,0 +1,141 @@
+"""Sharded parameters under ``torch.distributed``: statistics combined, never gathered.
+
+A parameter that is a ``DTensor`` with a ``Shard`` placement (FSDP2's ``fully_shard``,
+tensor parallelism) lives in pieces, one per rank. Each rank reduces its local piece to
+partial statistics, and :class:`Partials` combines them with collective reductions: one
+``all_reduce(SUM)`` over every additive statistic (counts, sums, sums of squares) and one
+``all_reduce(MIN)`` over every extreme (a maximum travels as the minimum of its negation),
+per bucket of tensors sharded over the same process groups. No rank ever holds a whole
+parameter. A replicated ``DTensor`` is the same on every rank and is read locally.
+
+Every rank makes the same collective calls in the same order: which tensors need a second,
+exact pass is decided from combined statistics, which every rank holds alike.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Hashable, List, Optional, Tuple
+
+import torch
+
+try:  # torch >= 2.4; older releases kept it private
+    from torch.distributed.tensor import DTensor
+except ImportError:  # pragma: no cover - depends on the torch release
+    try:
+        from torch.distributed._tensor import DTensor  # type: ignore[no-redef]
+    except ImportError:
+        DTensor = None  # type: ignore[assignment,misc]
+
+
+def active() -> bool:
+    """Whether a ``torch.distributed`` process group is initialized."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def rank() -> int:
+    """This process's rank, 0 outside ``torch.distributed``."""
+    return torch.distributed.get_rank() if active() else 0
+
+
+def is_sharded(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a ``DTensor`` split over ranks (a ``Shard`` placement on some mesh dim)."""
+    return DTensor is not None and isinstance(t, DTensor) and any(p.is_shard() for p in t.placements)
+
+
+def is_dtensor(t: torch.Tensor) -> bool:
+    return DTensor is not None and isinstance(t, DTensor)
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """The piece of ``t`` this rank holds (``t`` itself for an ordinary tensor)."""
+    return t.to_local() if is_dtensor(t) else t
+
+
+def shard_groups(t: torch.Tensor) -> Tuple[Any, ...]:
+    """The process groups of the mesh dimensions ``t`` is sharded over, in mesh order."""
+    mesh = t.device_mesh
+    return tuple(mesh.get_group(dim) for dim, p in enumerate(t.placements) if p.is_shard())
+
+
+class Partials:
+    """Partial statistics of sharded tensors, combined across ranks.
+
+    ``add(key, t, sums, mins)`` files the rank-local ``sums`` (added across ranks) and
+    ``mins`` (minimized across ranks) of the sharded tensor ``t``; ``resolve()`` returns
+    ``{key: (combined sums, combined mins)}`` as Python floats after one ``all_reduce`` of
+    each kind per bucket of tensors sharing their process groups.
+    """
+
+    def __init__(self) -> None:
+        self._items: List[Tuple[Hashable, Tuple[Any, ...], torch.Tensor, torch.Tensor]] = []
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, key: Hashable, t: torch.Tensor, sums: torch.Tensor, mins: torch.Tensor) -> None:
+        self._items.append((key, shard_groups(t), sums.reshape(-1).double(), mins.reshape(-1).double()))
+
+    def resolve(self) -> Dict[Hashable, Tuple[List[float], List[float]]]:
+        buckets: Dict[Tuple[Any, ...], List[Tuple[Hashable, torch.Tensor, torch.Tensor]]] = {}
+        for key, groups, sums, mins in self._items:
+            buckets.setdefault(groups, []).append((key, sums, mins))
+        resolved: Dict[Hashable, Tuple[List[float], List[float]]] = {}
+        for groups, items in buckets.items():
+            sums = torch.cat([s for _, s, _ in items])
+            mins = torch.cat([m for _, _, m in items])
+            for group in groups:
+                torch.distributed.all_reduce(sums, op=torch.distributed.ReduceOp.SUM, group=group)
+                torch.distributed.all_reduce(mins, op=torch.distributed.ReduceOp.MIN, group=group)
+            flat_sums, flat_mins = sums.tolist(), mins.tolist()
+            i = j = 0
+            for key, s, m in items:
+                resolved[key] = (flat_sums[i : i + s.numel()], flat_mins[j : j + m.numel()])
+                i += s.numel()
+                j += m.numel()
+        self._items.clear()
+        return resolved
+
+
+def all_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors sharded alike are equal everywhere: local pieces compared, the
+    verdicts combined by an ``all_reduce(MIN)``."""
+    if a.placements != b.placements or a.device_mesh != b.device_mesh:
+        return False
+    here = torch.tensor([float(torch.equal(local(a), local(b)))], dtype=torch.float64, device=local(a).device)
+    for group in shard_groups(a):
+        torch.distributed.all_reduce(here, op=torch.distributed.ReduceOp.MIN, group=group)
+    return bool(here.item() == 1.0)
+
+
+def type_name(module: Any) -> str:
+    """The class name the user wrote: FSDP2 swaps a module's class for ``FSDP<Class>``, a
+    subclass of it and of ``FSDPModule``; the name is read past that wrapper class."""
+    cls = type(module)
+    if cls.__name__.startswith("FSDP") and any(b.__name__ == "FSDPModule" for b in cls.__mro__):
+        cls = next((b for b in cls.__mro__[1:] if b.__name__ != "FSDPModule"), cls)
+    return cls.__name__
+
+
+def init_from_env(device: Optional[str] = None) -> bool:
+    """Join the process group ``torchrun`` describes in the environment, if there is one.
+
+    Returns whether a group was initialized here (the caller then destroys it). The backend
+    is NCCL for CUDA audits and gloo otherwise.
+    """
+    if not torch.distributed.is_available() or active() or int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return False
+    cuda = (device or "").startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    return True
+
+
+def agree(code: int) -> int:
+    """Rank 0's exit code, on every rank."""
+    if not active():
+        return code
+    value = [code]
+    torch.distributed.broadcast_object_list(value, src=0)
+    return int(value[0])

@@ -1,0 +1,127 @@
+"""Sharded models under torch.distributed: two gloo processes on CPU, statistics combined.
+
+Each rank audits the same model twice: whole (before sharding) and sharded with FSDP2's
+``fully_shard``, whose parameters are DTensors of which each rank holds half. The sharded
+statistics must equal the whole ones, and both ranks must report the same findings.
+"""
+
+import json
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from initaudit import audit
+
+fsdp = pytest.importorskip("torch.distributed.fsdp")
+if not hasattr(fsdp, "fully_shard") or not dist.is_available():
+    pytest.skip("this torch has no FSDP2 (fully_shard)", allow_module_level=True)
+
+
+def build() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(16, 32), nn.ReLU(),
+        nn.Linear(32, 32), nn.ReLU(),
+        nn.LayerNorm(32),  # unit gain: the exact pass (its variance cancels); zero bias: counted
+        nn.Linear(32, 32), nn.ReLU(),
+        nn.Linear(32, 5),  # 5 rows do not split evenly over 2 ranks
+    )
+    with torch.no_grad():
+        model[2].weight.zero_()  # a zero hidden weight: IA101
+        model[5].weight.mul_(40.0)  # an exploding layer
+    return model
+
+
+def summary(report) -> dict:
+    tensors = {}
+    for t in report.recording.tensors:
+        tensors[t.name] = {
+            "mean": t.mean, "std": t.std, "min": t.min, "max": t.max, "zero_fraction": t.zero_fraction,
+            "nonfinite": t.nonfinite, "kurtosis": t.kurtosis,
+            "grad_norm": t.grad.norm if t.grad else None, "grad_std": t.grad.std if t.grad else None,
+            "notes": t.notes,
+        }
+    return {"tensors": tensors, "findings": sorted((f.code, f.location, f.message) for f in report.findings)}
+
+
+def worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        model = build()
+        x = torch.randn(8, 16, generator=torch.Generator().manual_seed(1))
+        whole = summary(audit(model, x))
+        whole_params = summary(audit(model, params_only=True))
+        mesh = init_device_mesh("cpu", (world,))
+        for layer in model:
+            if isinstance(layer, nn.Linear):
+                fsdp.fully_shard(layer, mesh=mesh)
+        fsdp.fully_shard(model, mesh=mesh)
+        assert type(model[0].weight).__name__ == "DTensor"
+        sharded = summary(audit(model, x))
+        sharded_params = summary(audit(model, params_only=True))
+        with open(os.path.join(out_dir, f"{rank}.json"), "w") as handle:
+            json.dump({"whole": whole, "sharded": sharded, "whole_params": whole_params,
+                       "sharded_params": sharded_params}, handle)
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ranks")
+    mp.spawn(worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    return [json.loads((out / f"{r}.json").read_text()) for r in range(2)]
+
+
+def close(a, b, scale):
+    """Equal to 1e-6 relative; values near zero (a mean) are measured against the spread."""
+    if a is None or b is None:
+        return a is b
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return abs(a - b) <= 1e-6 * max(abs(a), abs(b), scale)
+
+
+@pytest.mark.parametrize("which", ["", "_params"])
+def test_sharded_statistics_equal_the_whole_ones(ranks, which):
+    for result in ranks:
+        whole, sharded = result["whole" + which]["tensors"], result["sharded" + which]["tensors"]
+        assert whole.keys() == sharded.keys()
+        for name, w in whole.items():
+            s = sharded[name]
+            scale = w["std"] or 0.0
+            for key in ("mean", "std", "min", "max", "zero_fraction", "nonfinite"):
+                assert close(w[key], s[key], scale), (name, key, w[key], s[key])
+            for key in ("grad_norm", "grad_std"):
+                assert close(w[key], s[key], w[key] or 0.0), (name, key, w[key], s[key])
+            if w["kurtosis"] is not None:  # small tensors: every element is in the sample
+                assert close(w["kurtosis"], s["kurtosis"], 0.0), (name, w["kurtosis"], s["kurtosis"])
+
+
+def test_the_parameters_really_were_sharded(ranks):
+    notes = ranks[0]["sharded"]["tensors"]["0.weight"]["notes"]
+    assert any("sharded over 2 ranks" in n for n in notes), notes
+    assert not any("sharded" in n for n in ranks[0]["whole"]["tensors"]["0.weight"]["notes"])
+
+
+def test_findings_are_the_same_sharded_or_whole_and_on_every_rank(ranks):
+    whole = ranks[0]["whole"]["findings"]
+    assert any(f[0] == "IA101" and f[1] == "2.weight" for f in whole), whole
+    for result in ranks:
+        assert result["sharded"]["findings"] == whole
+        assert result["sharded_params"]["findings"] == result["whole_params"]["findings"]
