@@ -191,28 +191,22 @@ def normalize(built: Any, spec: str, factory_name: str = "factory") -> Target:
 
 
 def load_checkpoint(model: nn.Module, path: str) -> None:
-    """Load a ``torch.save``d state dict into ``model``, never running code from the file.
+    """Load a state dict into ``model``, never running code from the file.
 
-    ``torch.load(..., weights_only=True)`` refuses pickles that would call anything but
-    the tensor constructors, so a malicious checkpoint is an error, not an exploit.
+    A ``.safetensors`` file is read with the optional ``safetensors`` package (a flat
+    mapping of names to tensors, memory-mapped, no code at all); anything else with
+    ``torch.load(..., weights_only=True)``, which refuses pickles that would call anything
+    but the tensor constructors, so a malicious checkpoint is an error, not an exploit.
     """
-    import pickle
     from collections.abc import Mapping
 
     if not os.path.exists(path):
         raise LoadError(f"checkpoint not found: {path}")
-    try:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            state = torch.load(path, map_location="cpu", weights_only=True)  # an old, non-zip file
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise LoadError(f"refused to load {path}: it is not a plain state dict of tensors ({first})") from exc
-    except Exception as exc:
-        raise LoadError(f"cannot read checkpoint {path}: {describe(exc)}") from exc
+    if path.lower().endswith(".safetensors"):
+        state = _read_safetensors(path)
+        state = _fill_tied(model, state)
+    else:
+        state = _read_torch_checkpoint(path)
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]  # the common {"state_dict": ..., "epoch": ...} wrapper
     if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
@@ -222,3 +216,55 @@ def load_checkpoint(model: nn.Module, path: str) -> None:
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())
         raise LoadError(f"{path} does not fit the model: {detail[:300]}") from exc
+
+
+def _read_torch_checkpoint(path: str) -> Any:
+    import pickle
+
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)  # an old, non-zip file
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        raise LoadError(f"refused to load {path}: it is not a plain state dict of tensors ({first})") from exc
+    except Exception as exc:
+        raise LoadError(f"cannot read checkpoint {path}: {describe(exc)}") from exc
+
+
+def _read_safetensors(path: str) -> Dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError as exc:
+        raise LoadError(
+            f"reading {path} needs the safetensors package: pip install safetensors "
+            "(or pip install 'initaudit[safetensors]')"
+        ) from exc
+    try:
+        return load_file(path, device="cpu")
+    except Exception as exc:
+        raise LoadError(f"cannot read safetensors checkpoint {path}: {describe(exc)}") from exc
+
+
+def _fill_tied(model: nn.Module, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Give a tied parameter that the file left out its partner's tensor.
+
+    safetensors stores no shared tensors, so ``safetensors.torch.save_model`` (and
+    libraries saving tied embeddings) keep one name of each tied group; the model still
+    has all of them, and ``load_state_dict(strict=True)`` would call the others missing.
+    """
+    groups: Dict[Tuple[int, int, Tuple[int, ...], Tuple[int, ...]], List[str]] = {}
+    for name, t in model.state_dict().items():
+        if t.numel() and t.device.type != "meta":
+            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
+            groups.setdefault(key, []).append(name)
+    filled = dict(state)
+    for names in groups.values():
+        present = [n for n in names if n in state]
+        if present:
+            for n in names:
+                filled.setdefault(n, state[present[0]])
+    return filled

@@ -1,6 +1,7 @@
 """Odd models get a clear finding or a clean skip, never a traceback; bad input gets one line."""
 
 import dataclasses
+import sys
 import warnings
 
 import pytest
@@ -168,6 +169,101 @@ def test_checkpoint_that_is_not_a_state_dict(tmp_path):
     wrong = tmp_path / "wrong.pt"
     torch.save({"other.weight": torch.zeros(2)}, wrong)
     one_line_error(run(f"{EXAMPLES / 'zero_hidden.py'}:build", "--checkpoint", wrong), "does not fit the model")
+
+
+def _zero_hidden_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("zero_hidden_example", EXAMPLES / "zero_hidden.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_safetensors_checkpoint_values_are_what_is_audited(tmp_path):
+    from safetensors.torch import save_file
+
+    from initaudit.loader import load_checkpoint
+
+    torch.manual_seed(3)
+    factory = _zero_hidden_module()
+    model = factory.build()
+    nn.init.kaiming_normal_(model[2].weight, nonlinearity="relu")
+    good = tmp_path / "good.safetensors"
+    save_file(model.state_dict(), str(good))
+
+    fresh = factory.build()
+    assert fresh[2].weight.abs().max() == 0
+    load_checkpoint(fresh, str(good))
+    for name, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], value), name
+    # the factory's model has the zero layer (IA101); the checkpoint's weights do not
+    assert run(f"{EXAMPLES / 'zero_hidden.py'}:build", "--select", "IA101").exit_code == 1
+    result = run(f"{EXAMPLES / 'zero_hidden.py'}:build", "--checkpoint", good, "--select", "IA101")
+    assert result.exit_code == 0, result.output
+
+
+def test_safetensors_checkpoint_with_a_zero_layer_is_found(tmp_path):
+    from safetensors.torch import save_file
+
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("healthy_mlp_example", EXAMPLES / "healthy_mlp.py")
+    healthy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(healthy)
+    model = healthy.build()
+    nn.init.zeros_(model[4].weight)
+    bad = tmp_path / "bad.safetensors"
+    save_file(model.state_dict(), str(bad))
+    target = f"{EXAMPLES / 'healthy_mlp.py'}:build"
+    assert run(target, "--select", "IA101").exit_code == 0
+    result = run(target, "--checkpoint", bad, "--select", "IA101", "--format", "json")
+    assert result.exit_code == 1, result.output
+    assert "IA101" in result.stdout and '"4.weight"' in result.stdout, result.stdout
+
+
+def test_safetensors_checkpoint_with_tied_weights_saved_once(tmp_path):
+    from safetensors.torch import save_model
+
+    from initaudit.loader import load_checkpoint
+
+    def tied():
+        model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
+        model[2].weight = model[0].weight
+        return model
+
+    source = tied()
+    path = tmp_path / "tied.safetensors"
+    save_model(source, str(path))  # stores one of the two tied names
+    target = tied()
+    load_checkpoint(target, str(path))
+    assert target[2].weight is target[0].weight
+    assert torch.equal(target[0].weight, source[0].weight)
+
+
+def test_corrupt_safetensors_checkpoint_is_one_line(tmp_path):
+    path = tmp_path / "broken.safetensors"
+    path.write_bytes(b"this is not a safetensors file")
+    one_line_error(run(f"{EXAMPLES / 'zero_hidden.py'}:build", "--checkpoint", path),
+                   "cannot read safetensors checkpoint")
+    truncated = tmp_path / "truncated.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.randn(16, 16)}, str(truncated))
+    truncated.write_bytes(truncated.read_bytes()[:-100])
+    one_line_error(run(f"{EXAMPLES / 'zero_hidden.py'}:build", "--checkpoint", truncated),
+                   "cannot read safetensors checkpoint")
+
+
+def test_safetensors_checkpoint_without_the_package(tmp_path, monkeypatch):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"whatever is in it is never read")
+    # a None entry makes `import safetensors` (and its submodules) raise ImportError
+    monkeypatch.setitem(sys.modules, "safetensors", None)
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)
+    # (recent torch.load reads .safetensors itself and says to install it too: the message is ours)
+    one_line_error(run(f"{EXAMPLES / 'zero_hidden.py'}:build", "--checkpoint", path),
+                   "needs the safetensors package: pip install safetensors")
 
 
 class Exploit:
