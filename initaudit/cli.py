@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, List, Optional, Sequence
 
 import click
 
-from . import __version__, baseline, formats, profile
+from . import __version__, baseline, distributed, formats, profile
 from .api import audit_target, parse_ties
 from .config import Settings, check_codes, load_settings
 from .errors import InitauditError, describe
@@ -189,10 +189,17 @@ def main(
         error(str(exc), exc, verbose)
         raise click.exceptions.Exit(EXIT_ERROR)
 
+    try:
+        # under torchrun every rank runs this; rank 0 alone reports, all exit with its code
+        joined = distributed.init_from_env(settings.device)
+    except Exception as exc:
+        error(f"could not join the torch.distributed process group: {describe(exc)}", exc, verbose)
+        raise click.exceptions.Exit(EXIT_ERROR)
+    root = distributed.rank() == 0
     reports: List[Report] = []
     status = EXIT_OK
     for target in targets:
-        progress = Progress(enabled=not quiet)
+        progress = Progress(enabled=not quiet and root)
         try:
             report = audit_target(target, settings, factory_args=kwargs, input_shape=shape, batch_size=batch_size,
                                   fix=do_fix, unsafe_fixes=unsafe_fixes, checkpoint=checkpoint,
@@ -200,8 +207,9 @@ def main(
             progress.done()
             if do_fix:
                 result, report = report, report.after
-                show_fix(result, emit_code, output_format != "table" and not output)
-                if save:
+                if root:
+                    show_fix(result, emit_code, output_format != "table" and not output)
+                if save and root:
                     from .fixer import save_state_dict
 
                     save_state_dict(result.model, save, force=force)
@@ -213,6 +221,7 @@ def main(
             continue
         except KeyboardInterrupt:
             click.echo("initaudit: interrupted", err=True)
+            distributed.leave(joined)
             raise click.exceptions.Exit(130)
         except Exception as exc:  # a failure we did not foresee still gets one line
             error(f"auditing {target} failed: {describe(exc)} (rerun with --verbose for the traceback)", exc, verbose)
@@ -225,11 +234,11 @@ def main(
             status = max(status, EXIT_FINDINGS)
 
     if write_baseline:
-        count = baseline.write(write_baseline, reports)
-        click.echo(f"initaudit: wrote {count} finding(s) to the baseline {write_baseline}", err=True)
-        raise click.exceptions.Exit(status if status == EXIT_ERROR else EXIT_OK)
-
-    if reports and not emit_code:
+        if root:
+            count = baseline.write(write_baseline, reports)
+            click.echo(f"initaudit: wrote {count} finding(s) to the baseline {write_baseline}", err=True)
+        status = status if status == EXIT_ERROR else EXIT_OK
+    elif reports and not emit_code and root:
         rendered = formats.render(output_format, reports, accepted is not None, show_suppressed)
         terminal = formats.render("table", reports, show_suppressed=show_suppressed) if output else rendered
         if output:
@@ -248,4 +257,6 @@ def main(
                 error(str(exc), exc, verbose)
                 status = EXIT_ERROR
         click.echo(terminal)
+    status = distributed.agree(status)
+    distributed.leave(joined)
     raise click.exceptions.Exit(status)

@@ -132,6 +132,12 @@ def init_from_env(device: Optional[str] = None) -> bool:
     return True
 
 
+def leave(joined: bool) -> None:
+    """Destroy the process group :func:`init_from_env` created (``joined``), if any."""
+    if joined and active():
+        torch.distributed.destroy_process_group()
+
+
 def agree(code: int) -> int:
     """Rank 0's exit code, on every rank."""
     if not active():

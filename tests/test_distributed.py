@@ -125,3 +125,29 @@ def test_findings_are_the_same_sharded_or_whole_and_on_every_rank(ranks):
     for result in ranks:
         assert result["sharded"]["findings"] == whole
         assert result["sharded_params"]["findings"] == result["whole_params"]["findings"]
+
+
+def test_cli_under_torchrun_environment_reports_once_and_every_rank_exits_alike():
+    """Two ranks started the way ``torchrun --nproc-per-node 2 -m initaudit`` starts them."""
+    import subprocess
+    import sys
+
+    example = os.path.join(os.path.dirname(__file__), "..", "examples", "sharded_mlp.py")
+    port = free_port()
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen([sys.executable, "-m", "initaudit", f"{example}:build", "--format", "json"],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    outputs = [p.communicate(timeout=240) for p in procs]
+    single = subprocess.run([sys.executable, "-m", "initaudit", f"{example}:build", "--format", "json"],
+                            capture_output=True, text=True, timeout=240)
+    assert [p.returncode for p in procs] == [1, 1], [o[1] for o in outputs]
+    assert outputs[1][0] == ""  # rank 1 prints nothing
+    sharded = json.loads(outputs[0][0])
+    whole = json.loads(single.stdout)
+    assert any("sharded over 2 ranks" in n for t in sharded["parameters"] for n in t.get("notes", []))
+    found = sorted((f["code"], f["location"]) for f in sharded["findings"])
+    assert found == sorted((f["code"], f["location"]) for f in whole["findings"])
+    assert ("IA101", "2.weight") in found
