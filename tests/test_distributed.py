@@ -50,6 +50,39 @@ def summary(report) -> dict:
     return {"tensors": tensors, "findings": sorted((f.code, f.location, f.message) for f in report.findings)}
 
 
+def mlp(depth: int) -> nn.Module:
+    torch.manual_seed(0)
+    layers = [nn.Linear(16, 32), nn.ReLU()]
+    for _ in range(depth):
+        layers += [nn.Linear(32, 32), nn.ReLU(), nn.LayerNorm(32)]
+    return nn.Sequential(*layers, nn.Linear(32, 4))
+
+
+def shard(model: nn.Module, mesh) -> nn.Module:
+    for layer in model:
+        if isinstance(layer, (nn.Linear, nn.LayerNorm)):
+            fsdp.fully_shard(layer, mesh=mesh)
+    fsdp.fully_shard(model, mesh=mesh)
+    return model
+
+
+def count_all_reduces(model: nn.Module, x: torch.Tensor) -> int:
+    """``all_reduce`` calls the audit itself makes (FSDP's own collectives are not counted)."""
+    calls = {"n": 0}
+    original = dist.all_reduce
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return original(*args, **kwargs)
+
+    dist.all_reduce = counting
+    try:
+        audit(model, x)
+    finally:
+        dist.all_reduce = original
+    return calls["n"]
+
+
 def worker(rank: int, world: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -68,9 +101,10 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
         assert type(model[0].weight).__name__ == "DTensor"
         sharded = summary(audit(model, x))
         sharded_params = summary(audit(model, params_only=True))
+        collectives = [count_all_reduces(shard(mlp(depth), mesh), x) for depth in (2, 20)]
         with open(os.path.join(out_dir, f"{rank}.json"), "w") as handle:
             json.dump({"whole": whole, "sharded": sharded, "whole_params": whole_params,
-                       "sharded_params": sharded_params}, handle)
+                       "sharded_params": sharded_params, "collectives": collectives}, handle)
     finally:
         dist.destroy_process_group()
 
@@ -117,6 +151,14 @@ def test_the_parameters_really_were_sharded(ranks):
     notes = ranks[0]["sharded"]["tensors"]["0.weight"]["notes"]
     assert any("sharded over 2 ranks" in n for n in notes), notes
     assert not any("sharded" in n for n in ranks[0]["whole"]["tensors"]["0.weight"]["notes"])
+
+
+def test_collectives_do_not_grow_with_the_number_of_parameters(ranks):
+    # 8 sharded parameters or 62: the same few all_reduce calls (one SUM and one MIN per
+    # bucket, for the first pass and for the exact pass of the norm gains)
+    for result in ranks:
+        small, large = result["collectives"]
+        assert 2 <= small == large <= 4, (small, large)
 
 
 def test_findings_are_the_same_sharded_or_whole_and_on_every_rank(ranks):
