@@ -28,7 +28,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from .records import TensorRecord
-from .stats import KURTOSIS_SAMPLE, SAMPLE_BLOCKS, kurtosis_sample
+from .stats import KURTOSIS_SAMPLE, SAMPLE_BLOCKS, accumulation_dtype, kurtosis_sample
 
 ORTHO_SAMPLE = 64  # rows (or columns) whose Gram matrix tests orthogonality
 SCALE_MATCH = 1.15  # a std within 15% of a scheme's is that scheme
@@ -38,15 +38,16 @@ def shape_stats(t: torch.Tensor) -> torch.Tensor:
     """``[kurtosis, ortho_offdiag, ortho_spread]`` of a weight of 2+ dims, on its device.
 
     ``kurtosis = E[(x - m)^4] / Var^2`` over 64 evenly spaced runs of 1024 elements
-    (:func:`~initaudit.stats.kurtosis_sample`; every element of a tensor of up to 65536). With ``W`` viewed as ``(out, -1)`` and ``S`` the first
-    64 rows (or columns, when ``W`` is tall), ``G = S S^T``: ``ortho_offdiag`` is
+    (:func:`~initaudit.stats.kurtosis_sample`; every element of a tensor of up to 65536).
+    With ``W`` viewed as ``(out, -1)`` and ``S`` the first 64 rows (or columns, when ``W``
+    is tall), ``G = S S^T``: ``ortho_offdiag`` is
     ``max |G_ij| / mean G_ii`` off the diagonal and ``ortho_spread`` is
     ``(max G_ii - min G_ii) / mean G_ii``; both are ~0 for an orthogonal ``W``. Only the
     sample and ``S`` are copied, so the cost does not grow with the size of ``W``.
     """
     x = t.detach()
     x = x.to_dense() if x.layout != torch.strided else x
-    acc = torch.float64 if x.dtype == torch.float64 or x.device.type == "cpu" else torch.float32
+    acc = accumulation_dtype(x.dtype)  # float32 keeps the Gram's relative error near 1e-6, far below 1e-3
     flat = x.reshape(-1)
     sample = kurtosis_sample(flat, SAMPLE_BLOCKS if flat.numel() > KURTOSIS_SAMPLE else 0).to(acc)
     centered = sample - sample.mean()

@@ -368,15 +368,14 @@ def output_summary(out: torch.Tensor) -> torch.Tensor:
     if n == 0:
         return torch.stack([nan, nan, nan, nan])
     batch = x.shape[0] if x.dim() else 1
-    flat = x.reshape(batch, -1)
-    xa = flat.to(accumulation_dtype(x.dtype))
+    xa = x.reshape(batch, -1).to(accumulation_dtype(x.dtype))
     feature_mean = xa.mean(dim=0)
     feature_var = (xa - feature_mean).square_().mean(dim=0)
-    mean = feature_mean.mean()
-    std = (feature_var.mean() + (feature_mean - mean).square().mean()).sqrt()
-    zero_fraction = (n - torch.count_nonzero(flat)) / n
-    per_feature = feature_var.sqrt().mean() if batch >= 2 else nan
-    return torch.stack([mean.double(), std.double(), zero_fraction.double(), per_feature.double()])
+    var_of_means, mean = torch.var_mean(feature_mean, correction=0)
+    std = (feature_var.mean() + var_of_means).sqrt()
+    zero_fraction = 1 - torch.count_nonzero(xa) / n
+    per_feature = feature_var.sqrt_().mean() if batch >= 2 else nan.to(mean.dtype)
+    return torch.stack([mean, std, zero_fraction.to(mean.dtype), per_feature]).double()
 
 
 def gradient_summary(g: torch.Tensor) -> torch.Tensor:
