@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Iterable, Iter
 import torch
 from torch import nn
 
-from . import inputs, suppress
+from . import flow, inputs, suppress
 from .errors import InputError
 from .inspector import inspect
 from .records import Recording
@@ -236,7 +236,7 @@ def audit(
     if skipped:
         what = "no forward (--params-only)" if params_only else "no backward (--no-backward)"
         notes.append(f"{what}: skipped {', '.join(skipped)}")
-    with on_device(model, dev):
+    with on_device(model, dev), flow.traces_kept():
         if params_only:
             x = None
         elif example_input is None or input_shape is not None:
@@ -246,7 +246,10 @@ def audit(
             x = example_input
         if x is not None:
             x = inputs.to_device(x, dev)
-            notes += materialize_lazy(model, x)
+            materialized = materialize_lazy(model, x)
+            if materialized:
+                flow.forget_traces()
+            notes += materialized
         recording = inspect(model, x, loss=loss, seed=seed, run_forward=not params_only,
                             run_backward=not (params_only or no_backward), progress=progress)
         notes += recording.notes

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import operator
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -178,13 +179,41 @@ def _slope(node: fx.Node) -> float:
     return float(value) if isinstance(value, (int, float)) else 0.01
 
 
-def _trace(module: nn.Module) -> Optional[fx.GraphModule]:
+# traces made during one audit, by module: inferring the input and following the flow both
+# read the model's trace, which is made once (see :func:`traces_kept`)
+_kept: Optional[Dict[int, Tuple[nn.Module, Optional[fx.GraphModule]]]] = None
+
+
+@contextmanager
+def traces_kept() -> Iterator[None]:
+    """Within the body, a module is traced at most once; the traces are dropped after it."""
+    global _kept
+    outer, _kept = _kept, ({} if _kept is None else _kept)
+    try:
+        yield
+    finally:
+        _kept = outer
+
+
+def forget_traces() -> None:
+    """Drop the traces kept so far (the model changed: lazy modules were materialized)."""
+    if _kept is not None:
+        _kept.clear()
+
+
+def trace(module: nn.Module) -> Optional[fx.GraphModule]:
+    """``torch.fx.symbolic_trace(module)``, or ``None`` when the module does not trace."""
+    if _kept is not None and id(module) in _kept and _kept[id(module)][0] is module:
+        return _kept[id(module)][1]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return fx.symbolic_trace(module)
+            gm: Optional[fx.GraphModule] = fx.symbolic_trace(module)
     except Exception:  # untraceable: the caller tries the children, then falls back to hooks
-        return None
+        gm = None
+    if _kept is not None:
+        _kept[id(module)] = (module, gm)
+    return gm
 
 
 def analyze(model: nn.Module, max_depth: int = 4) -> Tuple[Dict[str, Flow], List[str]]:
@@ -203,7 +232,7 @@ def analyze(model: nn.Module, max_depth: int = 4) -> Tuple[Dict[str, Flow], List
     def visit(module: nn.Module, prefix: str, depth: int) -> None:
         if next(module.children(), None) is None:
             return  # a leaf has no inner flow to trace
-        gm = _trace(module)
+        gm = trace(module)
         if gm is None:
             if depth < max_depth:
                 for name, child in module.named_children():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import warnings
 from typing import Any, Optional, Sequence, Tuple
 
 import torch
@@ -64,17 +63,14 @@ def first_layer(model: nn.Module) -> Optional[nn.Module]:
     """
     if any(distributed.is_dtensor(p) for p in model.parameters()):
         return _first_own(model)  # tracing would run FSDP's hooks out of order
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            graph = torch.fx.symbolic_trace(model).graph
-        for node in graph.nodes:
-            if node.op == "call_module":
-                module = model.get_submodule(node.target)
-                if any(True for _ in module.parameters()):
-                    return _first_own(module)
-    except Exception:  # untraceable models fall back to registration order
-        pass
+    from .flow import trace
+
+    gm = trace(model)
+    for node in gm.graph.nodes if gm is not None else ():  # untraceable: registration order
+        if node.op == "call_module":
+            module = model.get_submodule(node.target)
+            if any(True for _ in module.parameters()):
+                return _first_own(module)
     return _first_own(model)
 
 
