@@ -41,7 +41,7 @@ def tensor_summary(t: torch.Tensor) -> torch.Tensor:
     ``mean = sum(x) / n`` and ``std = sqrt(sum((x - mean)^2) / n)`` (population std,
     two passes so that a large mean does not cancel a small spread), accumulated in
     float32 or better. ``zeros``, ``nonfinite`` and ``subnormal`` (``0 < |x| < finfo.tiny``)
-    are element counts.
+    are element counts. Temporaries are made one slice (:func:`slices`) at a time.
     """
     x = dense(t)
     n = x.numel()
@@ -50,17 +50,37 @@ def tensor_summary(t: torch.Tensor) -> torch.Tensor:
         nan = torch.tensor(float("nan"), dtype=torch.float64, device=x.device)
         zero = torch.zeros((), dtype=torch.float64, device=x.device)
         return torch.stack([nan, nan, nan, nan, zero, zero, zero])
-    xa = x.to(acc)
-    mean = xa.sum() / n
-    std = ((xa - mean).square().sum() / n).sqrt()
-    lo, hi = torch.aminmax(xa)
+    parts = slices(x)
+    mean = torch.stack([p.to(acc).sum() for p in parts]).sum() / n
+    centred = torch.stack([(p.to(acc) - mean).square_().sum() for p in parts]).sum()
+    extremes = torch.stack([torch.stack(torch.aminmax(p)) for p in parts])
+    lo, hi = extremes[:, 0].amin(), extremes[:, 1].amax()
     zeros = n - torch.count_nonzero(x)
-    nonfinite = n - torch.isfinite(x).sum()
-    subnormal = ((x != 0) & (x.abs() < torch.finfo(x.dtype).tiny)).sum()
+    nonfinite = n - torch.stack([torch.isfinite(p).sum() for p in parts]).sum()
+    subnormal = _subnormal(parts)
     return torch.stack(
-        [mean.double(), std.double(), lo.double(), hi.double(), zeros.double(), nonfinite.double(),
-         subnormal.double()]
+        [mean.double(), (centred / n).sqrt().double(), lo.double(), hi.double(), zeros.double(),
+         nonfinite.double(), subnormal.double()]
     )
+
+
+# elements per slice when a pass needs a temporary: 1 MiB of float32 stays in a CPU's cache;
+# on an accelerator, slices of 64 MiB keep the temporary small next to the model
+_SLICE_CPU = 1 << 18
+_SLICE_DEVICE = 1 << 24
+
+
+def slices(x: torch.Tensor) -> List[torch.Tensor]:
+    """``x`` flattened, in slices that a temporary of one stays small for."""
+    flat = x.reshape(-1)
+    size = _SLICE_CPU if flat.device.type == "cpu" else _SLICE_DEVICE
+    return list(flat.split(size)) if flat.numel() > size else [flat]
+
+
+def _subnormal(parts: List[torch.Tensor]) -> torch.Tensor:
+    """Elements with ``0 < |x| < finfo.tiny``, counted slice by slice."""
+    tiny = torch.finfo(parts[0].dtype).tiny
+    return torch.stack([((p != 0) & (p.abs() < tiny)).sum() for p in parts]).sum()
 
 
 def fast_summary(t: torch.Tensor) -> torch.Tensor:
@@ -79,6 +99,13 @@ def fast_summary(t: torch.Tensor) -> torch.Tensor:
     if n == 0:
         nan = torch.tensor(float("nan"), dtype=torch.float64, device=x.device)
         return torch.stack([nan, nan, nan, nan, nan, nan])
+    if accumulation_dtype(x.dtype) != x.dtype and n > _SLICE_CPU:
+        # float16 and bfloat16 are widened one slice at a time, never as a whole copy
+        pieces = [partial_fast(p) for p in slices(x)]
+        sums = torch.stack([p[0] for p in pieces]).sum(dim=0)
+        mins = torch.stack([p[1] for p in pieces]).amin(dim=0)
+        mean, second = sums[1] / n, sums[2] / n
+        return torch.stack([mean, second - mean * mean, mins[0], -mins[1], mins[2], second])
     xa = x.to(accumulation_dtype(x.dtype)).reshape(-1)
     mean = xa.sum() / n
     second = torch.dot(xa, xa) / n
@@ -87,21 +114,18 @@ def fast_summary(t: torch.Tensor) -> torch.Tensor:
                         min_abs(xa).double(), second.double()])
 
 
-# elements per slice of :func:`min_abs`'s scratch buffer: 1 MiB of float32 stays in cache
-_SCRATCH = 1 << 18
-
-
 def min_abs(x: torch.Tensor) -> torch.Tensor:
-    """``min |x|`` of a flat tensor, without allocating a copy of it on the CPU.
+    """``min |x|`` of a flat tensor, without a temporary the size of ``x``.
 
-    ``|x|`` of one slice at a time is written into one small buffer that stays in cache, so
-    the pass costs about one read; on other devices ``x.abs().amin()``.
+    ``|x|`` of one slice at a time is written into one buffer (in cache, on a CPU), so the
+    pass costs about one read.
     """
-    if x.device.type != "cpu" or x.numel() <= _SCRATCH:
+    parts = slices(x)
+    if len(parts) == 1:
         return x.abs().amin()
-    scratch = torch.empty(_SCRATCH, dtype=x.dtype)
+    scratch = torch.empty(parts[0].numel(), dtype=x.dtype, device=x.device)
     lows = []
-    for part in x.split(_SCRATCH):
+    for part in parts:
         out = scratch[: part.numel()]
         torch.abs(part, out=out)
         lows.append(out.amin())
@@ -129,9 +153,10 @@ def small_counts(t: torch.Tensor) -> torch.Tensor:
     """``[zeros, subnormal]``: elements equal to 0, and with ``0 < |x| < finfo.tiny``."""
     x = dense(t)
     n = x.numel()
+    if n == 0:
+        return torch.zeros(2, dtype=torch.float64, device=x.device)
     zeros = n - torch.count_nonzero(x)
-    subnormal = ((x != 0) & (x.abs() < torch.finfo(x.dtype).tiny)).sum()
-    return torch.stack([zeros.double(), subnormal.double()])
+    return torch.stack([zeros.double(), _subnormal(slices(x)).double()])
 
 
 def from_fast(fast: List[float], counts: Optional[List[float]] = None) -> List[float]:

@@ -174,3 +174,34 @@ def test_the_inspector_records_the_exact_summary(make):
         assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-4, abs=1e-9)
     assert record.zero_fraction * record.numel == zeros
     assert (record.nonfinite, record.subnormal) == (nonfinite, subnormal)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_summaries_of_tensors_larger_than_one_slice_match_a_float64_reference(dtype):
+    # 600k elements: three slices of the temporaries, and the widening of half types slice by slice
+    gen = torch.Generator().manual_seed(3)
+    ref = (torch.randn(600_001, generator=gen, dtype=torch.float64) * 0.05 + 0.01).to(dtype)
+    ref[12] = 0.0
+    ref[400_000] = 0.0
+    if dtype != torch.float16:
+        ref[500_000] = 1e-39  # subnormal in float32 and bfloat16
+    exact = ref.double()
+    want_sub = int(((exact != 0) & (exact.abs() < torch.finfo(dtype).tiny)).sum())
+    mean, std, lo, hi, zeros, nonfinite, subnormal = stats.tensor_summary(ref).tolist()
+    assert mean == pytest.approx(exact.mean().item(), rel=1e-5)
+    assert std == pytest.approx(exact.std(correction=0).item(), rel=1e-5)
+    assert (lo, hi) == (exact.min().item(), exact.max().item())
+    assert (zeros, nonfinite, subnormal) == (2, 0, want_sub)
+    fast = stats.fast_summary(ref).tolist()
+    assert fast[0] == pytest.approx(exact.mean().item(), rel=1e-5)
+    assert fast[1] == pytest.approx(exact.var(correction=0).item(), rel=1e-4)
+    assert (fast[2], fast[3]) == (exact.min().item(), exact.max().item())
+    assert fast[4] == 0.0  # min |x|: the zeros
+    assert stats.needs_counts(fast, dtype)
+    assert stats.small_counts(ref).tolist() == [2.0, float(want_sub)]
+
+
+def test_min_abs_over_several_slices_finds_the_smallest_magnitude_anywhere():
+    x = torch.linspace(1.0, 2.0, 700_000)
+    x[650_000] = -1e-3  # in the last slice, negative
+    assert stats.min_abs(x).item() == pytest.approx(1e-3)
