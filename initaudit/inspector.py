@@ -395,6 +395,27 @@ def inspect(
     )
 
 
+def parameter_statistics(model: nn.Module) -> List[TensorRecord]:
+    """The parameter pass alone, exactly as :func:`inspect` makes it (no forward, no rules).
+
+    Every parameter's and floating buffer's summary, fingerprint statistics, clones and
+    aliases; what ``--params-only`` reads, and what ``benchmarks/`` times against one read
+    of the parameters.
+    """
+    param_names = _names(model.named_parameters(remove_duplicate=False))
+    buffer_names = _names(model.named_buffers(remove_duplicate=False))
+    module_names = _names(model.named_modules(remove_duplicate=False))
+    deferred, partials = stats.Deferred(), distributed.Partials()
+    tensors = _tensor_records(param_names, buffer_names, module_names, deferred, partials)
+    values = deferred.resolve()
+    _combine(values, partials)
+    _exact_where_needed(values, tensors, param_names, buffer_names, {})
+    for key, record in tensors:
+        _fill(record, values, key)
+    _relate(tensors, param_names, values)
+    return [record for _, record in tensors]
+
+
 def _module_records(
     module_names: "OrderedDict[int, Tuple[Any, List[str]]]",
     recorder: CallRecorder,

@@ -223,3 +223,18 @@ def test_device_argument_moves_the_model_and_back():
     model = nn.Linear(4, 2)
     rep = audit(model, torch.randn(8, 4), device="cpu")
     assert rep.device == "cpu" and model.weight.device.type == "cpu"
+
+
+def test_the_parameter_pass_alone_records_what_the_audit_records():
+    from initaudit.inspector import parameter_statistics
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.LayerNorm(16), nn.Linear(16, 4))
+    nn.init.zeros_(model[3].bias)
+    alone = {t.name: t for t in parameter_statistics(model)}
+    audited = {t.name: t for t in audit(model, torch.randn(4, 8)).recording.tensors}
+    assert alone.keys() == audited.keys()
+    for name, t in alone.items():
+        a = audited[name]
+        assert (t.mean, t.std, t.min, t.max, t.zero_fraction, t.init) == (a.mean, a.std, a.min, a.max, a.zero_fraction, a.init)
+    assert alone["3.bias"].zero_fraction == 1.0 and alone["2.weight"].std == 0.0
