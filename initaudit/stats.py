@@ -350,14 +350,20 @@ def block_singular_values(w: torch.Tensor, blocks: int) -> torch.Tensor:
 
     The recurrent weight ``weight_hh`` of an LSTM stacks its gates (i, f, g, o) along
     dimension 0; an orthogonal block has every singular value equal to 1 (Saxe et al. 2014).
+    ``sigma_i = sqrt(lambda_i(B B^T))``: the eigenvalues of all blocks' Gram matrices in one
+    batched ``eigvalsh``, in float32 (float64 for float64 weights), about three times
+    cheaper than an SVD per block. Squaring costs digits only at the small end: a singular
+    value below about 1e-3 of the block's largest is resolved to about 3e-4 of the largest,
+    which leaves its spread (the rule's limit is 2) far beyond any limit either way.
     """
-    x = w.detach().to(torch.float64 if w.device.type == "cpu" else torch.float32)
+    x = w.detach().to(accumulation_dtype(w.dtype))
     rows = x.shape[0] // blocks
-    values = []
-    for b in range(blocks):
-        sv = torch.linalg.svdvals(x[b * rows:(b + 1) * rows])
-        values += [sv.min(), sv.max()]
-    return torch.stack(values).double()
+    stacked = x[: rows * blocks].reshape(blocks, rows, -1)
+    if rows > stacked.shape[2]:
+        stacked = stacked.transpose(1, 2)
+    gram = stacked @ stacked.transpose(1, 2)
+    values = torch.linalg.eigvalsh(gram).clamp_min_(0).sqrt_()
+    return torch.stack([values[:, 0], values[:, -1]], dim=1).reshape(-1).double()
 
 
 def spectral_radius(w: torch.Tensor) -> torch.Tensor:
