@@ -181,7 +181,7 @@ def _slope(node: fx.Node) -> float:
 
 # traces made during one audit, by module: inferring the input and following the flow both
 # read the model's trace, which is made once (see :func:`traces_kept`)
-_kept: Optional[Dict[int, Tuple[nn.Module, Optional[fx.GraphModule]]]] = None
+_kept: Optional[Dict[int, Tuple[nn.Module, Any]]] = None
 
 
 @contextmanager
@@ -201,16 +201,63 @@ def forget_traces() -> None:
         _kept.clear()
 
 
-def trace(module: nn.Module) -> Optional[fx.GraphModule]:
-    """``torch.fx.symbolic_trace(module)``, or ``None`` when the module does not trace."""
+class Chain:
+    """The graph ``torch.fx`` traces from a plain ``nn.Sequential``, built without tracing.
+
+    ``Sequential.forward`` feeds each child's output to the next, so its trace is a chain of
+    ``call_module`` nodes; building it directly skips the tracer and the code generation of
+    a ``GraphModule``. Offers what the readers of a trace use: ``graph`` and ``get_submodule``.
+    """
+
+    def __init__(self, root: nn.Module, graph: fx.Graph) -> None:
+        self.root = root
+        self.graph = graph
+
+    def get_submodule(self, target: str) -> nn.Module:
+        return self.root.get_submodule(target)
+
+    @classmethod
+    def of(cls, module: nn.Module) -> Optional["Chain"]:
+        """The chain of a plain ``nn.Sequential`` of ``torch.nn`` leaf modules (plain nested
+        ``Sequential``s inlined, as fx inlines them), or ``None`` for anything else."""
+        if type(module) is not nn.Sequential:
+            return None
+        tracer = fx.Tracer()
+        graph = fx.Graph()
+
+        def link(seq: nn.Module, prefix: str, value: Optional[fx.Node]) -> Optional[fx.Node]:
+            for name, child in seq.named_children():
+                target = prefix + name
+                if type(child) is nn.Sequential:
+                    value = link(child, target + ".", value)
+                elif tracer.is_leaf_module(child, target) and not child._forward_pre_hooks and not child._forward_hooks:
+                    value = graph.call_module(target, (value,))
+                else:
+                    return None  # a module fx would trace into: trace for real
+                if value is None:
+                    return None
+            return value
+
+        out = link(module, "", graph.placeholder("input"))
+        if out is None:
+            return None
+        graph.output(out)
+        return cls(module, graph)
+
+
+def trace(module: nn.Module) -> Any:
+    """``torch.fx.symbolic_trace(module)`` (or its :class:`Chain`, for a plain ``Sequential``),
+    or ``None`` when the module does not trace."""
     if _kept is not None and id(module) in _kept and _kept[id(module)][0] is module:
         return _kept[id(module)][1]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            gm: Optional[fx.GraphModule] = fx.symbolic_trace(module)
-    except Exception:  # untraceable: the caller tries the children, then falls back to hooks
-        gm = None
+    gm: Any = Chain.of(module)
+    if gm is None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                gm = fx.symbolic_trace(module)
+        except Exception:  # untraceable: the caller tries the children, then falls back to hooks
+            gm = None
     if _kept is not None:
         _kept[id(module)] = (module, gm)
     return gm

@@ -64,9 +64,9 @@ def tensor_summary(t: torch.Tensor) -> torch.Tensor:
     )
 
 
-# elements per slice when a pass needs a temporary: 1 MiB of float32 stays in a CPU's cache;
+# elements per slice when a pass needs a temporary: 2 MiB of float32 stays in a CPU's cache;
 # on an accelerator, slices of 64 MiB keep the temporary small next to the model
-_SLICE_CPU = 1 << 18
+_SLICE_CPU = 1 << 19
 _SLICE_DEVICE = 1 << 24
 
 
@@ -99,11 +99,10 @@ def fast_summary(t: torch.Tensor) -> torch.Tensor:
     if n == 0:
         nan = torch.tensor(float("nan"), dtype=torch.float64, device=x.device)
         return torch.stack([nan, nan, nan, nan, nan, nan])
-    if accumulation_dtype(x.dtype) != x.dtype and n > _SLICE_CPU:
+    if len(slices(x)) > 1 and (x.device.type == "cpu" or accumulation_dtype(x.dtype) != x.dtype):
+        # slice by slice: on a CPU the later reductions of a slice read it from cache, and
         # float16 and bfloat16 are widened one slice at a time, never as a whole copy
-        pieces = [partial_fast(p) for p in slices(x)]
-        sums = torch.stack([p[0] for p in pieces]).sum(dim=0)
-        mins = torch.stack([p[1] for p in pieces]).amin(dim=0)
+        sums, mins = partial_fast(x)
         mean, second = sums[1] / n, sums[2] / n
         return torch.stack([mean, second - mean * mean, mins[0], -mins[1], mins[2], second])
     xa = x.to(accumulation_dtype(x.dtype)).reshape(-1)
@@ -170,11 +169,13 @@ def from_fast(fast: List[float], counts: Optional[List[float]] = None) -> List[f
 
 
 def partial_fast(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(sums, mins)`` of one piece of a sharded tensor, combined by adding and minimizing.
+    """``(sums, mins)`` of a tensor (or of one piece of a sharded one), slice by slice.
 
-    ``sums = [n, sum(x), x.x]``, ``mins = [min, -max, min |x|]``; an empty piece gives the
-    neutral ``[0, 0, 0]`` and ``[inf, inf, inf]``. :func:`from_partial_fast` turns the
-    combined pieces into a :func:`fast_summary`.
+    ``sums = [n, sum(x), x.x]`` (added across slices and ranks), ``mins = [min, -max, min |x|]``
+    (minimized across them); an empty tensor gives the neutral ``[0, 0, 0]`` and
+    ``[inf, inf, inf]``. Each slice is widened to float32 (if narrower), reduced, and its
+    ``|x|`` written into one scratch buffer, so no temporary grows with the tensor.
+    :func:`from_partial_fast` turns combined pieces into a :func:`fast_summary`.
     """
     x = dense(x)
     inf = torch.tensor(float("inf"), dtype=torch.float64, device=x.device)
@@ -182,10 +183,19 @@ def partial_fast(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     if x.numel() == 0:
         zero = torch.zeros((), dtype=torch.float64, device=x.device)
         return torch.stack([n, zero, zero]), torch.stack([inf, inf, inf])
-    xa = x.to(accumulation_dtype(x.dtype)).reshape(-1)
-    lo, hi = torch.aminmax(xa)
-    return (torch.stack([n, xa.sum().double(), torch.dot(xa, xa).double()]),
-            torch.stack([lo.double(), -hi.double(), min_abs(xa).double()]))
+    acc = accumulation_dtype(x.dtype)
+    parts = slices(x)
+    scratch = torch.empty(parts[0].numel(), dtype=acc, device=x.device)
+    sums, mins = [], []
+    for part in parts:
+        wide = part.to(acc)
+        lo, hi = torch.aminmax(wide)
+        magnitude = scratch[: wide.numel()]
+        torch.abs(wide, out=magnitude)
+        sums.append(torch.stack([wide.sum(), torch.dot(wide, wide)]))
+        mins.append(torch.stack([lo, -hi, magnitude.amin()]))
+    total = torch.stack(sums).double().sum(dim=0)
+    return torch.cat([n.reshape(1), total]), torch.stack(mins).amin(dim=0).double()
 
 
 def from_partial_fast(sums: List[float], mins: List[float]) -> List[float]:
@@ -334,10 +344,13 @@ def activation_summary(out: torch.Tensor, nonlinearity: str) -> torch.Tensor:
     nan = torch.tensor(float("nan"), dtype=torch.float64, device=x.device)
     dead_last = dead_channel = saturated = nan
     if x.dim() >= 2 and x.numel():
-        alive = x != 0
-        dead_last = 1 - alive.reshape(-1, x.shape[-1]).any(dim=0).double().mean()
+        # a unit is zero everywhere exactly when its max and its min are both 0 (a NaN is
+        # neither): two reductions, no mask of the whole output
+        rows = x.reshape(-1, x.shape[-1])
+        dead_last = ((rows.amax(dim=0) == 0) & (rows.amin(dim=0) == 0)).double().mean()
         if x.dim() >= 3:
-            dead_channel = 1 - alive.transpose(0, 1).reshape(x.shape[1], -1).any(dim=1).double().mean()
+            dims = (0,) + tuple(range(2, x.dim()))
+            dead_channel = ((x.amax(dim=dims) == 0) & (x.amin(dim=dims) == 0)).double().mean()
     if nonlinearity == "tanh" and x.numel():
         saturated = (x.abs() > 0.99).double().mean()
     elif nonlinearity == "sigmoid" and x.numel():
@@ -404,7 +417,7 @@ def output_summary(out: torch.Tensor) -> torch.Tensor:
     feature_var = (xa - feature_mean).square_().mean(dim=0)
     var_of_means, mean = torch.var_mean(feature_mean, correction=0)
     std = (feature_var.mean() + var_of_means).sqrt()
-    zero_fraction = 1 - torch.count_nonzero(xa) / n
+    zero_fraction = 1 - torch.count_nonzero(x != 0) / n  # a byte mask counts faster than the floats
     per_feature = feature_var.sqrt_().mean() if batch >= 2 else nan.to(mean.dtype)
     return torch.stack([mean, std, zero_fraction.to(mean.dtype), per_feature]).double()
 
