@@ -22,7 +22,7 @@ from torch import nn
 
 from . import activations, inputs
 from .graph import accessor
-from .inspector import CallRecorder, _call, _names
+from .inspector import CallRecorder, call_model, names_by_id
 from .report import Finding, Report
 from .state import RNGState, preserved, seed_torch
 from . import stats
@@ -191,7 +191,7 @@ def lsuv_scale(model: nn.Module, example_input: Any, tolerance: float = LSUV_TOL
     as they were (:func:`initaudit.state.preserved`); only the weights are scaled.
     """
     modules = dict(model.named_modules())
-    names = _names(model.named_modules(remove_duplicate=False))
+    names = names_by_id(model.named_modules(remove_duplicate=False))
     # forward order: the order in which layers are first called
     order: List[str] = []
     recorder = CallRecorder(names, stats.Deferred())
@@ -199,7 +199,7 @@ def lsuv_scale(model: nn.Module, example_input: Any, tolerance: float = LSUV_TOL
         model.train()
         recorder.attach()
         try:
-            _call(model, example_input)
+            call_model(model, example_input)
         finally:
             recorder.detach()
         for name in recorder.calls:
@@ -215,7 +215,7 @@ def lsuv_scale(model: nn.Module, example_input: Any, tolerance: float = LSUV_TOL
                 captured: List[torch.Tensor] = []
                 handle = layer.register_forward_hook(lambda m, a, out: captured.append(out.detach()))
                 try:
-                    _call(model, example_input)
+                    call_model(model, example_input)
                 finally:
                     handle.remove()
                 variance = float(captured[0].double().var()) if captured else 0.0

@@ -78,7 +78,9 @@ def random_projection_loss(output: Any, seed: int) -> Optional[torch.Tensor]:
     return total
 
 
-def _names(items: Iterator[Tuple[str, Any]]) -> "OrderedDict[int, Tuple[Any, List[str]]]":
+def names_by_id(items: Iterator[Tuple[str, Any]]) -> "OrderedDict[int, Tuple[Any, List[str]]]":
+    """``{id(obj): (obj, [every name it is reachable under])}`` in first-seen order (tied
+    parameters and shared modules are one entry with several names)."""
     by_id: "OrderedDict[int, Tuple[Any, List[str]]]" = OrderedDict()
     for name, obj in items:
         if obj is None:
@@ -92,7 +94,8 @@ def _owner(name: str) -> Tuple[str, str]:
     return module, attr
 
 
-def _call(model: nn.Module, example_input: Any) -> Any:
+def call_model(model: nn.Module, example_input: Any) -> Any:
+    """``model(x)``, ``model(*x)`` for a tuple, ``model(**x)`` for a dict."""
     if isinstance(example_input, dict):
         return model(**example_input)
     if isinstance(example_input, tuple):
@@ -196,7 +199,7 @@ class CallRecorder:
 def _forward(model: nn.Module, example_input: Any, recorder: CallRecorder) -> Any:
     recorder.attach()
     try:
-        return _call(model, example_input)
+        return call_model(model, example_input)
     except Exception as exc:
         raise ForwardError(
             f"forward of {type(model).__name__} failed{recorder.failing_module()}: {describe(exc)}",
@@ -323,9 +326,9 @@ def inspect(
     computed on the device its tensor lives on and brought to the host in one transfer.
     """
     progress = progress or SILENT
-    param_names = _names(model.named_parameters(remove_duplicate=False))
-    buffer_names = _names(model.named_buffers(remove_duplicate=False))
-    module_names = _names(model.named_modules(remove_duplicate=False))
+    param_names = names_by_id(model.named_parameters(remove_duplicate=False))
+    buffer_names = names_by_id(model.named_buffers(remove_duplicate=False))
+    module_names = names_by_id(model.named_modules(remove_duplicate=False))
     progress.phase("parameter statistics")
     # a malformed suppression is the user's error: say so before running anything
     ignores = {key: declared_ignores(m) for key, (m, _) in module_names.items()}
@@ -402,9 +405,9 @@ def parameter_statistics(model: nn.Module) -> List[TensorRecord]:
     aliases; what ``--params-only`` reads, and what ``benchmarks/`` times against one read
     of the parameters.
     """
-    param_names = _names(model.named_parameters(remove_duplicate=False))
-    buffer_names = _names(model.named_buffers(remove_duplicate=False))
-    module_names = _names(model.named_modules(remove_duplicate=False))
+    param_names = names_by_id(model.named_parameters(remove_duplicate=False))
+    buffer_names = names_by_id(model.named_buffers(remove_duplicate=False))
+    module_names = names_by_id(model.named_modules(remove_duplicate=False))
     deferred, partials = stats.Deferred(), distributed.Partials()
     tensors = _tensor_records(param_names, buffer_names, module_names, deferred, partials)
     values = deferred.resolve()
