@@ -13,7 +13,7 @@ from torch import nn
 
 from . import flow, inputs, suppress
 from .errors import InputError
-from .inspector import inspect
+from .inspector import call_model, inspect
 from .records import Recording
 from .registry import SEVERITY_RANK, Rule, RuleContext, load_rules, resolve_selection
 from .report import Finding, Report
@@ -168,12 +168,7 @@ def materialize_lazy(model: nn.Module, example_input: Any) -> List[str]:
 
     with preserved(model), torch.no_grad():
         model.train()
-        if isinstance(example_input, dict):
-            model(**example_input)
-        elif isinstance(example_input, tuple):
-            model(*example_input)
-        else:
-            model(example_input)
+        call_model(model, example_input)
     return [f"materialized {len(lazy)} lazy parameter(s) ({', '.join(lazy[:4])}{', ...' if len(lazy) > 4 else ''}) "
             "by a forward on the example input: their values are the lazy modules' own init"]
 
