@@ -99,8 +99,12 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
                 fsdp.fully_shard(layer, mesh=mesh)
         fsdp.fully_shard(model, mesh=mesh)
         assert type(model[0].weight).__name__ == "DTensor"
+        before = {n: p.to_local().clone() for n, p in model.named_parameters()}
         sharded = summary(audit(model, x))
         sharded_params = summary(audit(model, params_only=True))
+        # nothing is lost: the pieces are untouched, and the .grad the audit went through is put back
+        assert all(torch.equal(p.to_local(), before[n]) for n, p in model.named_parameters())
+        assert all(p.grad is None for p in model.parameters())
         collectives = [count_all_reduces(shard(mlp(depth), mesh), x) for depth in (2, 20)]
         with open(os.path.join(out_dir, f"{rank}.json"), "w") as handle:
             json.dump({"whole": whole, "sharded": sharded, "whole_params": whole_params,
