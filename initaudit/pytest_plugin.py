@@ -20,11 +20,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--initaudit",
         dest="initaudit_targets",
-        nargs="+",
-        action="extend",
+        action="append",
         default=[],
-        metavar="TARGET",
-        help="audit each TARGET (path/to/file.py:factory or pkg.mod:factory) as a test item",
+        metavar="TARGET[,TARGET...]",
+        help="audit TARGET (path/to/file.py:factory or pkg.mod:factory) as a test item; repeat the "
+        "option or separate targets with commas (one value per option, so test paths after it stay paths)",
     )
 
 
@@ -115,6 +115,7 @@ class InitauditItem(pytest.Item):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: List[pytest.Item]) -> None:
-    for target in config.getoption("initaudit_targets") or []:
+    targets = [t.strip() for value in config.getoption("initaudit_targets") or [] for t in value.split(",")]
+    for target in [t for t in targets if t]:
         name = f"initaudit[{target}]"
         items.append(InitauditItem.from_parent(session, name=name, nodeid=name, target=target))

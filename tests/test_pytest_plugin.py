@@ -109,7 +109,7 @@ def test_fixture_reads_pyproject_and_the_call_overrides(pytester):
 def test_option_adds_one_item_per_target(pytester):
     bad = f"{EXAMPLES / 'zero_hidden.py'}:build"
     good = f"{EXAMPLES / 'healthy_mlp.py'}:build"
-    result = pytester.runpytest("--initaudit", bad, good, "-v")
+    result = pytester.runpytest("--initaudit", bad, "--initaudit", good, "-v")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines([
         f"initaudit[[]{bad}] FAILED*",
@@ -117,6 +117,16 @@ def test_option_adds_one_item_per_target(pytester):
         "*initaudit: * finding(s) at or above 'warning' in*zero_hidden.py:build*",
         "*IA101*error*",
     ])
+
+
+def test_option_takes_one_value_so_test_paths_after_it_stay_paths(pytester):
+    pytester.makepyfile(test_here="def test_ordinary():\n    assert True\n")
+    pytester.makepyfile(test_elsewhere="def test_not_collected():\n    assert False\n")
+    bad = f"{EXAMPLES / 'zero_hidden.py'}:build"
+    good = f"{EXAMPLES / 'healthy_mlp.py'}:build"
+    result = pytester.runpytest("--initaudit", f"{bad},{good}", "test_here.py", "-v")
+    result.assert_outcomes(passed=2, failed=1)  # the two audits and test_here; not test_elsewhere
+    result.stdout.fnmatch_lines(["*test_here.py::test_ordinary PASSED*"])
 
 
 def test_option_target_that_cannot_load_fails_with_one_line(pytester):
