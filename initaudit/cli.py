@@ -195,11 +195,10 @@ def main(
     except Exception as exc:
         error(f"could not join the torch.distributed process group: {describe(exc)}", exc, verbose)
         raise click.exceptions.Exit(EXIT_ERROR)
-    root = distributed.rank() == 0
     reports: List[Report] = []
     status = EXIT_OK
     for target in targets:
-        progress = Progress(enabled=not quiet and root)
+        progress = Progress(enabled=not quiet and distributed.rank() == 0)
         try:
             report = audit_target(target, settings, factory_args=kwargs, input_shape=shape, batch_size=batch_size,
                                   fix=do_fix, unsafe_fixes=unsafe_fixes, checkpoint=checkpoint,
@@ -207,6 +206,7 @@ def main(
             progress.done()
             if do_fix:
                 result, report = report, report.after
+                root = distributed.rank() == 0  # a factory may have joined a process group itself
                 if root:
                     show_fix(result, emit_code, output_format != "table" and not output)
                 if save and root:
@@ -233,6 +233,7 @@ def main(
         if not report.ok(settings.fail_on):
             status = max(status, EXIT_FINDINGS)
 
+    root = distributed.rank() == 0
     if write_baseline:
         if root:
             count = baseline.write(write_baseline, reports)
