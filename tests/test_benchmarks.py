@@ -1,0 +1,26 @@
+"""The benchmark script runs and reports every number it promises (behaviour, not speed)."""
+
+import json
+import os
+import subprocess
+import sys
+
+BENCH = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_audit.py")
+
+
+def test_quick_benchmark_writes_every_ratio(tmp_path):
+    out = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, BENCH, "--quick", "--only", "resnet", "--peer-budget", "0", "--json", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    for key in ("step_s", "audit_s", "params_only_audit_s", "param_stats_s", "summary_s", "read_floor_s"):
+        assert row[key] > 0, key
+    assert row["audit_vs_step"] == row["audit_s"] / row["step_s"]
+    assert row["summary_vs_read"] == row["summary_s"] / row["read_floor_s"]
+    # peak memory of the step and of the audit, each measured in its own process
+    assert row["step_peak_mb"] > 0 and row["audit_peak_mb"] > 0
+    assert row["audit_vs_step_memory"] == row["audit_peak_mb"] / row["step_peak_mb"]
+    assert "audit/step" in run.stdout and "summary/read" in run.stdout
