@@ -8,6 +8,7 @@ can bring everything to the host in one transfer (see :class:`Deferred`).
 from __future__ import annotations
 
 import math
+import threading
 from typing import Dict, Hashable, List, Optional, Sequence, Tuple
 
 import torch
@@ -113,6 +114,25 @@ def fast_summary(t: torch.Tensor) -> torch.Tensor:
                         min_abs(xa).double(), second.double()])
 
 
+_SCRATCH = threading.local()  # per thread: two audits in two threads never share a buffer
+
+
+def _scratch(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A buffer of ``numel`` elements for one slice's temporary.
+
+    On the CPU one buffer per dtype is kept (2 MiB for float32): a fresh one would be
+    fresh pages from the OS on every call, and faulting them in cost more than the pass it
+    serves. Elsewhere the caching allocator already reuses memory.
+    """
+    if device.type != "cpu":
+        return torch.empty(numel, dtype=dtype, device=device)
+    buffers = _SCRATCH.__dict__.setdefault("by_dtype", {})
+    kept = buffers.get(dtype)
+    if kept is None or kept.numel() < numel:
+        kept = buffers[dtype] = torch.empty(max(numel, _SLICE_CPU), dtype=dtype)
+    return kept[:numel]
+
+
 def min_abs(x: torch.Tensor) -> torch.Tensor:
     """``min |x|`` of a flat tensor, without a temporary the size of ``x``.
 
@@ -122,7 +142,7 @@ def min_abs(x: torch.Tensor) -> torch.Tensor:
     parts = slices(x)
     if len(parts) == 1:
         return x.abs().amin()
-    scratch = torch.empty(parts[0].numel(), dtype=x.dtype, device=x.device)
+    scratch = _scratch(parts[0].numel(), x.dtype, x.device)
     lows = []
     for part in parts:
         out = scratch[: part.numel()]
@@ -185,7 +205,7 @@ def partial_fast(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         return torch.stack([n, zero, zero]), torch.stack([inf, inf, inf])
     acc = accumulation_dtype(x.dtype)
     parts = slices(x)
-    scratch = torch.empty(parts[0].numel(), dtype=acc, device=x.device)
+    scratch = _scratch(parts[0].numel(), acc, x.device)
     sums, mins = [], []
     for part in parts:
         wide = part.to(acc)
@@ -397,6 +417,24 @@ def feature_std(out: torch.Tensor) -> torch.Tensor:
     return output_summary(out)[3]
 
 
+def _centred_square_mean(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """``mean_b (x[b] - mean)^2`` per column of ``x`` (``batch x features``).
+
+    On the CPU a large ``x`` is centred a block of columns at a time into the kept scratch
+    buffer, so no copy of a large output is allocated (and faulted in) per module call.
+    """
+    if x.device.type != "cpu" or x.numel() <= _SLICE_CPU:
+        return (x - mean).square_().mean(dim=0)
+    width = max(1, _SLICE_CPU // x.shape[0])
+    parts = []
+    for start in range(0, x.shape[1], width):
+        block = x[:, start : start + width]
+        centred = _scratch(block.numel(), x.dtype, x.device).view(block.shape)
+        torch.sub(block, mean[start : start + width], out=centred)
+        parts.append(centred.square_().mean(dim=0))
+    return torch.cat(parts)
+
+
 def output_summary(out: torch.Tensor) -> torch.Tensor:
     """``[mean, std, zero_fraction, feature_std]`` of a module's output, on its device.
 
@@ -414,7 +452,7 @@ def output_summary(out: torch.Tensor) -> torch.Tensor:
     batch = x.shape[0] if x.dim() else 1
     xa = x.reshape(batch, -1).to(accumulation_dtype(x.dtype))
     feature_mean = xa.mean(dim=0)
-    feature_var = (xa - feature_mean).square_().mean(dim=0)
+    feature_var = _centred_square_mean(xa, feature_mean)
     mean = feature_mean.mean()
     var_of_means = (feature_mean - mean).square_().mean()  # two passes: faster than var_mean's Welford
     std = (feature_var.mean() + var_of_means).sqrt()
