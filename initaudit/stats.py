@@ -48,7 +48,7 @@ def tensor_summary(t: torch.Tensor) -> torch.Tensor:
     n = x.numel()
     acc = accumulation_dtype(x.dtype)
     if n == 0:
-        nan = torch.tensor(float("nan"), dtype=torch.float64, device=x.device)
+        nan = torch.full((), math.nan, dtype=torch.float64, device=x.device)
         zero = torch.zeros((), dtype=torch.float64, device=x.device)
         return torch.stack([nan, nan, nan, nan, zero, zero, zero])
     parts = slices(x)
@@ -98,7 +98,7 @@ def fast_summary(t: torch.Tensor) -> torch.Tensor:
     x = dense(t)
     n = x.numel()
     if n == 0:
-        nan = torch.tensor(float("nan"), dtype=torch.float64, device=x.device)
+        nan = torch.full((), math.nan, dtype=torch.float64, device=x.device)
         return torch.stack([nan, nan, nan, nan, nan, nan])
     if accumulation_dtype(x.dtype) != x.dtype and len(slices(x)) > 1:
         # float16 and bfloat16 are widened one slice at a time, never as a whole copy (for
@@ -198,8 +198,8 @@ def partial_fast(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     :func:`from_partial_fast` turns combined pieces into a :func:`fast_summary`.
     """
     x = dense(x)
-    inf = torch.tensor(float("inf"), dtype=torch.float64, device=x.device)
-    n = torch.tensor(float(x.numel()), dtype=torch.float64, device=x.device)
+    inf = torch.full((), math.inf, dtype=torch.float64, device=x.device)
+    n = torch.full((), float(x.numel()), dtype=torch.float64, device=x.device)
     if x.numel() == 0:
         zero = torch.zeros((), dtype=torch.float64, device=x.device)
         return torch.stack([n, zero, zero]), torch.stack([inf, inf, inf])
@@ -237,7 +237,7 @@ def partial_exact(x: torch.Tensor, mean: float) -> Tuple[torch.Tensor, torch.Ten
     x = dense(x)
     xa = x.to(accumulation_dtype(x.dtype)).reshape(-1)
     nans = torch.isnan(xa)
-    inf = torch.tensor(float("inf"), dtype=xa.dtype, device=x.device)
+    inf = torch.full((), math.inf, dtype=xa.dtype, device=x.device)
     lo = torch.where(nans, inf, xa).amin() if xa.numel() else inf
     hi = torch.where(nans, -inf, xa).amax() if xa.numel() else -inf
     counts = torch.stack([(x.numel() - torch.count_nonzero(x)).double(),
@@ -268,7 +268,7 @@ def partial_moments(x: torch.Tensor, numel: int) -> Tuple[torch.Tensor, torch.Te
     flat = dense(x).reshape(-1)
     blocks = max(1, round(SAMPLE_BLOCKS * flat.numel() / numel)) if numel > KURTOSIS_SAMPLE else 0
     sample = kurtosis_sample(flat, blocks).double()
-    powers = [sample.new_tensor(float(sample.numel()))]
+    powers = [sample.new_full((), float(sample.numel()))]
     term = torch.ones_like(sample)
     for _ in range(4):
         term = term * sample
@@ -348,7 +348,7 @@ def probe(t: torch.Tensor, points: int = 4) -> torch.Tensor:
     n = x.numel()
     if n == 0:
         return torch.zeros(points, dtype=torch.float64, device=x.device)
-    index = torch.tensor([(i * (n - 1)) // max(points - 1, 1) for i in range(points)], device=x.device)
+    index = torch.arange(points, device=x.device) * (n - 1) // max(points - 1, 1)
     return x[index].double()
 
 
@@ -361,7 +361,7 @@ def activation_summary(out: torch.Tensor, nonlinearity: str) -> torch.Tensor:
     outputs with ``|y| > 0.99`` for tanh, or outside ``(0.01, 0.99)`` for sigmoid.
     """
     x = out.detach()
-    nan = torch.tensor(float("nan"), dtype=torch.float64, device=x.device)
+    nan = torch.full((), math.nan, dtype=torch.float64, device=x.device)
     dead_last = dead_channel = saturated = nan
     if x.dim() >= 2 and x.numel():
         # a unit is zero everywhere exactly when its max and its min are both 0 (a NaN is
@@ -446,7 +446,7 @@ def output_summary(out: torch.Tensor) -> torch.Tensor:
     """
     x = out.detach()
     n = x.numel()
-    nan = torch.tensor(float("nan"), dtype=torch.float64, device=x.device)
+    nan = torch.full((), math.nan, dtype=torch.float64, device=x.device)
     if n == 0:
         return torch.stack([nan, nan, nan, nan])
     batch = x.shape[0] if x.dim() else 1
@@ -484,7 +484,7 @@ def gradient_fast(g: torch.Tensor) -> torch.Tensor:
     xa = x.to(accumulation_dtype(x.dtype)).reshape(-1)
     mean = xa.sum() / n
     second = torch.dot(xa, xa) / n
-    count = torch.tensor(float(x.numel()), dtype=torch.float64, device=x.device)
+    count = torch.full((), float(x.numel()), dtype=torch.float64, device=x.device)
     return torch.stack([mean.double(), second.double(), count])
 
 

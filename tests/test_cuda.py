@@ -128,3 +128,29 @@ def test_model_on_cpu_and_cuda_is_a_clear_error_unless_a_device_is_given():
         audit(model, torch.randn(4, 8))
     rep = audit(model, torch.randn(4, 8), device="cuda")
     assert rep.device.startswith("cuda") and model[0].weight.device.type == "cpu"
+
+
+@cuda
+def test_statistics_on_the_gpu_never_wait_for_it():
+    """Every per-tensor and per-call statistic only queues work on the GPU: with CUDA's sync
+    debug mode set to error, anything that waits for the device (an ``.item()``, a blocking
+    host-to-device copy of a Python scalar) raises. The one wait is ``Deferred.resolve``."""
+    from initaudit import fingerprint, stats
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    w = torch.randn(1 << 21, device="cuda", generator=gen).reshape(2048, 1024)  # several slices
+    half = w.to(torch.bfloat16)
+    out = torch.relu(torch.randn(16, 8, 4, 4, device="cuda", generator=gen))
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        queued = [
+            stats.fast_summary(w), stats.fast_summary(half), stats.tensor_summary(w), stats.small_counts(w),
+            stats.probe(w), fingerprint.shape_stats(w), stats.gradient_fast(w), stats.output_summary(out),
+            stats.activation_summary(out, "relu"), torch.cat(stats.partial_fast(half)),
+            torch.cat(stats.partial_moments(w, w.numel())),
+        ]
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    assert all(t.device.type == "cuda" for t in queued)
+    assert stats.fast_summary(w).tolist()[2] == pytest.approx(w.min().item())
