@@ -160,8 +160,14 @@ def summary_pass(model: nn.Module) -> None:
     statistics, the recurrent gates' singular values and the clone check."""
     params = list({id(p): p for p in model.parameters()}.values())
     first = stats.Deferred()
+    small = [i for i, p in enumerate(params) if p.device.type == "cpu" and 0 < p.numel() <= stats.SMALL]
+    if small:  # as the inspector does: small tensors summarized together
+        summaries, _ = stats.small_summaries([params[i] for i in small])
+        for i, row in zip(small, summaries):
+            first.add(i, row)
     for i, p in enumerate(params):
-        first.add(i, stats.fast_summary(p))
+        if i not in set(small):
+            first.add(i, stats.fast_summary(p))
     values = first.resolve()
     redo = stats.Deferred()
     for i, p in enumerate(params):

@@ -114,6 +114,40 @@ def fast_summary(t: torch.Tensor) -> torch.Tensor:
                         min_abs(xa).double(), second.double()])
 
 
+# tensors of up to this many elements are summarized together (:func:`small_summaries`):
+# below it ten small operations per tensor cost more than the (unvectorized) segment
+# reductions; measured on the benchmark models, 1024 to 16384 all did about as well
+SMALL = 1 << 12
+
+
+def small_summaries(tensors: List[torch.Tensor], points: int = 4) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`fast_summary` and :func:`probe` of many small CPU tensors at once: ``(k x 6, k x points)``.
+
+    Biases, norm gains and small convolutions would each cost ten small operations; here
+    they are concatenated once (in float64, so the sums are exact enough to need no
+    second pass of their own) and reduced per segment: ``index_add_`` for the sums and the
+    dot products, ``scatter_reduce_`` for min, max and ``min |x|``.
+    """
+    flat = torch.cat([dense(t).reshape(-1).to(torch.float64) for t in tensors])
+    counts = [t.numel() for t in tensors]
+    k = len(tensors)
+    segment = torch.repeat_interleave(torch.arange(k), torch.tensor(counts))
+    n = torch.tensor(counts, dtype=torch.float64)
+    sums = torch.zeros(k, dtype=torch.float64).index_add_(0, segment, flat)
+    dots = torch.zeros(k, dtype=torch.float64).index_add_(0, segment, flat * flat)
+    lo = torch.full((k,), math.inf, dtype=torch.float64).scatter_reduce_(0, segment, flat, "amin")
+    hi = torch.full((k,), -math.inf, dtype=torch.float64).scatter_reduce_(0, segment, flat, "amax")
+    smallest = torch.full((k,), math.inf, dtype=torch.float64).scatter_reduce_(0, segment, flat.abs(), "amin")
+    mean, second = sums / n, dots / n
+    # NaN does not survive every scatter_reduce: the sums carry it, and needs_exact sees it there
+    summaries = torch.stack([mean, second - mean * mean, lo, hi, smallest, second], dim=1)
+    offset, index = 0, []
+    for count in counts:
+        index += [offset + (i * (count - 1)) // max(points - 1, 1) for i in range(points)]
+        offset += count
+    return summaries, flat[torch.tensor(index)].reshape(k, points)
+
+
 _SCRATCH = threading.local()  # per thread: two audits in two threads never share a buffer
 
 
@@ -158,8 +192,8 @@ CANCELLATION = 1e-3
 def needs_exact(fast: List[float]) -> bool:
     """Whether a :func:`fast_summary` must be redone with :func:`tensor_summary`."""
     mean, variance, lo, hi, smallest, second = fast
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return True  # NaN or Inf: count them exactly
+    if not all(math.isfinite(v) for v in (mean, lo, hi, second)):
+        return True  # NaN or Inf (or a sum that overflowed): count them exactly
     return second > 0 and variance < CANCELLATION * second
 
 

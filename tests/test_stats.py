@@ -205,3 +205,27 @@ def test_min_abs_over_several_slices_finds_the_smallest_magnitude_anywhere():
     x = torch.linspace(1.0, 2.0, 700_000)
     x[650_000] = -1e-3  # in the last slice, negative
     assert stats.min_abs(x).item() == pytest.approx(1e-3)
+
+
+def test_small_tensors_summarized_together_match_one_by_one():
+    gen = torch.Generator().manual_seed(5)
+    tensors = [
+        torch.randn(7, generator=gen),
+        torch.ones(5),  # a norm gain: variance 0
+        torch.zeros(3),  # a zero bias
+        torch.randn(4, 3, generator=gen).to(torch.bfloat16),
+        torch.tensor([1.0, float("nan"), -2.0]),
+        torch.tensor([2.5]),
+        torch.randn(2, 3, 3, 3, generator=gen, dtype=torch.float64),
+    ]
+    summaries, probes = stats.small_summaries(tensors)
+    for t, row, probe in zip(tensors, summaries.tolist(), probes.tolist()):
+        one = stats.fast_summary(t).tolist()
+        if math.isnan(one[0]):  # NaN: the sums carry it, so the exact pass is chosen either way
+            assert math.isnan(row[0]) and stats.needs_exact(row) and stats.needs_exact(one)
+            continue
+        assert row == pytest.approx(one, rel=1e-5, abs=1e-7)
+        assert (stats.needs_exact(row), stats.needs_counts(row, t.dtype)) == (
+            stats.needs_exact(one), stats.needs_counts(one, t.dtype))
+        if t.numel() > 1:
+            assert probe == stats.probe(t).tolist()
