@@ -167,7 +167,9 @@ def materialize_lazy(model: nn.Module, example_input: Any) -> List[str]:
     from .state import preserved
 
     with preserved(model), torch.no_grad():
-        model.train()
+        # eval: a lazy BatchNorm then starts from its own running statistics (zeros and ones)
+        # instead of ones already moved by this forward, which nothing could undo
+        model.eval()
         call_model(model, example_input)
     return [f"materialized {len(lazy)} lazy parameter(s) ({', '.join(lazy[:4])}{', ...' if len(lazy) > 4 else ''}) "
             "by a forward on the example input: their values are the lazy modules' own init"]

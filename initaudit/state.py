@@ -14,6 +14,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 
 class RNGState:
@@ -55,11 +56,12 @@ class ModelState:
 
     def __init__(self, model: nn.Module) -> None:
         self.training: List[Tuple[nn.Module, bool]] = [(m, m.training) for m in model.modules()]
+        # a lazy module's uninitialized tensors hold nothing to save yet (and refuse to be read)
         self.buffers: List[Tuple[torch.Tensor, torch.Tensor]] = [
-            (b, b.detach().clone()) for b in _unique(model.buffers())
+            (b, b.detach().clone()) for b in _unique(model.buffers()) if not is_lazy(b)
         ]
         self.grads: List[Tuple[nn.Parameter, Optional[torch.Tensor]]] = [
-            (p, p.grad) for p in _unique(model.parameters())
+            (p, p.grad) for p in _unique(model.parameters()) if not is_lazy(p)
         ]
         self.requires_grad: List[Tuple[nn.Parameter, bool]] = [
             (p, p.requires_grad) for p, _ in self.grads

@@ -36,6 +36,20 @@ def test_lazy_modules_are_materialized_and_said_so():
     assert "note: materialized" in rep.table()
 
 
+def test_lazy_batchnorm_keeps_its_own_running_statistics_and_the_rng():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.LazyLinear(16), nn.LazyBatchNorm1d(), nn.ReLU(), nn.LazyLinear(4))
+    x = torch.randn(8, 5) * 3 + 2  # statistics far from the buffers' init, so an update would show
+    rng = torch.get_rng_state()
+    rep = audit(model, x)
+    bn = model[1]
+    assert any("materialized 6 lazy parameter(s)" in n for n in rep.notes)
+    assert torch.equal(bn.running_mean, torch.zeros(16)) and torch.equal(bn.running_var, torch.ones(16))
+    assert bn.num_batches_tracked.item() == 0
+    assert torch.equal(torch.get_rng_state(), rng) and model.training
+    assert {t.name for t in rep.parameters} == {"0.weight", "0.bias", "1.weight", "1.bias", "3.weight", "3.bias"}
+
+
 def test_torch_compile_is_audited_with_the_original_names():
     rep = audit(torch.compile(small()), torch.randn(4, 8))
     assert names(rep) == ["0.weight", "0.bias", "2.weight", "2.bias"]
