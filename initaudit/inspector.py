@@ -370,12 +370,7 @@ def inspect(
         _gradient_status(tensors, grads, backward, deferred, partials)
         if loss_value is not None:
             deferred.add("loss", loss_value.detach().reshape(1).double())
-        values = deferred.resolve()
-        _combine(values, partials)
-        _exact_where_needed(values, tensors, param_names, buffer_names, grads)
-        for key, record in tensors:
-            _fill(record, values, key)
-        _relate(tensors, param_names, values)
+        values = _resolve(deferred, partials, tensors, param_names, buffer_names, grads)
 
     modules = _module_records(module_names, recorder, values, ignores, flows)
     if run_forward:
@@ -410,13 +405,27 @@ def parameter_statistics(model: nn.Module) -> List[TensorRecord]:
     module_names = names_by_id(model.named_modules(remove_duplicate=False))
     deferred, partials = stats.Deferred(), distributed.Partials()
     tensors = _tensor_records(param_names, buffer_names, module_names, deferred, partials)
+    _resolve(deferred, partials, tensors, param_names, buffer_names, {})
+    return [record for _, record in tensors]
+
+
+def _resolve(
+    deferred: stats.Deferred,
+    partials: distributed.Partials,
+    tensors: List[Tuple[Any, TensorRecord]],
+    param_names: "OrderedDict[int, Tuple[Any, List[str]]]",
+    buffer_names: "OrderedDict[int, Tuple[Any, List[str]]]",
+    grads: Dict[int, Optional[torch.Tensor]],
+) -> Dict[Any, List[float]]:
+    """Bring every statistic to the host (one transfer, plus one for the few that need
+    completing), fill the tensor records with them and relate clones and aliases."""
     values = deferred.resolve()
     _combine(values, partials)
-    _exact_where_needed(values, tensors, param_names, buffer_names, {})
+    _exact_where_needed(values, tensors, param_names, buffer_names, grads)
     for key, record in tensors:
         _fill(record, values, key)
     _relate(tensors, param_names, values)
-    return [record for _, record in tensors]
+    return values
 
 
 def _module_records(
@@ -596,8 +605,8 @@ def _combine(values: Dict[Any, List[float]], partials: distributed.Partials) -> 
             values[("probe", key)] = sums
         elif what == "moments":
             values[("shape", key)] = [stats.kurtosis_from_moments(sums), None, None]
-        elif what == "gradient":
-            values[("gradient", key)] = sums
+        elif what == "gradfast":
+            values[("gradfast", key)] = sums
 
 
 def _effective_records(
@@ -778,10 +787,11 @@ def _gradient_status(
         else:
             record.grad_status = "ok"
             grad = grads[key]
+            fast = stats.gradient_fast(distributed.local(grad))
             if distributed.is_sharded(grad):
-                partials.add(("gradient", key), grad, *stats.partial_gradient(distributed.local(grad)))
+                partials.add(("gradfast", key), grad, fast, fast.new_zeros(0))
             else:
-                deferred.add(("gradfast", key), stats.gradient_fast(distributed.local(grad)))
+                deferred.add(("gradfast", key), fast)
 
 
 def _exact_where_needed(
@@ -823,21 +833,19 @@ def _exact_where_needed(
                     redo.add(("counts", key), stats.small_counts(piece))
             else:
                 values[("param", key)] = stats.from_fast(fast)
-        fast = values.pop(("gradfast", key), None)
-        sums = values.pop(("gradient", key), None)
-        summary = stats.gradient_from_fast(fast) if fast is not None else None
-        if sums is not None:
-            summary = stats.gradient_from_partial(sums)
-            if summary is None:
-                exact[("grad", key)] = (sums[0], sums[1] / max(sums[0], 1))
-                partials.add(("grad", key), grads[key], *stats.partial_gradient_exact(
-                    distributed.local(grads[key]), sums[1] / max(sums[0], 1)))
-                continue
-        elif fast is not None and summary is None:
-            redo.add(("grad", key), stats.gradient_summary(distributed.local(grads[key])))
+        sums = values.pop(("gradfast", key), None)
+        if sums is None:
             continue
+        summary = stats.gradient_from_fast(sums)
+        grad = grads[key]
         if summary is not None:
             values[("grad", key)] = summary
+        elif distributed.is_sharded(grad):
+            n, mean = sums[0], sums[1] / max(sums[0], 1)
+            exact[("grad", key)] = (n, mean)
+            partials.add(("grad", key), grad, *stats.partial_gradient_exact(distributed.local(grad), mean))
+        else:
+            redo.add(("grad", key), stats.gradient_summary(distributed.local(grad)))
     done = redo.resolve()
     for (what, key), (sums, mins) in partials.resolve().items():
         if what == "param":

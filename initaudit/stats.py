@@ -276,7 +276,7 @@ def partial_exact(x: torch.Tensor, mean: float) -> Tuple[torch.Tensor, torch.Ten
     hi = torch.where(nans, -inf, xa).amax() if xa.numel() else -inf
     counts = torch.stack([(x.numel() - torch.count_nonzero(x)).double(),
                           (x.numel() - torch.isfinite(x).sum()).double(),
-                          ((x != 0) & (x.abs() < torch.finfo(x.dtype).tiny)).sum().double(),
+                          _subnormal(slices(x)).double(),
                           nans.sum().double()])
     centred = (xa.double() - mean).square().sum().reshape(1)
     return torch.cat([centred, counts]), torch.stack([lo.double(), -hi.double()])
@@ -336,18 +336,6 @@ def kurtosis_from_moments(sums: List[float]) -> float:
     var = s2 / n - m * m
     fourth = s4 / n - 4 * m * s3 / n + 6 * m * m * s2 / n - 3 * m ** 4
     return fourth / (var * var) if var > 0 else math.nan
-
-
-def partial_gradient(g: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(sums, mins)`` of a gradient's piece: ``[n, sum, dot]``, as :func:`partial_fast`."""
-    sums, _ = partial_fast(g)
-    return sums, torch.zeros(0, dtype=torch.float64, device=g.device)
-
-
-def gradient_from_partial(sums: List[float]) -> Optional[List[float]]:
-    """:func:`gradient_from_fast` of combined :func:`partial_gradient` pieces."""
-    n, total, dot = sums
-    return gradient_from_fast([total / max(n, 1), dot / max(n, 1), n])
 
 
 def partial_gradient_exact(g: torch.Tensor, mean: float) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -508,33 +496,32 @@ def gradient_summary(g: torch.Tensor) -> torch.Tensor:
 
 
 def gradient_fast(g: torch.Tensor) -> torch.Tensor:
-    """``[mean, second_moment, n]`` of a gradient from a sum and a dot product: two reads.
+    """``[n, sum(g), g.g]`` of a gradient (or of one piece of a sharded one): two reads.
 
-    :func:`gradient_from_fast` turns it into :func:`gradient_summary`'s layout, or says that
-    the exact summary is needed (NaN or Inf, or a variance that cancels).
+    The pieces of a sharded gradient add up to the whole's. :func:`gradient_from_fast`
+    turns it into :func:`gradient_summary`'s layout, or says that the exact summary is
+    needed (NaN or Inf, or a variance that cancels).
     """
     x = dense(g)
-    n = max(x.numel(), 1)
     xa = x.to(accumulation_dtype(x.dtype)).reshape(-1)
-    mean = xa.sum() / n
-    second = torch.dot(xa, xa) / n
     count = torch.full((), float(x.numel()), dtype=torch.float64, device=x.device)
-    return torch.stack([mean.double(), second.double(), count])
+    return torch.stack([count, xa.sum().double(), torch.dot(xa, xa).double()])
 
 
-def gradient_from_fast(fast: List[float]) -> Optional[List[float]]:
+def gradient_from_fast(sums: List[float]) -> Optional[List[float]]:
     """``[norm, std, nonfinite]`` from a :func:`gradient_fast`, or ``None`` when it must be redone.
 
-    ``norm = sqrt(n * second_moment)``, ``std = sqrt(second_moment - mean^2)``; a NaN or Inf
-    anywhere makes the sum or the dot product non-finite, so finite ones mean none.
+    ``norm = sqrt(g.g)``, ``std = sqrt(g.g / n - mean^2)``; a NaN or Inf anywhere makes the
+    sum or the dot product non-finite, so finite ones mean none.
     """
-    mean, second, n = fast
-    if not (math.isfinite(mean) and math.isfinite(second)):
+    n, total, dot = sums
+    if not (math.isfinite(total) and math.isfinite(dot)):
         return None
+    mean, second = total / max(n, 1), dot / max(n, 1)
     variance = second - mean * mean
     if second > 0 and variance < CANCELLATION * second:
         return None
-    return [math.sqrt(n * second), math.sqrt(max(variance, 0.0)), 0.0]
+    return [math.sqrt(dot), math.sqrt(max(variance, 0.0)), 0.0]
 
 
 def chunk_means(t: torch.Tensor, chunks: int) -> torch.Tensor:
