@@ -247,17 +247,20 @@ class Chain:
 
 def trace(module: nn.Module) -> Any:
     """``torch.fx.symbolic_trace(module)`` (or its :class:`Chain`, for a plain ``Sequential``),
-    or ``None`` when the module does not trace."""
+    or ``None`` when the module does not trace or holds sharded parameters."""
     if _kept is not None and id(module) in _kept and _kept[id(module)][0] is module:
         return _kept[id(module)][1]
-    gm: Any = Chain.of(module)
-    if gm is None:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                gm = fx.symbolic_trace(module)
-        except Exception:  # untraceable: the caller tries the children, then falls back to hooks
-            gm = None
+    gm: Any = None
+    # a trace of a sharded model would run FSDP's hooks out of order: hooks decide there
+    if not any(distributed.is_dtensor(p) for p in module.parameters()):
+        gm = Chain.of(module)
+        if gm is None:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    gm = fx.symbolic_trace(module)
+            except Exception:  # untraceable: the caller tries the children, then falls back to hooks
+                gm = None
     if _kept is not None:
         _kept[id(module)] = (module, gm)
     return gm
@@ -272,10 +275,6 @@ def analyze(model: nn.Module, max_depth: int = 4) -> Tuple[Dict[str, Flow], List
     """
     flows: Dict[str, Flow] = {}
     traced: List[str] = []
-    if any(distributed.is_dtensor(p) for p in model.parameters()):
-        # a trace would run FSDP's hooks out of order (a child before the root): hooks decide
-        return flows, traced
-
     def visit(module: nn.Module, prefix: str, depth: int) -> None:
         if next(module.children(), None) is None:
             return  # a leaf has no inner flow to trace

@@ -8,7 +8,6 @@ from typing import Any, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from . import distributed
 from .errors import InputError
 
 DEFAULT_BATCH = 64
@@ -61,8 +60,6 @@ def first_layer(model: nn.Module) -> Optional[nn.Module]:
     Forward order comes from ``torch.fx`` symbolic tracing when the model traces; when it
     does not (data-dependent control flow), registration order stands in for it.
     """
-    if any(distributed.is_dtensor(p) for p in model.parameters()):
-        return _first_own(model)  # tracing would run FSDP's hooks out of order
     from .flow import trace
 
     gm = trace(model)
