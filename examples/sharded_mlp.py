@@ -1,4 +1,5 @@
-"""A model sharded with FSDP2 across the ranks of torchrun, with a zero hidden layer (IA101).
+"""The zero-hidden-layer model of ``zero_hidden.py`` (IA101), sharded with FSDP2 across the
+ranks of torchrun.
 
     torchrun --nproc-per-node 2 -m initaudit examples/sharded_mlp.py:build
 
@@ -11,18 +12,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from zero_hidden import build as build_whole  # initaudit puts this folder on the import path
+
 
 def build(width: int = 256) -> nn.Module:
-    model = nn.Sequential(
-        nn.Linear(64, width), nn.ReLU(),
-        nn.Linear(width, width), nn.ReLU(),
-        nn.Linear(width, 10),
-    )
-    for layer in model:
-        if isinstance(layer, nn.Linear):
-            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-            nn.init.zeros_(layer.bias)
-    nn.init.zeros_(model[2].weight)  # the bug: meant to zero the bias
+    model = build_whole(width)
     if dist.is_available() and dist.is_initialized():
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard

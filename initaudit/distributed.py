@@ -38,13 +38,14 @@ def rank() -> int:
     return torch.distributed.get_rank() if active() else 0
 
 
+def is_dtensor(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a ``DTensor`` (sharded or replicated over a device mesh)."""
+    return DTensor is not None and isinstance(t, DTensor)
+
+
 def is_sharded(t: torch.Tensor) -> bool:
     """Whether ``t`` is a ``DTensor`` split over ranks (a ``Shard`` placement on some mesh dim)."""
-    return DTensor is not None and isinstance(t, DTensor) and any(p.is_shard() for p in t.placements)
-
-
-def is_dtensor(t: torch.Tensor) -> bool:
-    return DTensor is not None and isinstance(t, DTensor)
+    return is_dtensor(t) and any(p.is_shard() for p in t.placements)
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
@@ -69,9 +70,6 @@ class Partials:
 
     def __init__(self) -> None:
         self._items: List[Tuple[Hashable, Tuple[Any, ...], torch.Tensor, torch.Tensor]] = []
-
-    def __len__(self) -> int:
-        return len(self._items)
 
     def add(self, key: Hashable, t: torch.Tensor, sums: torch.Tensor, mins: torch.Tensor) -> None:
         self._items.append((key, shard_groups(t), sums.reshape(-1).double(), mins.reshape(-1).double()))

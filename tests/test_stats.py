@@ -225,6 +225,9 @@ def test_small_tensors_summarized_together_match_one_by_one():
             assert math.isnan(row[0]) and stats.needs_exact(row) and stats.needs_exact(one)
             continue
         assert row == pytest.approx(one, rel=1e-5, abs=1e-7)
+        exact = t.double().reshape(-1)  # and against torch's own float64 reductions
+        assert row[:5] == pytest.approx([exact.mean().item(), exact.var(correction=0).item(), exact.min().item(),
+                                         exact.max().item(), exact.abs().min().item()], rel=1e-9, abs=1e-12)
         assert (stats.needs_exact(row), stats.needs_counts(row, t.dtype)) == (
             stats.needs_exact(one), stats.needs_counts(one, t.dtype))
         if t.numel() > 1:
