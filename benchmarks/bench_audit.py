@@ -161,19 +161,23 @@ def summary_pass(model: nn.Module) -> None:
     params = list({id(p): p for p in model.parameters()}.values())
     first = stats.Deferred()
     small = [i for i, p in enumerate(params) if p.device.type == "cpu" and 0 < p.numel() <= stats.SMALL]
-    if small:  # as the inspector does: small tensors summarized together
+    if small:  # as the inspector does: small tensors summarized together, exactly
         summaries, _ = stats.small_summaries([params[i] for i in small])
         for i, row in zip(small, summaries):
-            first.add(i, row)
+            first.add(("param", i), row)
     for i, p in enumerate(params):
         if i not in set(small):
-            first.add(i, stats.fast_summary(p))
+            first.add(("fast", i), stats.fast_summary(p))
     values = first.resolve()
     redo = stats.Deferred()
     for i, p in enumerate(params):
-        if stats.needs_exact(values[i]):
+        rows = values.get(("fast", i))
+        if rows is None:
+            continue
+        fast = stats.combine_fast(p.numel(), rows)
+        if stats.needs_exact(fast):
             redo.add(i, stats.tensor_summary(p))
-        elif stats.needs_counts(values[i], p.dtype):
+        elif stats.needs_counts(fast, p.dtype):
             redo.add(i, stats.small_counts(p))
     redo.resolve()
 

@@ -571,7 +571,7 @@ def _tensor_records(
     if small:
         summaries, probes = stats.small_summaries([t for _, t, _ in small])
         for (key, _, probed), summary, probe in zip(small, summaries, probes):
-            deferred.add(("fast", key), summary)
+            deferred.add(("param", key), summary)  # exact already: nothing to complete
             if probed:
                 deferred.add(("probe", key), probe)
     records += _effective_records(module_names, deferred)
@@ -814,9 +814,10 @@ def _exact_where_needed(
     counted: Dict[Any, List[float]] = {}
     exact: Dict[Any, Tuple[float, float]] = {}
     for key, record in tensors:
-        fast = values.pop(("fast", key), None)
-        if fast is not None:
+        rows = values.pop(("fast", key), None)
+        if rows is not None:
             tensor = (param_names.get(key) or buffer_names.get(key))[0]
+            fast = stats.combine_fast(tensor.numel(), rows)
             sharded = distributed.is_sharded(tensor)
             piece = distributed.local(tensor)
             if stats.needs_exact(fast):

@@ -41,19 +41,20 @@ def tensor_summary(t: torch.Tensor) -> torch.Tensor:
 
     ``mean = sum(x) / n`` and ``std = sqrt(sum((x - mean)^2) / n)`` (population std,
     two passes so that a large mean does not cancel a small spread), accumulated in
-    float32 or better. ``zeros``, ``nonfinite`` and ``subnormal`` (``0 < |x| < finfo.tiny``)
+    float64. ``zeros``, ``nonfinite`` and ``subnormal`` (``0 < |x| < finfo.tiny``)
     are element counts. Temporaries are made one slice (:func:`slices`) at a time.
     """
     x = dense(t)
     n = x.numel()
-    acc = accumulation_dtype(x.dtype)
     if n == 0:
         nan = torch.full((), math.nan, dtype=torch.float64, device=x.device)
         zero = torch.zeros((), dtype=torch.float64, device=x.device)
         return torch.stack([nan, nan, nan, nan, zero, zero, zero])
     parts = slices(x)
-    mean = torch.stack([p.to(acc).sum() for p in parts]).sum() / n
-    centred = torch.stack([(p.to(acc) - mean).square_().sum() for p in parts]).sum()
+    # the mean is kept in float64: in float32 it can be a whole ulp of a large mean off,
+    # which a small spread's variance would take as its own
+    mean = torch.stack([p.sum(dtype=torch.float64) for p in parts]).sum() / n
+    centred = torch.stack([(p.double() - mean).square_().sum() for p in parts]).sum()
     extremes = torch.stack([torch.stack(torch.aminmax(p)) for p in parts])
     lo, hi = extremes[:, 0].amin(), extremes[:, 1].amax()
     zeros = n - torch.count_nonzero(x)
@@ -85,62 +86,103 @@ def _subnormal(parts: List[torch.Tensor]) -> torch.Tensor:
 
 
 def fast_summary(t: torch.Tensor) -> torch.Tensor:
-    """``[mean, variance, min, max, min_abs, second_moment]``, about four reads of ``t``.
+    """``[sum, x.x, min, max, min |x|]`` of each slice (:func:`slices`) of ``t``, flattened.
 
-    ``mean = sum(x) / n``, ``second_moment = x.x / n`` (a dot product, accumulated in float32
-    or better), ``variance = second_moment - mean^2``, ``min_abs = min |x|``. No element is
-    zero or subnormal when ``min_abs >= finfo.tiny``; only then are the zero and subnormal
-    counts known to be 0 without counting. The summary is exact when ``min`` and ``max`` are
-    finite (no NaN or Inf) and the variance is not a small difference of large numbers.
-    :func:`needs_exact` and :func:`needs_counts` say when it is not enough, and
-    :func:`tensor_summary` or :func:`small_counts` then complete it.
+    Each slice is reduced five times while it is in cache: ``|x|`` is written into one kept
+    buffer (:func:`_scratch`), and ``sum(x)``, ``min``, ``max``, ``|x|.|x| = x.x`` and
+    ``min |x|`` read the slice and that buffer there, so the tensor is read from memory about
+    once. Sums and dot products are accumulated in float32 or better (float16 and bfloat16
+    are widened one slice at a time); :func:`combine_fast` adds the slices up in float64 on
+    the host, where the arithmetic costs nothing. An empty tensor gives the neutral row
+    ``[0, 0, inf, -inf, inf]``.
     """
     x = dense(t)
-    n = x.numel()
+    acc = accumulation_dtype(x.dtype)
+    if x.numel() == 0:
+        row = torch.full((5,), math.inf, dtype=acc, device=x.device)
+        row[:2] = 0.0
+        row[3] = -math.inf
+        return row
+    parts = slices(x)
+    scratch = _scratch(parts[0].numel(), acc, x.device)
+    rows = [_slice_row(part, scratch[: part.numel()]) for part in parts]
+    return rows[0] if len(rows) == 1 else torch.cat(rows)
+
+
+def _slice_row(part: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """:func:`fast_summary`'s row of one flat slice, ``|x|`` written into ``magnitude``."""
+    if part.dtype == magnitude.dtype:
+        torch.abs(part, out=magnitude)
+        lo, hi = torch.aminmax(part)
+        total = part.sum()
+    else:  # widened into the buffer first, then made |x| in place
+        magnitude.copy_(part)
+        lo, hi = torch.aminmax(magnitude)
+        total = magnitude.sum()
+        magnitude.abs_()
+    return torch.stack([total, torch.dot(magnitude, magnitude), lo, hi, magnitude.amin()])
+
+
+def combine_fast(n: int, rows: Sequence[float]) -> List[float]:
+    """``[mean, variance, min, max, min_abs, second_moment]`` of ``n`` elements from
+    :func:`fast_summary`'s rows (or one combined row of a sharded tensor's pieces).
+
+    ``mean = sum(x) / n``, ``second_moment = x.x / n``, ``variance = second_moment - mean^2``.
+    No element is zero or subnormal when ``min_abs >= finfo.tiny``; only then are the zero
+    and subnormal counts known to be 0 without counting. The summary is exact when ``min``
+    and ``max`` are finite (no NaN or Inf) and the variance is not a small difference of
+    large numbers. :func:`needs_exact` and :func:`needs_counts` say when it is not enough,
+    and :func:`tensor_summary` or :func:`small_counts` then complete it.
+    """
     if n == 0:
-        nan = torch.full((), math.nan, dtype=torch.float64, device=x.device)
-        return torch.stack([nan, nan, nan, nan, nan, nan])
-    if accumulation_dtype(x.dtype) != x.dtype and len(slices(x)) > 1:
-        # float16 and bfloat16 are widened one slice at a time, never as a whole copy (for
-        # float32, reducing slice by slice while it is in cache measured no faster)
-        sums, mins = partial_fast(x)
-        mean, second = sums[1] / n, sums[2] / n
-        return torch.stack([mean, second - mean * mean, mins[0], -mins[1], mins[2], second])
-    xa = x.to(accumulation_dtype(x.dtype)).reshape(-1)
-    mean = xa.sum() / n
-    second = torch.dot(xa, xa) / n
-    lo, hi = torch.aminmax(xa)
-    return torch.stack([mean.double(), (second - mean * mean).double(), lo.double(), hi.double(),
-                        min_abs(xa).double(), second.double()])
+        return [math.nan] * 6
+    total = math.fsum(rows[0::5])
+    dot = math.fsum(rows[1::5])
+    mean, second = total / n, dot / n
+    # a NaN in any slice makes its sum NaN, which needs_exact sees whatever min() keeps
+    return [mean, second - mean * mean, min(rows[2::5]), max(rows[3::5]), min(rows[4::5]), second]
 
 
 # tensors of up to this many elements are summarized together (:func:`small_summaries`):
-# below it ten small operations per tensor cost more than the (unvectorized) segment
+# below it five small operations per tensor cost more than the (unvectorized) segment
 # reductions; measured on the benchmark models, 1024 to 16384 all did about as well
 SMALL = 1 << 12
 
 
 def small_summaries(tensors: List[torch.Tensor], points: int = 4) -> Tuple[torch.Tensor, torch.Tensor]:
-    """:func:`fast_summary` and :func:`probe` of many small CPU tensors at once: ``(k x 6, k x points)``.
+    """:func:`tensor_summary` and :func:`probe` of many small CPU tensors at once: ``(k x 7, k x points)``.
 
-    Biases, norm gains and small convolutions would each cost ten small operations; here
-    they are concatenated once (in float64, so the sums are exact enough to need no
-    second pass of their own) and reduced per segment: ``index_add_`` for the sums and the
-    dot products, ``scatter_reduce_`` for min, max and ``min |x|``.
+    Biases, norm gains and small convolutions would each cost several small operations, and
+    a constant one (a zero bias, a unit gain) a second, exact pass; here they are
+    concatenated once in float64 and reduced per segment, two passes (the mean, then the
+    centred squares) like :func:`tensor_summary`, with the counts, so that none needs
+    completing: ``index_add_`` for the sums, ``scatter_reduce_`` for min and max.
     """
     flat = torch.cat([dense(t).reshape(-1).to(torch.float64) for t in tensors])
     counts = [t.numel() for t in tensors]
     k = len(tensors)
-    segment = torch.repeat_interleave(torch.arange(k), torch.tensor(counts))
-    n = torch.tensor(counts, dtype=torch.float64)
-    sums = torch.zeros(k, dtype=torch.float64).index_add_(0, segment, flat)
-    dots = torch.zeros(k, dtype=torch.float64).index_add_(0, segment, flat * flat)
+    lengths = torch.tensor(counts)
+    segment = torch.repeat_interleave(torch.arange(k), lengths)
+    n = lengths.to(torch.float64)
+
+    def per_segment(values: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(k, dtype=torch.float64).index_add_(0, segment, values)
+
+    mean = per_segment(flat) / n
+    centred = flat - mean[segment]
+    std = (per_segment(centred.square_()) / n).sqrt_()
     lo = torch.full((k,), math.inf, dtype=torch.float64).scatter_reduce_(0, segment, flat, "amin")
     hi = torch.full((k,), -math.inf, dtype=torch.float64).scatter_reduce_(0, segment, flat, "amax")
-    smallest = torch.full((k,), math.inf, dtype=torch.float64).scatter_reduce_(0, segment, flat.abs(), "amin")
-    mean, second = sums / n, dots / n
-    # NaN does not survive every scatter_reduce: the sums carry it, and needs_exact sees it there
-    summaries = torch.stack([mean, second - mean * mean, lo, hi, smallest, second], dim=1)
+    nan = torch.isnan(flat)
+    if bool(nan.any()):  # aminmax propagates NaN; scatter_reduce_ does not always
+        has_nan = per_segment(nan.double()) > 0
+        lo, hi = lo.masked_fill(has_nan, math.nan), hi.masked_fill(has_nan, math.nan)
+    zero = flat == 0
+    tiny = torch.tensor([torch.finfo(t.dtype).tiny for t in tensors], dtype=torch.float64)[segment]
+    subnormal = ~zero & (flat.abs() < tiny)
+    nonfinite = ~torch.isfinite(flat)
+    summaries = torch.stack([mean, std, lo, hi, per_segment(zero.double()), per_segment(nonfinite.double()),
+                             per_segment(subnormal.double())], dim=1)
     offset, index = 0, []
     for count in counts:
         index += [offset + (i * (count - 1)) // max(points - 1, 1) for i in range(points)]
@@ -165,24 +207,6 @@ def _scratch(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tens
     if kept is None or kept.numel() < numel:
         kept = buffers[dtype] = torch.empty(max(numel, _SLICE_CPU), dtype=dtype)
     return kept[:numel]
-
-
-def min_abs(x: torch.Tensor) -> torch.Tensor:
-    """``min |x|`` of a flat tensor, without a temporary the size of ``x``.
-
-    ``|x|`` of one slice at a time is written into one buffer (in cache, on a CPU), so the
-    pass costs about one read.
-    """
-    parts = slices(x)
-    if len(parts) == 1:
-        return x.abs().amin()
-    scratch = _scratch(parts[0].numel(), x.dtype, x.device)
-    lows = []
-    for part in parts:
-        out = scratch[: part.numel()]
-        torch.abs(part, out=out)
-        lows.append(out.amin())
-    return torch.stack(lows).amin()
 
 
 # below this share of the second moment, the variance from x.x - n mean^2 has lost its digits
@@ -223,42 +247,23 @@ def from_fast(fast: List[float], counts: Optional[List[float]] = None) -> List[f
 
 
 def partial_fast(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(sums, mins)`` of a tensor (or of one piece of a sharded one), slice by slice.
+    """``(sums, mins)`` of one piece of a sharded tensor, from its :func:`fast_summary`.
 
-    ``sums = [n, sum(x), x.x]`` (added across slices and ranks), ``mins = [min, -max, min |x|]``
-    (minimized across them); an empty tensor gives the neutral ``[0, 0, 0]`` and
-    ``[inf, inf, inf]``. Each slice is widened to float32 (if narrower), reduced, and its
-    ``|x|`` written into one scratch buffer, so no temporary grows with the tensor.
-    :func:`from_partial_fast` turns combined pieces into a :func:`fast_summary`.
+    ``sums = [n, sum(x), x.x]`` (added across ranks), ``mins = [min, -max, min |x|]``
+    (minimized across them); an empty piece gives the neutral ``[0, 0, 0]`` and
+    ``[inf, inf, inf]``. :func:`from_partial_fast` turns combined pieces into one row.
     """
     x = dense(x)
-    inf = torch.full((), math.inf, dtype=torch.float64, device=x.device)
-    n = torch.full((), float(x.numel()), dtype=torch.float64, device=x.device)
-    if x.numel() == 0:
-        zero = torch.zeros((), dtype=torch.float64, device=x.device)
-        return torch.stack([n, zero, zero]), torch.stack([inf, inf, inf])
-    acc = accumulation_dtype(x.dtype)
-    parts = slices(x)
-    scratch = _scratch(parts[0].numel(), acc, x.device)
-    sums, mins = [], []
-    for part in parts:
-        wide = part.to(acc)
-        lo, hi = torch.aminmax(wide)
-        magnitude = scratch[: wide.numel()]
-        torch.abs(wide, out=magnitude)
-        sums.append(torch.stack([wide.sum(), torch.dot(wide, wide)]))
-        mins.append(torch.stack([lo, -hi, magnitude.amin()]))
-    total = torch.stack(sums).double().sum(dim=0)
-    return torch.cat([n.reshape(1), total]), torch.stack(mins).amin(dim=0).double()
+    rows = fast_summary(x).reshape(-1, 5).double()
+    n = torch.full((1,), float(x.numel()), dtype=torch.float64, device=x.device)
+    mins = torch.stack([rows[:, 2].amin(), -rows[:, 3].amax(), rows[:, 4].amin()])
+    return torch.cat([n, rows[:, :2].sum(dim=0)]), mins
 
 
 def from_partial_fast(sums: List[float], mins: List[float]) -> List[float]:
-    """:func:`fast_summary`'s ``[mean, variance, min, max, min_abs, second]`` of the whole."""
-    n, total, dot = sums
-    if n == 0:
-        return [math.nan] * 6
-    mean, second = total / n, dot / n
-    return [mean, second - mean * mean, mins[0], -mins[1], mins[2], second]
+    """The combined pieces as one :func:`fast_summary` row, for :func:`combine_fast`."""
+    _, total, dot = sums
+    return [total, dot, mins[0], -mins[1], mins[2]]
 
 
 def partial_exact(x: torch.Tensor, mean: float) -> Tuple[torch.Tensor, torch.Tensor]:

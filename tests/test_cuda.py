@@ -138,7 +138,7 @@ def test_statistics_on_the_gpu_never_wait_for_it():
     from initaudit import fingerprint, stats
 
     gen = torch.Generator(device="cuda").manual_seed(0)
-    w = torch.randn(1 << 21, device="cuda", generator=gen).reshape(2048, 1024)  # several slices
+    w = torch.randn(1 << 21, device="cuda", generator=gen).reshape(2048, 1024)
     half = w.to(torch.bfloat16)
     out = torch.relu(torch.randn(16, 8, 4, 4, device="cuda", generator=gen))
     previous = torch.cuda.get_sync_debug_mode()
@@ -148,9 +148,9 @@ def test_statistics_on_the_gpu_never_wait_for_it():
             stats.fast_summary(w), stats.fast_summary(half), stats.tensor_summary(w), stats.small_counts(w),
             stats.probe(w), fingerprint.shape_stats(w), stats.gradient_fast(w), stats.output_summary(out),
             stats.activation_summary(out, "relu"), torch.cat(stats.partial_fast(half)),
-            torch.cat(stats.partial_moments(w, w.numel())),
+            torch.cat(stats.partial_moments(w, w.numel())), stats.fast_summary(w[:0]),
         ]
     finally:
         torch.cuda.set_sync_debug_mode(previous)
     assert all(t.device.type == "cuda" for t in queued)
-    assert stats.fast_summary(w).tolist()[2] == pytest.approx(w.min().item())
+    assert stats.combine_fast(w.numel(), stats.fast_summary(w).tolist())[2] == pytest.approx(w.min().item())
