@@ -145,6 +145,7 @@ class CallRecorder:
         self.scripted = False
         # nonlinearity of each activation module, whose outputs also get dead/saturated counts
         self.nonlinearity: Dict[int, str] = {}
+        self.call_nonlinearity: Dict[int, str] = {}  # by call index, for the calls of activations
         for key, (module, _) in module_names.items():
             kind, act = activations.classify(module)
             if kind == activations.ACTIVATION and act is not None:
@@ -184,9 +185,10 @@ class CallRecorder:
             if first is not None and out.numel():
                 self.pooling *= first.numel() / out.numel()
         self.call_outputs.append((tuple(out.shape), str(out.dtype).replace("torch.", "")))
-        self.deferred.add(("call", index), stats.output_summary(out))
+        self.deferred.add(("call", index), stats.output_moments(out))
         if key in self.nonlinearity:
-            self.deferred.add(("act", index), stats.activation_summary(out, self.nonlinearity[key]))
+            self.deferred.add(("act", index), stats.activation_counts(out, self.nonlinearity[key]))
+            self.call_nonlinearity[index] = self.nonlinearity[key]
 
     def failing_module(self) -> str:
         """`` in module 'name' (Type)`` for the innermost module still running, or ``""``."""
@@ -472,8 +474,11 @@ def _output(recorder: CallRecorder, values: Dict[Any, List[float]], index: int) 
     meta = recorder.call_outputs[index]
     if meta is None:
         return None
-    extra = values.get(("act", index), [None, None, None])
-    return OutputRecord(meta[0], meta[1], *values[("call", index)], *extra)
+    shape, dtype = meta
+    counts = values.get(("act", index))
+    extra = ([None, None, None] if counts is None
+             else stats.activation_from_counts(counts, shape, recorder.call_nonlinearity[index]))
+    return OutputRecord(shape, dtype, *stats.output_from_moments(values[("call", index)], shape), *extra)
 
 
 def output_layer(model: nn.Module, module_names: "OrderedDict[int, Tuple[Any, List[str]]]", recorder: CallRecorder) -> Optional[str]:

@@ -379,30 +379,53 @@ def probe(t: torch.Tensor, points: int = 4) -> torch.Tensor:
     return x[index].double()
 
 
-def activation_summary(out: torch.Tensor, nonlinearity: str) -> torch.Tensor:
-    """``[dead_last, dead_channel, saturated]`` of an activation's output, NaN where undefined.
+def activation_counts(out: torch.Tensor, nonlinearity: str) -> torch.Tensor:
+    """``[dead_last, dead_channel, saturated]`` element counts of an activation's output, on
+    its device; :func:`activation_from_counts` makes them fractions on the host.
 
     A unit is dead when it is zero for every example (and position) in the batch:
-    ``dead_last`` takes units along the last dimension (Linear features),
-    ``dead_channel`` along dimension 1 (conv channels). ``saturated`` is the fraction of
-    outputs with ``|y| > 0.99`` for tanh, or outside ``(0.01, 0.99)`` for sigmoid.
+    ``dead_last`` counts units along the last dimension (Linear features),
+    ``dead_channel`` along dimension 1 (conv channels). ``saturated`` counts outputs with
+    ``|y| > 0.99`` for tanh, or outside ``(0.01, 0.99)`` for sigmoid. A count that does not
+    apply to this output is 0 here and NaN after :func:`activation_from_counts`.
     """
     x = out.detach()
-    nan = torch.full((), math.nan, dtype=torch.float64, device=x.device)
-    dead_last = dead_channel = saturated = nan
+    counts = []
     if x.dim() >= 2 and x.numel():
         # a unit is zero everywhere exactly when its max and its min are both 0 (a NaN is
         # neither): two reductions, no mask of the whole output
         rows = x.reshape(-1, x.shape[-1])
-        dead_last = ((rows.amax(dim=0) == 0) & (rows.amin(dim=0) == 0)).double().mean()
+        counts.append(torch.count_nonzero((rows.amax(dim=0) == 0) & (rows.amin(dim=0) == 0)))
         if x.dim() >= 3:
             dims = (0,) + tuple(range(2, x.dim()))
-            dead_channel = ((x.amax(dim=dims) == 0) & (x.amin(dim=dims) == 0)).double().mean()
+            counts.append(torch.count_nonzero((x.amax(dim=dims) == 0) & (x.amin(dim=dims) == 0)))
     if nonlinearity == "tanh" and x.numel():
-        saturated = (x.abs() > 0.99).double().mean()
+        counts.append(torch.count_nonzero(x.abs() > 0.99))
     elif nonlinearity == "sigmoid" and x.numel():
-        saturated = ((x < 0.01) | (x > 0.99)).double().mean()
-    return torch.stack([dead_last, dead_channel, saturated])
+        counts.append(torch.count_nonzero((x < 0.01) | (x > 0.99)))
+    if not counts:
+        return torch.zeros(0, dtype=torch.int64, device=x.device)
+    return torch.stack(counts) if len(counts) > 1 else counts[0].reshape(1)
+
+
+def activation_from_counts(counts: Sequence[float], shape: Sequence[int], nonlinearity: str) -> List[float]:
+    """``[dead_last, dead_channel, saturated]`` fractions from :func:`activation_counts`, NaN
+    where a count does not apply (fewer dimensions, or a nonlinearity that cannot saturate)."""
+    numel = math.prod(shape)
+    left = list(counts)
+    dead_last = dead_channel = saturated = math.nan
+    if len(shape) >= 2 and numel:
+        dead_last = left.pop(0) / shape[-1]
+        if len(shape) >= 3:
+            dead_channel = left.pop(0) / shape[1]
+    if nonlinearity in ("tanh", "sigmoid") and numel:
+        saturated = left.pop(0) / numel
+    return [dead_last, dead_channel, saturated]
+
+
+def activation_summary(out: torch.Tensor, nonlinearity: str) -> List[float]:
+    """:func:`activation_counts` as fractions: one output's ``[dead_last, dead_channel, saturated]``."""
+    return activation_from_counts(activation_counts(out, nonlinearity).tolist(), out.shape, nonlinearity)
 
 
 def block_singular_values(w: torch.Tensor, blocks: int) -> torch.Tensor:
@@ -432,7 +455,7 @@ def spectral_radius(w: torch.Tensor) -> torch.Tensor:
     return torch.linalg.eigvals(x).abs().max().double()
 
 
-def feature_std(out: torch.Tensor) -> torch.Tensor:
+def feature_std(out: torch.Tensor) -> float:
     """Per-feature std across the batch, averaged over features.
 
     With ``out`` viewed as ``(batch, features)`` (dimension 0 is the batch, every other
@@ -462,30 +485,53 @@ def _centred_square_mean(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def output_summary(out: torch.Tensor) -> torch.Tensor:
-    """``[mean, std, zero_fraction, feature_std]`` of a module's output, on its device.
+def output_moments(out: torch.Tensor) -> torch.Tensor:
+    """``[mean_f m_f, mean_f (m_f - mean)^2, mean_f v_f, mean_f sqrt(v_f), nonzero]`` of a
+    module's output, on its device: the reductions :func:`output_from_moments` finishes on
+    the host.
 
-    With ``out`` viewed as ``(batch, features)``, ``m_f`` and ``v_f`` the per-feature mean and
-    population variance over the batch (two passes, so a shared offset cancels exactly):
-    ``mean = mean_f m_f``, ``std^2 = mean_f v_f + Var_f(m_f)`` (the law of total variance)
-    and ``feature_std = mean_f sqrt(v_f)`` (:func:`feature_std`, NaN for a batch of one).
-    One centred copy of the output is made and freed at once; no reference is kept.
+    With ``out`` viewed as ``(batch, features)``, ``m_f`` and ``v_f`` are the per-feature
+    mean and population variance over the batch, two passes so that a shared offset cancels
+    exactly; ``nonzero`` counts the elements that are not 0. One centred copy of the output
+    is made and freed at once (on the CPU, a block of it at a time in the kept buffer); no
+    reference to the output is kept.
     """
     x = out.detach()
-    n = x.numel()
-    nan = torch.full((), math.nan, dtype=torch.float64, device=x.device)
-    if n == 0:
-        return torch.stack([nan, nan, nan, nan])
+    acc = accumulation_dtype(x.dtype)
+    if x.numel() == 0:
+        return torch.zeros(5, dtype=acc, device=x.device)
     batch = x.shape[0] if x.dim() else 1
-    xa = x.reshape(batch, -1).to(accumulation_dtype(x.dtype))
+    xa = x.reshape(batch, -1).to(acc)
     feature_mean = xa.mean(dim=0)
     feature_var = _centred_square_mean(xa, feature_mean)
     mean = feature_mean.mean()
-    var_of_means = (feature_mean - mean).square_().mean()  # two passes: faster than var_mean's Welford
-    std = (feature_var.mean() + var_of_means).sqrt()
-    zero_fraction = 1 - torch.count_nonzero(x != 0) / n  # a byte mask counts faster than the floats
-    per_feature = feature_var.sqrt_().mean() if batch >= 2 else nan.to(mean.dtype)
-    return torch.stack([mean, std, zero_fraction.to(mean.dtype), per_feature]).double()
+    spread = (feature_mean - mean).square_()  # two passes: faster than var_mean's Welford
+    per_feature = torch.stack([spread, feature_var, feature_var.sqrt()]).mean(dim=1)
+    nonzero = torch.count_nonzero(x != 0)  # a byte mask counts faster than the floats
+    return torch.cat([mean.reshape(1), per_feature, nonzero.reshape(1).to(acc)])
+
+
+def output_from_moments(moments: Sequence[float], shape: Sequence[int]) -> List[float]:
+    """``[mean, std, zero_fraction, feature_std]`` of an output of ``shape`` from its
+    :func:`output_moments`.
+
+    ``std^2 = mean_f v_f + Var_f(m_f)`` (the law of total variance) and
+    ``feature_std = mean_f sqrt(v_f)`` (:func:`feature_std`, NaN for a batch of one);
+    every value is NaN for an empty output.
+    """
+    numel = math.prod(shape)
+    if numel == 0:
+        return [math.nan] * 4
+    mean, spread, variance, per_feature, nonzero = moments
+    batch = shape[0] if len(shape) else 1
+    return [mean, math.sqrt(max(variance + spread, 0.0)), 1 - nonzero / numel,
+            per_feature if batch >= 2 else math.nan]
+
+
+def output_summary(out: torch.Tensor) -> List[float]:
+    """``[mean, std, zero_fraction, feature_std]`` of one output (:func:`output_moments`,
+    finished by :func:`output_from_moments`)."""
+    return output_from_moments(output_moments(out).tolist(), out.shape)
 
 
 def gradient_summary(g: torch.Tensor) -> torch.Tensor:

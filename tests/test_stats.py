@@ -55,15 +55,30 @@ def test_bfloat16_summary_accumulates_in_float32():
 def test_feature_std_ignores_a_shared_offset():
     # every example the same, plus a large bias: no input-dependent signal at all
     out = torch.full((8, 5), 3.0)
-    assert stats.feature_std(out).item() == 0.0
+    assert stats.feature_std(out) == 0.0
     # feature 0 alternates +-1 across the batch, feature 1 is constant: mean of (1, 0)
     out = torch.tensor([[1.0, 7.0], [-1.0, 7.0]] * 4)
-    assert stats.feature_std(out).item() == pytest.approx(0.5)
+    assert stats.feature_std(out) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("shape", [(64, 1024), (16, 8, 6, 6), (1, 10), (700, 800)])
+def test_output_summary_against_float64_references(shape):
+    gen = torch.Generator().manual_seed(11)
+    out = torch.relu(torch.randn(shape, generator=gen) + 0.3) + 5.0 * (torch.arange(shape[-1]) % 3)
+    mean, std, zero_fraction, per_feature = stats.output_summary(out)
+    exact = out.double().reshape(shape[0], -1)
+    assert mean == pytest.approx(exact.mean().item(), rel=1e-6)
+    assert std == pytest.approx(exact.std(correction=0).item(), rel=1e-5)
+    assert zero_fraction == pytest.approx(float((exact == 0).double().mean()), abs=1e-12)
+    if shape[0] == 1:
+        assert math.isnan(per_feature)
+    else:
+        assert per_feature == pytest.approx(exact.std(dim=0, correction=0).mean().item(), rel=1e-5)
 
 
 def test_output_summary_zero_fraction():
     out = torch.tensor([[0.0, 2.0], [0.0, 0.0]])
-    mean, std, zero_fraction, _ = stats.output_summary(out).tolist()
+    mean, std, zero_fraction, _ = stats.output_summary(out)
     assert zero_fraction == 0.75 and mean == 0.5
 
 
@@ -116,15 +131,15 @@ def test_subnormal_count():
 def test_activation_summary_dead_units_and_saturation():
     out = torch.zeros(4, 3)
     out[0, 0] = 1.0  # unit 0 fires once; units 1 and 2 never
-    dead_last, dead_channel, saturated = stats.activation_summary(out, "relu").tolist()
+    dead_last, dead_channel, saturated = stats.activation_summary(out, "relu")
     assert dead_last == pytest.approx(2 / 3) and math.isnan(dead_channel) and math.isnan(saturated)
     conv = torch.zeros(2, 4, 5, 5)
     conv[1, 3, 2, 2] = 0.5  # only channel 3 ever fires
-    assert stats.activation_summary(conv, "relu").tolist()[1] == pytest.approx(3 / 4)
+    assert stats.activation_summary(conv, "relu")[1] == pytest.approx(3 / 4)
     y = torch.tensor([[0.999, -0.995, 0.5, 0.0]])
-    assert stats.activation_summary(y, "tanh").tolist()[2] == pytest.approx(0.5)
+    assert stats.activation_summary(y, "tanh")[2] == pytest.approx(0.5)
     s = torch.tensor([[0.005, 0.5, 0.995, 0.3]])
-    assert stats.activation_summary(s, "sigmoid").tolist()[2] == pytest.approx(0.5)
+    assert stats.activation_summary(s, "sigmoid")[2] == pytest.approx(0.5)
 
 
 def test_block_singular_values_of_orthogonal_blocks():
