@@ -842,12 +842,13 @@ def _exact_where_needed(
         sums = values.pop(("gradfast", key), None)
         if sums is None:
             continue
-        summary = stats.gradient_from_fast(sums)
         grad = grads[key]
+        n = grad.numel()  # of the whole, also for a sharded gradient
+        summary = stats.gradient_from_fast(n, sums)
         if summary is not None:
             values[("grad", key)] = summary
         elif distributed.is_sharded(grad):
-            n, mean = sums[0], sums[1] / max(sums[0], 1)
+            mean = sums[0] / max(n, 1)
             exact[("grad", key)] = (n, mean)
             partials.add(("grad", key), grad, *stats.partial_gradient_exact(distributed.local(grad), mean))
         else:

@@ -547,25 +547,36 @@ def gradient_summary(g: torch.Tensor) -> torch.Tensor:
 
 
 def gradient_fast(g: torch.Tensor) -> torch.Tensor:
-    """``[n, sum(g), g.g]`` of a gradient (or of one piece of a sharded one): two reads.
+    """``[sum(g), g.g]`` of a gradient (or of one piece of a sharded one): two reductions.
 
-    The pieces of a sharded gradient add up to the whole's. :func:`gradient_from_fast`
-    turns it into :func:`gradient_summary`'s layout, or says that the exact summary is
-    needed (NaN or Inf, or a variance that cancels).
+    Accumulated in float32 or better; a float16 or bfloat16 gradient is widened one slice
+    at a time into the kept buffer, never as a whole copy. The pieces of a sharded gradient
+    add up to the whole's. :func:`gradient_from_fast` turns it into
+    :func:`gradient_summary`'s layout, or says that the exact summary is needed (NaN or
+    Inf, or a variance that cancels).
     """
-    x = dense(g)
-    xa = x.to(accumulation_dtype(x.dtype)).reshape(-1)
-    count = torch.full((), float(x.numel()), dtype=torch.float64, device=x.device)
-    return torch.stack([count, xa.sum().double(), torch.dot(xa, xa).double()])
+    x = dense(g).reshape(-1)
+    acc = accumulation_dtype(x.dtype)
+    if x.dtype == acc:
+        return torch.stack([x.sum(), torch.dot(x, x)])
+    parts = slices(x)
+    scratch = _scratch(parts[0].numel(), acc, x.device)
+    rows = []
+    for part in parts:
+        wide = scratch[: part.numel()]
+        wide.copy_(part)
+        rows.append(torch.stack([wide.sum(), torch.dot(wide, wide)]))
+    return rows[0] if len(rows) == 1 else torch.stack(rows).sum(dim=0)
 
 
-def gradient_from_fast(sums: List[float]) -> Optional[List[float]]:
-    """``[norm, std, nonfinite]`` from a :func:`gradient_fast`, or ``None`` when it must be redone.
+def gradient_from_fast(n: int, sums: Sequence[float]) -> Optional[List[float]]:
+    """``[norm, std, nonfinite]`` of a gradient of ``n`` elements from its :func:`gradient_fast`,
+    or ``None`` when it must be redone.
 
     ``norm = sqrt(g.g)``, ``std = sqrt(g.g / n - mean^2)``; a NaN or Inf anywhere makes the
     sum or the dot product non-finite, so finite ones mean none.
     """
-    n, total, dot = sums
+    total, dot = sums
     if not (math.isfinite(total) and math.isfinite(dot)):
         return None
     mean, second = total / max(n, 1), dot / max(n, 1)

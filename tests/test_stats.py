@@ -270,3 +270,17 @@ def test_small_tensors_summarized_together_match_one_by_one():
                            float(((exact != 0) & (exact.abs() < torch.finfo(t.dtype).tiny)).sum())]
         if t.numel() > 1:
             assert probe == pytest.approx(stats.probe(t).tolist(), nan_ok=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_gradient_fast_against_a_float64_reference(dtype):
+    # 1.2M elements: three slices when a half type is widened slice by slice
+    gen = torch.Generator().manual_seed(4)
+    g = (torch.randn(1_200_000, generator=gen, dtype=torch.float64) * 1e-3 + 2e-4).to(dtype)
+    exact = g.double()
+    norm, std, nonfinite = stats.gradient_from_fast(g.numel(), stats.gradient_fast(g).tolist())
+    assert norm == pytest.approx(exact.norm().item(), rel=1e-5)
+    assert std == pytest.approx(exact.std(correction=0).item(), rel=1e-4)
+    assert nonfinite == 0.0
+    g[5] = float("nan")
+    assert stats.gradient_from_fast(g.numel(), stats.gradient_fast(g).tolist()) is None  # redone exactly
