@@ -227,13 +227,24 @@ def needs_counts(fast: List[float], dtype: torch.dtype) -> bool:
 
 
 def small_counts(t: torch.Tensor) -> torch.Tensor:
-    """``[zeros, subnormal]``: elements equal to 0, and with ``0 < |x| < finfo.tiny``."""
-    x = dense(t)
-    n = x.numel()
-    if n == 0:
+    """``[zeros, subnormal]``: elements equal to 0, and with ``0 < |x| < finfo.tiny``.
+
+    ``|x|`` of one slice at a time is written into the kept buffer, and the elements below
+    ``tiny`` and equal to 0 are counted there (subnormal = below - zeros).
+    """
+    x = dense(t).reshape(-1)
+    if x.numel() == 0:
         return torch.zeros(2, dtype=torch.float64, device=x.device)
-    zeros = n - torch.count_nonzero(x)
-    return torch.stack([zeros.double(), _subnormal(slices(x)).double()])
+    tiny = torch.finfo(x.dtype).tiny
+    parts = slices(x)
+    scratch = _scratch(parts[0].numel(), x.dtype, x.device)
+    rows = []
+    for part in parts:
+        magnitude = scratch[: part.numel()]
+        torch.abs(part, out=magnitude)
+        rows.append(torch.stack([torch.count_nonzero(magnitude == 0), torch.count_nonzero(magnitude < tiny)]))
+    zeros, below = (rows[0] if len(rows) == 1 else torch.stack(rows).sum(dim=0)).double()
+    return torch.stack([zeros, below - zeros])
 
 
 def from_fast(fast: List[float], counts: Optional[List[float]] = None) -> List[float]:
@@ -607,16 +618,19 @@ class Deferred:
         self._items.append((key, values.reshape(-1)))
 
     def resolve(self) -> Dict[Hashable, List[float]]:
-        by_device: Dict[torch.device, List[Tuple[Hashable, torch.Tensor]]] = {}
+        by_device: Dict[torch.device, Dict[torch.dtype, List[Tuple[Hashable, torch.Tensor]]]] = {}
         for key, values in self._items:
-            by_device.setdefault(values.device, []).append((key, values))
+            by_device.setdefault(values.device, {}).setdefault(values.dtype, []).append((key, values))
         resolved: Dict[Hashable, List[float]] = {}
-        for items in by_device.values():
-            flat = torch.cat([v.to(torch.float64) for _, v in items]).tolist()
+        for by_dtype in by_device.values():
+            # one concatenation per dtype, widened once (an int64 count keeps every digit)
+            groups = list(by_dtype.values())
+            flat = torch.cat([torch.cat([v for _, v in items]).to(torch.float64) for items in groups]).tolist()
             offset = 0
-            for key, values in items:
-                resolved[key] = flat[offset : offset + values.numel()]
-                offset += values.numel()
+            for items in groups:
+                for key, values in items:
+                    resolved[key] = flat[offset : offset + values.numel()]
+                    offset += values.numel()
         self._items.clear()
         return resolved
 
