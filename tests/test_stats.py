@@ -284,3 +284,11 @@ def test_gradient_fast_against_a_float64_reference(dtype):
     assert nonfinite == 0.0
     g[5] = float("nan")
     assert stats.gradient_from_fast(g.numel(), stats.gradient_fast(g).tolist()) is None  # redone exactly
+
+
+def test_output_zero_fraction_of_half_outputs_and_outputs_holding_nan():
+    out = torch.tensor([[0.0, 2.0, -0.0], [0.0, -1.5, 3.0]], dtype=torch.bfloat16)
+    assert stats.output_summary(out)[2] == pytest.approx(0.5)  # -0.0 is a zero too
+    out = torch.tensor([[0.0, float("nan")], [1.0, 2.0]])
+    mean, _, zero_fraction, _ = stats.output_summary(out)
+    assert math.isnan(mean) and math.isnan(zero_fraction)  # unknown, not a guess
