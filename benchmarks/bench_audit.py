@@ -154,27 +154,20 @@ def parameter_pass(model: nn.Module) -> None:
 
 def summary_pass(model: nn.Module) -> None:
     """The summary statistics alone, as the inspector computes them (mean, std, min, max,
-    zeros, non-finite, subnormal): every parameter's ``stats.fast_summary`` in one transfer,
-    completed where ``needs_exact`` or ``needs_counts`` say so in one more. This is what
-    issue 7's target of 5x one read is about; the parameter pass adds the fingerprint
-    statistics, the recurrent gates' singular values and the clone check."""
+    zeros, non-finite, subnormal): ``stats.queue_summaries`` of every parameter (the call the
+    inspector makes) in one transfer, completed where ``needs_exact`` or ``needs_counts``
+    say so in one more. This is what issue 7's target of 5x one read is about; the
+    parameter pass adds the fingerprint statistics, the recurrent gates' singular values
+    and the clone check."""
     params = list({id(p): p for p in model.parameters()}.values())
     first = stats.Deferred()
-    small = [i for i, p in enumerate(params) if p.device.type == "cpu" and 0 < p.numel() <= stats.SMALL]
-    if small:  # as the inspector does: small tensors summarized together, exactly
-        summaries, _ = stats.small_summaries([params[i] for i in small])
-        for i, row in zip(small, summaries):
-            first.add(("param", i), row)
-    for i, p in enumerate(params):
-        if i not in set(small):
-            first.add(("fast", i), stats.fast_summary(p))
+    stats.queue_summaries([(i, p, False) for i, p in enumerate(params)], first)
     values = first.resolve()
     redo = stats.Deferred()
     for i, p in enumerate(params):
-        rows = values.get(("fast", i))
-        if rows is None:
-            continue
-        fast = stats.combine_fast(p.numel(), rows)
+        if ("fast", i) not in values:
+            continue  # summarized exactly with the small tensors
+        fast = stats.combine_fast(p.numel(), values[("fast", i)])
         if stats.needs_exact(fast):
             redo.add(i, stats.tensor_summary(p))
         elif stats.needs_counts(fast, p.dtype):

@@ -523,7 +523,7 @@ def _tensor_records(
         for n in names:
             modules_by_name[n] = module
     records = []
-    small: List[Tuple[int, torch.Tensor, bool]] = []  # summarized together after the loop
+    summarize: List[Tuple[int, torch.Tensor, bool]] = []  # (key, tensor, probed), queued after the loop
     for kind, table in (("parameter", param_names), ("buffer", buffer_names)):
         for key, (t, names) in table.items():
             floating = t.is_floating_point()
@@ -556,12 +556,7 @@ def _tensor_records(
                 _sharded_records(key, t, kind, record, partials)
             elif floating:
                 t = distributed.local(t)  # a replicated DTensor is whole on every rank
-                if t.device.type == "cpu" and 0 < t.numel() <= stats.SMALL:
-                    small.append((key, t, kind == "parameter" and t.numel() > 1))
-                else:
-                    deferred.add(("fast", key), stats.fast_summary(t))
-                    if kind == "parameter" and t.numel() > 1:
-                        deferred.add(("probe", key), stats.probe(t))
+                summarize.append((key, t, kind == "parameter" and t.numel() > 1))
                 if kind == "parameter" and t.dim() >= 2 and t.numel() > 1:
                     deferred.add(("shape", key), fingerprint.shape_stats(t))
                 gates = _GATES.get(type(owner)) if owner is not None else None
@@ -573,12 +568,7 @@ def _tensor_records(
                     if recurrent == 1 and t.shape[0] == t.shape[1]:
                         deferred.add(("rho", key), stats.spectral_radius(t).reshape(1))
             records.append((key, record))
-    if small:
-        summaries, probes = stats.small_summaries([t for _, t, _ in small])
-        for (key, _, probed), summary, probe in zip(small, summaries, probes):
-            deferred.add(("param", key), summary)  # exact already: nothing to complete
-            if probed:
-                deferred.add(("probe", key), probe)
+    stats.queue_summaries(summarize, deferred)
     records += _effective_records(module_names, deferred)
     return records
 

@@ -190,6 +190,32 @@ def small_summaries(tensors: List[torch.Tensor], points: int = 4) -> Tuple[torch
     return summaries, flat[torch.tensor(index)].reshape(k, points)
 
 
+def queue_summaries(items: Sequence[Tuple[Hashable, torch.Tensor, bool]], deferred: "Deferred") -> None:
+    """Queue the summary of each ``(key, tensor, probed)`` on ``deferred``, and its
+    :func:`probe` where ``probed``.
+
+    CPU tensors of at most :data:`SMALL` elements are summarized together and exactly
+    (:func:`small_summaries`), under ``("param", key)`` in :func:`tensor_summary`'s layout;
+    the others get :func:`fast_summary` rows under ``("fast", key)``, which
+    :func:`combine_fast` turns into a summary that :func:`needs_exact` and
+    :func:`needs_counts` say whether to complete.
+    """
+    small = []
+    for key, t, probed in items:
+        if t.device.type == "cpu" and 0 < t.numel() <= SMALL:
+            small.append((key, t, probed))
+            continue
+        deferred.add(("fast", key), fast_summary(t))
+        if probed:
+            deferred.add(("probe", key), probe(t))
+    if small:
+        summaries, probes = small_summaries([t for _, t, _ in small])
+        for (key, _, probed), summary, points in zip(small, summaries, probes):
+            deferred.add(("param", key), summary)
+            if probed:
+                deferred.add(("probe", key), points)
+
+
 _SCRATCH = threading.local()  # per thread: two audits in two threads never share a buffer
 
 
