@@ -14,6 +14,7 @@ exact pass is decided from combined statistics, which every rank holds alike.
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any, Dict, Hashable, List, Optional, Tuple
 
@@ -131,9 +132,16 @@ def init_from_env(device: Optional[str] = None) -> bool:
 
 
 def leave(joined: bool) -> None:
-    """Destroy the process group :func:`init_from_env` created (``joined``), if any."""
+    """Destroy the process group :func:`init_from_env` created (``joined``), if any.
+
+    The audited model is collected first: an FSDP model's device mesh holds the groups, and
+    a gloo group destroyed only at interpreter shutdown can abort the process (its worker
+    threads release tensors after Python is gone), which a rank's exit code would show.
+    """
     if joined and active():
+        gc.collect()
         torch.distributed.destroy_process_group()
+        gc.collect()
 
 
 def agree(code: int) -> int:

@@ -24,3 +24,16 @@ def test_quick_benchmark_writes_every_ratio(tmp_path):
     assert row["step_peak_mb"] > 0 and row["audit_peak_mb"] > 0
     assert row["audit_vs_step_memory"] == row["audit_peak_mb"] / row["step_peak_mb"]
     assert "audit/step" in run.stdout and "summary/read" in run.stdout
+
+
+def test_quick_batch_sweep_reports_each_batch(tmp_path):
+    out = tmp_path / "sweep.json"
+    sweep = os.path.join(os.path.dirname(BENCH), "batch_sweep.py")
+    run = subprocess.run([sys.executable, sweep, "--quick", "--batch", "4", "--batch", "16", "--json", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["batch"] for r in rows] == [4, 16]
+    for row in rows:
+        assert row["step_s"] > 0 and row["audit_s"] > 0 and row["params_only_audit_s"] > 0
+    assert "audit/step" in run.stdout
