@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Dict, Hashable, List, Optional, Sequence, Tuple
+from typing import Dict, Hashable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -57,12 +57,10 @@ def tensor_summary(t: torch.Tensor) -> torch.Tensor:
     centred = torch.stack([(p.double() - mean).square_().sum() for p in parts]).sum()
     extremes = torch.stack([torch.stack(torch.aminmax(p)) for p in parts])
     lo, hi = extremes[:, 0].amin(), extremes[:, 1].amax()
-    zeros = n - torch.count_nonzero(x)
     nonfinite = n - torch.stack([torch.isfinite(p).sum() for p in parts]).sum()
-    subnormal = _subnormal(parts)
+    zeros, subnormal = small_counts(x)
     return torch.stack(
-        [mean.double(), (centred / n).sqrt().double(), lo.double(), hi.double(), zeros.double(),
-         nonfinite.double(), subnormal.double()]
+        [mean.double(), (centred / n).sqrt().double(), lo.double(), hi.double(), zeros, nonfinite.double(), subnormal]
     )
 
 
@@ -79,10 +77,18 @@ def slices(x: torch.Tensor) -> List[torch.Tensor]:
     return list(flat.split(size)) if flat.numel() > size else [flat]
 
 
-def _subnormal(parts: List[torch.Tensor]) -> torch.Tensor:
-    """Elements with ``0 < |x| < finfo.tiny``, counted slice by slice."""
-    tiny = torch.finfo(parts[0].dtype).tiny
-    return torch.stack([((p != 0) & (p.abs() < tiny)).sum() for p in parts]).sum()
+def _buffered_slices(x: torch.Tensor, dtype: torch.dtype) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """Each slice of ``x`` (:func:`slices`) with a view of the kept buffer of ``dtype``
+    (:func:`_scratch`) as large as it, for that slice's temporary."""
+    parts = slices(x)
+    scratch = _scratch(parts[0].numel(), dtype, x.device)
+    for part in parts:
+        yield part, scratch[: part.numel()]
+
+
+def _added(rows: List[torch.Tensor]) -> torch.Tensor:
+    """The slices' partial results added up (the one row itself for one slice)."""
+    return rows[0] if len(rows) == 1 else torch.stack(rows).sum(dim=0)
 
 
 def fast_summary(t: torch.Tensor) -> torch.Tensor:
@@ -103,10 +109,7 @@ def fast_summary(t: torch.Tensor) -> torch.Tensor:
         row[:2] = 0.0
         row[3] = -math.inf
         return row
-    parts = slices(x)
-    scratch = _scratch(parts[0].numel(), acc, x.device)
-    rows = [_slice_row(part, scratch[: part.numel()]) for part in parts]
-    return rows[0] if len(rows) == 1 else torch.cat(rows)
+    return torch.cat([_slice_row(part, magnitude) for part, magnitude in _buffered_slices(x, acc)])
 
 
 def _slice_row(part: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
@@ -262,14 +265,11 @@ def small_counts(t: torch.Tensor) -> torch.Tensor:
     if x.numel() == 0:
         return torch.zeros(2, dtype=torch.float64, device=x.device)
     tiny = torch.finfo(x.dtype).tiny
-    parts = slices(x)
-    scratch = _scratch(parts[0].numel(), x.dtype, x.device)
     rows = []
-    for part in parts:
-        magnitude = scratch[: part.numel()]
+    for part, magnitude in _buffered_slices(x, x.dtype):
         torch.abs(part, out=magnitude)
         rows.append(torch.stack([torch.count_nonzero(magnitude == 0), torch.count_nonzero(magnitude < tiny)]))
-    zeros, below = (rows[0] if len(rows) == 1 else torch.stack(rows).sum(dim=0)).double()
+    zeros, below = _added(rows).double()
     return torch.stack([zeros, below - zeros])
 
 
@@ -316,10 +316,8 @@ def partial_exact(x: torch.Tensor, mean: float) -> Tuple[torch.Tensor, torch.Ten
     inf = torch.full((), math.inf, dtype=xa.dtype, device=x.device)
     lo = torch.where(nans, inf, xa).amin() if xa.numel() else inf
     hi = torch.where(nans, -inf, xa).amax() if xa.numel() else -inf
-    counts = torch.stack([(x.numel() - torch.count_nonzero(x)).double(),
-                          (x.numel() - torch.isfinite(x).sum()).double(),
-                          _subnormal(slices(x)).double(),
-                          nans.sum().double()])
+    zeros, subnormal = small_counts(x)
+    counts = torch.stack([zeros, (x.numel() - torch.isfinite(x).sum()).double(), subnormal, nans.sum().double()])
     centred = (xa.double() - mean).square().sum().reshape(1)
     return torch.cat([centred, counts]), torch.stack([lo.double(), -hi.double()])
 
@@ -529,14 +527,14 @@ def output_moments(out: torch.Tensor) -> torch.Tensor:
 
     With ``out`` viewed as ``(batch, features)``, ``m_f`` and ``v_f`` are the per-feature
     mean and population variance over the batch, two passes so that a shared offset cancels
-    exactly; ``nonzero`` counts the elements that are not 0 (:func:`_nonzero`). One centred copy of the output
-    is made and freed at once (on the CPU, a block of it at a time in the kept buffer); no
-    reference to the output is kept.
+    exactly; ``nonzero`` counts the elements that are not 0 (:func:`_nonzero`). One centred
+    copy of the output is made and freed at once (on the CPU, a block of it at a time in the
+    kept buffer); no reference to the output is kept. Float64, so that the count is exact.
     """
     x = out.detach()
     acc = accumulation_dtype(x.dtype)
     if x.numel() == 0:
-        return torch.zeros(5, dtype=acc, device=x.device)
+        return torch.zeros(5, dtype=torch.float64, device=x.device)
     batch = x.shape[0] if x.dim() else 1
     xa = x.reshape(batch, -1).to(acc)
     feature_mean = xa.mean(dim=0)
@@ -544,30 +542,27 @@ def output_moments(out: torch.Tensor) -> torch.Tensor:
     mean = feature_mean.mean()
     spread = (feature_mean - mean).square_()  # two passes: faster than var_mean's Welford
     per_feature = torch.stack([spread, feature_var, feature_var.sqrt()]).mean(dim=1)
-    return torch.cat([mean.reshape(1), per_feature, _nonzero(x)])
+    return torch.cat([mean.reshape(1).double(), per_feature.double(), _nonzero(x)])
 
 
 def _nonzero(x: torch.Tensor) -> torch.Tensor:
-    """``[count]`` of the elements of ``x`` that are not 0, a NaN counted as 0: ``sign(x).sign(x)``.
+    """``[count]`` (float64) of the elements of ``x`` that are not 0, a NaN counted as 0:
+    ``sign(x).sign(x)``.
 
     One slice at a time into the kept buffer; on the CPU two float passes cost about a
     third of a comparison's byte mask and its count. Each slice's count is exact (a float32
     dot product of at most 2^24 ones, which float32 still counts exactly); the slices add
-    up in float64.
+    up in float64, which keeps every digit of a larger output's count.
     """
-    flat = x.reshape(-1)
     acc = accumulation_dtype(x.dtype)
-    parts = slices(flat)
-    scratch = _scratch(parts[0].numel(), acc, x.device)
     counts = []
-    for part in parts:
-        signs = scratch[: part.numel()]
+    for part, signs in _buffered_slices(x, acc):
         if part.dtype == acc:
             torch.sign(part, out=signs)
         else:  # sign takes no wider output: widen into the buffer first
             signs.copy_(part).sign_()
-        counts.append(torch.dot(signs, signs))
-    return counts[0].reshape(1) if len(counts) == 1 else torch.stack(counts).double().sum().reshape(1).to(acc)
+        counts.append(torch.dot(signs, signs).double())
+    return _added(counts).reshape(1)
 
 
 def output_from_moments(moments: Sequence[float], shape: Sequence[int]) -> List[float]:
@@ -620,14 +615,11 @@ def gradient_fast(g: torch.Tensor) -> torch.Tensor:
     acc = accumulation_dtype(x.dtype)
     if x.dtype == acc:
         return torch.stack([x.sum(), torch.dot(x, x)])
-    parts = slices(x)
-    scratch = _scratch(parts[0].numel(), acc, x.device)
     rows = []
-    for part in parts:
-        wide = scratch[: part.numel()]
+    for part, wide in _buffered_slices(x, acc):
         wide.copy_(part)
         rows.append(torch.stack([wide.sum(), torch.dot(wide, wide)]))
-    return rows[0] if len(rows) == 1 else torch.stack(rows).sum(dim=0)
+    return _added(rows)
 
 
 def gradient_from_fast(n: int, sums: Sequence[float]) -> Optional[List[float]]:

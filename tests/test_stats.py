@@ -292,3 +292,10 @@ def test_output_zero_fraction_of_half_outputs_and_outputs_holding_nan():
     out = torch.tensor([[0.0, float("nan")], [1.0, 2.0]])
     mean, _, zero_fraction, _ = stats.output_summary(out)
     assert math.isnan(mean) and math.isnan(zero_fraction)  # unknown, not a guess
+
+
+def test_output_nonzero_count_stays_exact_beyond_float32_integers():
+    # 2^24 + 3 ones: float32 cannot hold that count (it rounds to 2^24 + 4)
+    out = torch.ones(1, 2**24 + 3)
+    out[0, 7] = 0.0
+    assert stats.output_moments(out).tolist()[4] == 2**24 + 2
