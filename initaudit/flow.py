@@ -16,6 +16,7 @@ each layer's record says which method decided its consumer.
 from __future__ import annotations
 
 import operator
+import threading
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -180,25 +181,31 @@ def _slope(node: fx.Node) -> float:
 
 
 # traces made during one audit, by module: inferring the input and following the flow both
-# read the model's trace, which is made once (see :func:`traces_kept`)
-_kept: Optional[Dict[int, Tuple[nn.Module, Any]]] = None
+# read the model's trace, which is made once (see :func:`traces_kept`); per thread, like the
+# statistics' scratch buffers, so that audits in two threads keep their own
+_KEPT = threading.local()
+
+
+def _kept() -> Optional[Dict[int, Tuple[nn.Module, Any]]]:
+    return getattr(_KEPT, "traces", None)
 
 
 @contextmanager
 def traces_kept() -> Iterator[None]:
     """Within the body, a module is traced at most once; the traces are dropped after it."""
-    global _kept
-    outer, _kept = _kept, ({} if _kept is None else _kept)
+    outer = _kept()
+    _KEPT.traces = {} if outer is None else outer
     try:
         yield
     finally:
-        _kept = outer
+        _KEPT.traces = outer
 
 
 def forget_traces() -> None:
     """Drop the traces kept so far (the model changed: lazy modules were materialized)."""
-    if _kept is not None:
-        _kept.clear()
+    kept = _kept()
+    if kept is not None:
+        kept.clear()
 
 
 class Chain:
@@ -248,8 +255,9 @@ class Chain:
 def trace(module: nn.Module) -> Any:
     """``torch.fx.symbolic_trace(module)`` (or its :class:`Chain`, for a plain ``Sequential``),
     or ``None`` when the module does not trace or holds sharded parameters."""
-    if _kept is not None and id(module) in _kept and _kept[id(module)][0] is module:
-        return _kept[id(module)][1]
+    kept = _kept()
+    if kept is not None and id(module) in kept and kept[id(module)][0] is module:
+        return kept[id(module)][1]
     gm: Any = None
     # a trace of a sharded model would run FSDP's hooks out of order: hooks decide there
     if not any(distributed.is_dtensor(p) for p in module.parameters()):
@@ -261,8 +269,8 @@ def trace(module: nn.Module) -> Any:
                     gm = fx.symbolic_trace(module)
             except Exception:  # untraceable: the caller tries the children, then falls back to hooks
                 gm = None
-    if _kept is not None:
-        _kept[id(module)] = (module, gm)
+    if kept is not None:
+        kept[id(module)] = (module, gm)
     return gm
 
 

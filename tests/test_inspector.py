@@ -238,3 +238,25 @@ def test_the_parameter_pass_alone_records_what_the_audit_records():
         a = audited[name]
         assert (t.mean, t.std, t.min, t.max, t.zero_fraction, t.init) == (a.mean, a.std, a.min, a.max, a.zero_fraction, a.init)
     assert alone["3.bias"].zero_fraction == 1.0 and alone["2.weight"].std == 0.0
+
+
+def test_an_audit_traces_each_module_once(monkeypatch):
+    """Inferring the input and following the flow both read the trace: it is made once."""
+    import torch.fx
+
+    class Net(nn.Module):  # not a plain Sequential: traced for real
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)))
+
+    traced = []
+    real = torch.fx.symbolic_trace
+    monkeypatch.setattr(torch.fx, "symbolic_trace", lambda m, *a, **k: traced.append(m) or real(m, *a, **k))
+    net = Net()
+    audit(net)  # the input is inferred from the first layer, which needs the trace
+    assert [m is net for m in traced] == [True]
+    audit(net)  # a new audit traces anew: nothing is kept between audits
+    assert len(traced) == 2
