@@ -185,10 +185,10 @@ class CallRecorder:
             if first is not None and out.numel():
                 self.pooling *= first.numel() / out.numel()
         self.call_outputs.append((tuple(out.shape), str(out.dtype).replace("torch.", "")))
-        self.deferred.add(("call", index), stats.output_moments(out))
-        if key in self.nonlinearity:
-            self.deferred.add(("act", index), stats.activation_counts(out, self.nonlinearity[key]))
-            self.call_nonlinearity[index] = self.nonlinearity[key]
+        nonlinearity = self.nonlinearity.get(key)
+        self.deferred.add(("call", index), stats.output_moments(out, nonlinearity))
+        if nonlinearity is not None:
+            self.call_nonlinearity[index] = nonlinearity
 
     def failing_module(self) -> str:
         """`` in module 'name' (Type)`` for the innermost module still running, or ``""``."""
@@ -475,10 +475,11 @@ def _output(recorder: CallRecorder, values: Dict[Any, List[float]], index: int) 
     if meta is None:
         return None
     shape, dtype = meta
-    counts = values.get(("act", index))
-    extra = ([None, None, None] if counts is None
-             else stats.activation_from_counts(counts, shape, recorder.call_nonlinearity[index]))
-    return OutputRecord(shape, dtype, *stats.output_from_moments(values[("call", index)], shape), *extra)
+    moments = values[("call", index)]
+    nonlinearity = recorder.call_nonlinearity.get(index)
+    extra = ([None, None, None] if nonlinearity is None
+             else stats.activation_from_counts(moments[stats.OUTPUT_MOMENTS:], shape, nonlinearity))
+    return OutputRecord(shape, dtype, *stats.output_from_moments(moments, shape), *extra)
 
 
 def output_layer(model: nn.Module, module_names: "OrderedDict[int, Tuple[Any, List[str]]]", recorder: CallRecorder) -> Optional[str]:

@@ -414,55 +414,6 @@ def probe(t: torch.Tensor, points: int = 4) -> torch.Tensor:
     return x[index].double()
 
 
-def activation_counts(out: torch.Tensor, nonlinearity: str) -> torch.Tensor:
-    """``[dead_last, dead_channel, saturated]`` element counts of an activation's output, on
-    its device; :func:`activation_from_counts` makes them fractions on the host.
-
-    A unit is dead when it is zero for every example (and position) in the batch:
-    ``dead_last`` counts units along the last dimension (Linear features),
-    ``dead_channel`` along dimension 1 (conv channels). ``saturated`` counts outputs with
-    ``|y| > 0.99`` for tanh, or outside ``(0.01, 0.99)`` for sigmoid. A count that does not
-    apply to this output is 0 here and NaN after :func:`activation_from_counts`.
-    """
-    x = out.detach()
-    counts = []
-    if x.dim() >= 2 and x.numel():
-        # a unit is zero everywhere exactly when its max and its min are both 0 (a NaN is
-        # neither): two reductions, no mask of the whole output
-        rows = x.reshape(-1, x.shape[-1])
-        counts.append(torch.count_nonzero((rows.amax(dim=0) == 0) & (rows.amin(dim=0) == 0)))
-        if x.dim() >= 3:
-            dims = (0,) + tuple(range(2, x.dim()))
-            counts.append(torch.count_nonzero((x.amax(dim=dims) == 0) & (x.amin(dim=dims) == 0)))
-    if nonlinearity == "tanh" and x.numel():
-        counts.append(torch.count_nonzero(x.abs() > 0.99))
-    elif nonlinearity == "sigmoid" and x.numel():
-        counts.append(torch.count_nonzero((x < 0.01) | (x > 0.99)))
-    if not counts:
-        return torch.zeros(0, dtype=torch.int64, device=x.device)
-    return torch.stack(counts) if len(counts) > 1 else counts[0].reshape(1)
-
-
-def activation_from_counts(counts: Sequence[float], shape: Sequence[int], nonlinearity: str) -> List[float]:
-    """``[dead_last, dead_channel, saturated]`` fractions from :func:`activation_counts`, NaN
-    where a count does not apply (fewer dimensions, or a nonlinearity that cannot saturate)."""
-    numel = math.prod(shape)
-    left = list(counts)
-    dead_last = dead_channel = saturated = math.nan
-    if len(shape) >= 2 and numel:
-        dead_last = left.pop(0) / shape[-1]
-        if len(shape) >= 3:
-            dead_channel = left.pop(0) / shape[1]
-    if nonlinearity in ("tanh", "sigmoid") and numel:
-        saturated = left.pop(0) / numel
-    return [dead_last, dead_channel, saturated]
-
-
-def activation_summary(out: torch.Tensor, nonlinearity: str) -> List[float]:
-    """:func:`activation_counts` as fractions: one output's ``[dead_last, dead_channel, saturated]``."""
-    return activation_from_counts(activation_counts(out, nonlinearity).tolist(), out.shape, nonlinearity)
-
-
 def block_singular_values(w: torch.Tensor, blocks: int) -> torch.Tensor:
     """``[min_0, max_0, min_1, max_1, ...]``: extreme singular values of each gate block.
 
@@ -502,86 +453,147 @@ def feature_std(out: torch.Tensor) -> float:
     return output_summary(out)[3]
 
 
-def _centred_square_mean(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-    """``mean_b (x[b] - mean)^2`` per column of ``x`` (``batch x features``).
+def _column_passes(rows: torch.Tensor, table: torch.Tensor, per_column: bool) -> torch.Tensor:
+    """Fill :func:`output_moments`'s table from ``rows`` (``B x F``) and the column sums
+    ``s_f`` in its row 0: ``q_f = sum_b (x[b, f] - s_f / B)^2`` in row 1 and, when
+    ``per_column``, the count of nonzero elements ``c_f = sum_b |sign(x[b, f])|`` (a NaN's
+    sign is 0) in row 3. Returns ``[sum_f c_f]`` (float64).
 
-    On the CPU a large ``x`` is centred a block of columns at a time into the kept scratch
-    buffer, so no copy of a large output is allocated (and faulted in) per module call.
+    Both temporaries are made in the kept scratch buffer (:func:`_scratch`), a block of
+    columns at a time when ``rows`` is larger than one slice, so that no copy as large as
+    the output is allocated (and, on the CPU, faulted in) per module call. Each block's
+    count is a float32 sum of at most 2^24 ones, which float32 still counts exactly;
+    several blocks add up in float64.
     """
-    if x.device.type != "cpu" or x.numel() <= _SLICE_CPU:
-        return (x - mean).square_().mean(dim=0)
-    width = max(1, _SLICE_CPU // x.shape[0])
-    parts = []
-    for start in range(0, x.shape[1], width):
-        block = x[:, start : start + width]
-        centred = _scratch(block.numel(), x.dtype, x.device).view(block.shape)
-        torch.sub(block, mean[start : start + width], out=centred)
-        parts.append(centred.square_().mean(dim=0))
-    return torch.cat(parts)
+    batch, features = rows.shape
+    sums = table[0]
+    width = features if rows.numel() <= _SLICE_CPU else max(1, _SLICE_CPU // batch)
+    counts = []
+    for start in range(0, features, width):
+        block = rows[:, start : start + width]
+        scratch = _scratch(block.numel(), table.dtype, rows.device).view(block.shape)
+        torch.sub(block, sums[start : start + width], alpha=1.0 / batch, out=scratch)
+        torch.sum(scratch.square_(), dim=0, out=table[1, start : start + width])
+        if block.dtype == scratch.dtype:
+            torch.sign(block, out=scratch)
+        else:  # sign takes no wider output: widen into the buffer first
+            scratch.copy_(block).sign_()
+        if per_column:
+            counts.append(torch.sum(scratch.abs_(), dim=0, out=table[3, start : start + width]).sum(0, keepdim=True))
+        else:
+            flat = scratch.view(-1)
+            counts.append(torch.dot(flat, flat).reshape(1))
+    return counts[0] if len(counts) == 1 else torch.cat(counts).double().sum(dim=0, keepdim=True)
 
 
-def output_moments(out: torch.Tensor) -> torch.Tensor:
-    """``[mean_f m_f, mean_f (m_f - mean)^2, mean_f v_f, mean_f sqrt(v_f), nonzero]`` of a
-    module's output, on its device: the reductions :func:`output_from_moments` finishes on
-    the host.
+def output_moments(out: torch.Tensor, nonlinearity: Optional[str] = None) -> torch.Tensor:
+    """A module output's reductions, on its device, that :func:`output_from_moments` (and,
+    for an activation's output, :func:`activation_from_counts`) finish on the host.
 
-    With ``out`` viewed as ``(batch, features)``, ``m_f`` and ``v_f`` are the per-feature
-    mean and population variance over the batch, two passes so that a shared offset cancels
-    exactly; ``nonzero`` counts the elements that are not 0 (:func:`_nonzero`). One centred
-    copy of the output is made and freed at once (on the CPU, a block of it at a time in the
-    kept buffer); no reference to the output is kept. Float64, so that the count is exact.
+    With ``out`` viewed as ``(batch B, features F)``, ``s_f = sum_b x[b, f]`` and
+    ``q_f = sum_b (x[b, f] - s_f / B)^2`` (two passes, so that a shared offset cancels
+    exactly), the row is ``[sum_f s_f, sum_f q_f, sum_f sqrt(q_f), nonzero,
+    sum_f (s_f - mean_f s_f)^2]``, where ``nonzero`` counts the elements that are not 0
+    (:func:`_column_passes`). Given the ``nonlinearity`` of an activation module,
+    :func:`activation_counts` of the same output follow, from the per-column counts.
+
+    Every operation costs microseconds of overhead on a small output, more than its
+    arithmetic, so there are as few as the row needs: ``s``, ``q`` and ``sqrt(q)`` are the
+    rows of one table that a single reduction sums. The temporaries live in the kept
+    buffer; no reference to the output is kept.
     """
     x = out.detach()
-    acc = accumulation_dtype(x.dtype)
     if x.numel() == 0:
-        return torch.zeros(5, dtype=torch.float64, device=x.device)
-    batch = x.shape[0] if x.dim() else 1
-    xa = x.reshape(batch, -1).to(acc)
-    feature_mean = xa.mean(dim=0)
-    feature_var = _centred_square_mean(xa, feature_mean)
-    mean = feature_mean.mean()
-    spread = (feature_mean - mean).square_()  # two passes: faster than var_mean's Welford
-    per_feature = torch.stack([spread, feature_var, feature_var.sqrt()]).mean(dim=1)
-    return torch.cat([mean.reshape(1).double(), per_feature.double(), _nonzero(x)])
+        return torch.zeros(OUTPUT_MOMENTS, dtype=torch.float64, device=x.device)
+    rows = x.reshape(x.shape[0] if x.dim() else 1, -1)
+    activation = nonlinearity is not None
+    table = torch.empty(4 if activation else 3, rows.shape[1], dtype=accumulation_dtype(x.dtype), device=x.device)
+    torch.sum(rows, dim=0, dtype=table.dtype, out=table[0])
+    nonzero = _column_passes(rows, table, per_column=activation)
+    torch.sqrt(table[1], out=table[2])
+    totals = table[:3].sum(dim=1)
+    offsets = torch.sub(table[0], totals[0], alpha=1.0 / rows.shape[1])  # two passes: not var_mean's slow Welford
+    parts = [totals, nonzero, torch.dot(offsets, offsets).reshape(1)]
+    if activation:
+        parts += activation_counts(x, nonlinearity, table[3] + table[2])
+    return torch.cat(parts).double()
 
 
-def _nonzero(x: torch.Tensor) -> torch.Tensor:
-    """``[count]`` (float64) of the elements of ``x`` that are not 0, a NaN counted as 0:
-    ``sign(x).sign(x)``.
+def activation_counts(x: torch.Tensor, nonlinearity: str, column_zero: torch.Tensor) -> List[torch.Tensor]:
+    """``[dead_last]``, ``[dead_channel]``, ``[saturated]``: element counts of an activation's
+    output ``x``, each a one-element tensor; ``column_zero`` is 0 exactly for the columns of
+    ``x`` (viewed as ``batch x features``) that are all zero: :func:`output_moments`'s
+    ``c_f + sqrt(q_f)`` (no nonzero element, and no NaN, whose ``sqrt(q_f)`` is NaN).
 
-    One slice at a time into the kept buffer; on the CPU two float passes cost about a
-    third of a comparison's byte mask and its count. Each slice's count is exact (a float32
-    dot product of at most 2^24 ones, which float32 still counts exactly); the slices add
-    up in float64, which keeps every digit of a larger output's count.
+    A unit is dead when it is zero for every example (and position) in the batch:
+    ``dead_last`` counts units along the last dimension (Linear features),
+    ``dead_channel`` along dimension 1 (conv channels); both come from ``column_zero``, with
+    no further pass over the output. ``saturated`` counts outputs with ``|y| > 0.99`` for
+    tanh, or outside ``(0.01, 0.99)`` for sigmoid. A count that does not apply to this
+    output is left out here and is NaN after :func:`activation_from_counts`.
     """
-    acc = accumulation_dtype(x.dtype)
     counts = []
-    for part, signs in _buffered_slices(x, acc):
-        if part.dtype == acc:
-            torch.sign(part, out=signs)
-        else:  # sign takes no wider output: widen into the buffer first
-            signs.copy_(part).sign_()
-        counts.append(torch.dot(signs, signs).double())
-    return _added(counts).reshape(1)
+    if x.dim() >= 2:
+        zero = column_zero == 0
+        if x.dim() == 2:
+            counts.append(zero.sum(dim=0, keepdim=True))
+        else:
+            counts.append(zero.view(-1, x.shape[-1]).all(dim=0).sum(dim=0, keepdim=True))
+            counts.append(zero.view(x.shape[1], -1).all(dim=1).sum(dim=0, keepdim=True))
+    if nonlinearity == "tanh":
+        counts.append(torch.count_nonzero(x.abs() > 0.99).reshape(1))
+    elif nonlinearity == "sigmoid":
+        counts.append(torch.count_nonzero((x < 0.01) | (x > 0.99)).reshape(1))
+    return counts
+
+
+def activation_from_counts(counts: Sequence[float], shape: Sequence[int], nonlinearity: str) -> List[float]:
+    """``[dead_last, dead_channel, saturated]`` fractions from :func:`activation_counts`, NaN
+    where a count does not apply (fewer dimensions, or a nonlinearity that cannot saturate)."""
+    numel = math.prod(shape)
+    left = list(counts)
+    dead_last = dead_channel = saturated = math.nan
+    if len(shape) >= 2 and numel:
+        dead_last = left.pop(0) / shape[-1]
+        if len(shape) >= 3:
+            dead_channel = left.pop(0) / shape[1]
+    if nonlinearity in ("tanh", "sigmoid") and numel:
+        saturated = left.pop(0) / numel
+    return [dead_last, dead_channel, saturated]
+
+
+def activation_summary(out: torch.Tensor, nonlinearity: str) -> List[float]:
+    """One activation output's ``[dead_last, dead_channel, saturated]`` fractions."""
+    values = output_moments(out, nonlinearity).tolist()
+    return activation_from_counts(values[OUTPUT_MOMENTS:], out.shape, nonlinearity)
+
+
+# values of output_moments before an activation's counts
+OUTPUT_MOMENTS = 5
 
 
 def output_from_moments(moments: Sequence[float], shape: Sequence[int]) -> List[float]:
     """``[mean, std, zero_fraction, feature_std]`` of an output of ``shape`` from its
     :func:`output_moments`.
 
-    ``std^2 = mean_f v_f + Var_f(m_f)`` (the law of total variance) and
+    With ``B`` the batch and ``F`` the features, ``n = B F``: ``mean = sum_f s_f / n``;
+    per feature ``m_f = s_f / B`` and ``v_f = q_f / B``; ``std^2 = mean_f v_f + Var_f(m_f)``
+    (the law of total variance), ``Var_f(m_f) = sum_f (s_f - mean_f s_f)^2 / (F B^2)``;
     ``feature_std = mean_f sqrt(v_f)`` (:func:`feature_std`, NaN for a batch of one);
     every value is NaN for an empty output.
     """
     numel = math.prod(shape)
     if numel == 0:
         return [math.nan] * 4
-    mean, spread, variance, per_feature, nonzero = moments
+    total, squares, roots, nonzero, spread = moments[:OUTPUT_MOMENTS]
     batch = shape[0] if len(shape) else 1
+    features = numel // batch
+    mean = total / numel
+    variance = squares / numel + spread / (features * batch * batch)
     # sign(NaN) is 0, so the zeros of an output holding NaN are not known: NaN (its mean is NaN)
     zero_fraction = 1 - nonzero / numel if not math.isnan(mean) else math.nan
-    return [mean, math.sqrt(max(variance + spread, 0.0)), zero_fraction,
-            per_feature if batch >= 2 else math.nan]
+    return [mean, math.sqrt(max(variance, 0.0)), zero_fraction,
+            roots / (features * math.sqrt(batch)) if batch >= 2 else math.nan]
 
 
 def output_summary(out: torch.Tensor) -> List[float]:

@@ -142,6 +142,24 @@ def test_activation_summary_dead_units_and_saturation():
     assert stats.activation_summary(s, "sigmoid")[2] == pytest.approx(0.5)
 
 
+def test_dead_units_are_the_columns_with_no_nonzero_element():
+    out = torch.zeros(4, 6)
+    out[0, 1], out[1, 1] = 1.0, -1.0  # sums to 0, but fires
+    out[2, 2] = float("nan")  # unknown, not dead
+    out[3, 3] = 1e-30  # its square underflows in float32, but it is not zero
+    out[0, 4] = torch.finfo(torch.float32).tiny / 8  # subnormal, not zero
+    dead_last, _, _ = stats.activation_summary(out, "relu")
+    assert dead_last == pytest.approx(2 / 6)  # columns 0 and 5
+    conv = torch.zeros(3, 4, 2, 5)
+    conv[2, 1, 1, 3] = -1e-30  # channel 1 and last-dim unit 3 fire, once
+    conv[0, 2, 0, 0] = float("nan")
+    dead_last, dead_channel, _ = stats.activation_summary(conv, "relu")
+    assert dead_channel == pytest.approx(2 / 4) and dead_last == pytest.approx(3 / 5)
+    half = torch.zeros(2, 3, dtype=torch.bfloat16)
+    half[1, 2] = 1e-38  # representable in bfloat16, far below float32's square range
+    assert stats.activation_summary(half, "relu")[0] == pytest.approx(2 / 3)
+
+
 def test_block_singular_values_of_orthogonal_blocks():
     w = torch.cat([torch.linalg.qr(torch.randn(8, 8))[0] * g for g in (1.0, 2.0, 0.5)])
     sv = stats.block_singular_values(w, 3).tolist()
@@ -298,4 +316,5 @@ def test_output_nonzero_count_stays_exact_beyond_float32_integers():
     # 2^24 + 3 ones: float32 cannot hold that count (it rounds to 2^24 + 4)
     out = torch.ones(1, 2**24 + 3)
     out[0, 7] = 0.0
-    assert stats.output_moments(out).tolist()[4] == 2**24 + 2
+    assert stats.output_moments(out).tolist()[3] == 2**24 + 2
+    assert stats.output_summary(out)[2] == pytest.approx(1 / (2**24 + 3), rel=1e-8)
