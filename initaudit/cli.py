@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, List, Optional, Sequence
 
 import click
 
+from . import _quiet_torch  # noqa: F401  (first: torch without NumPy's warning)
 from . import __version__, baseline, distributed, formats, profile
 from .api import audit_target, parse_ties
 from .config import Settings, check_codes, load_settings

@@ -1,5 +1,7 @@
 """The pytest plugin, exercised through real pytest sub-runs (pytester), not mocks."""
 
+import subprocess
+import sys
 import textwrap
 
 from conftest import EXAMPLES
@@ -148,3 +150,21 @@ def test_bad_config_is_a_usage_error(pytester):
     result = pytester.runpytest()
     assert result.ret != 0
     assert "unknown key(s) 'fail_on'" in result.stdout.str() + result.stderr.str()
+
+
+def test_the_plugin_does_not_import_torch_until_a_test_audits():
+    # pytest loads the plugin in every project where initaudit is installed: a project that
+    # never audits must not pay for importing torch at every start
+    code = textwrap.dedent(
+        """
+        import sys
+        import initaudit, initaudit.pytest_plugin
+        assert "torch" not in sys.modules, "imported at start-up"
+        assert initaudit.__version__
+        from initaudit import audit, Report
+        assert "torch" in sys.modules and callable(audit) and Report.__name__ == "Report"
+        assert "audit" in dir(initaudit)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
