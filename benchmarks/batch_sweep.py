@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_audit import machine, median_seconds, mlp, params_only_audit, plain_step  # noqa: E402
+from bench_audit import interleaved_medians, machine, median_seconds, mlp, params_only_audit, plain_step  # noqa: E402
 
 from initaudit import audit  # noqa: E402
 from initaudit.inputs import DEFAULT_BATCH  # noqa: E402
@@ -34,10 +34,11 @@ def measure(batch: int, width: int, repeat: int) -> Dict[str, Any]:
     torch.manual_seed(0)
     model = mlp(30, width)
     x = torch.randn(batch, width)
+    step_s, audit_s = interleaved_medians([lambda: plain_step(model, x), lambda: audit(model, x)], repeat)
     row: Dict[str, Any] = {
         "batch": batch,
-        "step_s": median_seconds(lambda: plain_step(model, x), repeat),
-        "audit_s": median_seconds(lambda: audit(model, x), repeat),
+        "step_s": step_s,
+        "audit_s": audit_s,
         "params_only_audit_s": median_seconds(lambda: params_only_audit(model), repeat),
     }
     row["audit_vs_step"] = row["audit_s"] / row["step_s"]

@@ -188,15 +188,28 @@ def synchronize(device: str) -> None:
 
 def median_seconds(fn: Callable[[], object], repeat: int, device: str = "cpu") -> float:
     """Median wall time of ``repeat`` calls of ``fn`` after one warm-up call."""
-    fn()
-    synchronize(device)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
+    return interleaved_medians([fn], repeat, device)[0]
+
+
+def interleaved_medians(fns: List[Callable[[], object]], repeat: int, device: str = "cpu") -> List[float]:
+    """Median wall time of each of ``fns`` over ``repeat`` rounds, after one warm-up call each.
+
+    Each round calls every function once, in turn, so that a machine that speeds up or
+    slows down during the measurement (a shared host, frequency scaling) moves all of them
+    alike and their ratio stays put; timed one after the other, the step's runs and the
+    audit's runs could fall into different phases.
+    """
+    for fn in fns:
         fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    synchronize(device)
+    times: List[List[float]] = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, spent in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            spent.append(time.perf_counter() - start)
+    return [statistics.median(spent) for spent in times]
 
 
 def operation(op: str, model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
@@ -450,9 +463,10 @@ def time_weightwatcher(case: str, quick: bool, device: str, budget: float) -> Di
 
 def time_case(model: nn.Module, x: torch.Tensor, repeat: int, device: str) -> Dict[str, Any]:
     """Median seconds of the step, the audits, the parameter pass, the read floor and torchinfo."""
+    step_s, audit_s = interleaved_medians([lambda: plain_step(model, x), lambda: full_audit(model, x)], repeat, device)
     row: Dict[str, Any] = {
-        "step_s": median_seconds(lambda: plain_step(model, x), repeat, device),
-        "audit_s": median_seconds(lambda: full_audit(model, x), repeat, device),
+        "step_s": step_s,
+        "audit_s": audit_s,
         "params_only_audit_s": median_seconds(lambda: params_only_audit(model), repeat, device),
         "param_stats_s": median_seconds(lambda: parameter_pass(model), repeat, device),
         "summary_s": median_seconds(lambda: summary_pass(model), repeat, device),

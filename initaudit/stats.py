@@ -70,10 +70,15 @@ _SLICE_CPU = 1 << 19
 _SLICE_DEVICE = 1 << 24
 
 
+def slice_size(device: torch.device) -> int:
+    """Elements per slice on ``device`` (at most 2^24, which float32 still counts exactly)."""
+    return _SLICE_CPU if device.type == "cpu" else _SLICE_DEVICE
+
+
 def slices(x: torch.Tensor) -> List[torch.Tensor]:
     """``x`` flattened, in slices that a temporary of one stays small for."""
     flat = x.reshape(-1)
-    size = _SLICE_CPU if flat.device.type == "cpu" else _SLICE_DEVICE
+    size = slice_size(flat.device)
     return list(flat.split(size)) if flat.numel() > size else [flat]
 
 
@@ -457,17 +462,18 @@ def _column_passes(rows: torch.Tensor, table: torch.Tensor, per_column: bool) ->
     """Fill :func:`output_moments`'s table from ``rows`` (``B x F``) and the column sums
     ``s_f`` in its row 0: ``q_f = sum_b (x[b, f] - s_f / B)^2`` in row 1 and, when
     ``per_column``, the count of nonzero elements ``c_f = sum_b |sign(x[b, f])|`` (a NaN's
-    sign is 0) in row 3. Returns ``[sum_f c_f]`` (float64).
+    sign is 0) in row 3. Returns ``[sum_f c_f]``.
 
     Both temporaries are made in the kept scratch buffer (:func:`_scratch`), a block of
     columns at a time when ``rows`` is larger than one slice, so that no copy as large as
     the output is allocated (and, on the CPU, faulted in) per module call. Each block's
-    count is a float32 sum of at most 2^24 ones, which float32 still counts exactly;
-    several blocks add up in float64.
+    count is a float32 sum of at most 2^24 ones (:func:`slice_size`), which float32 still
+    counts exactly; several blocks add up in float64.
     """
     batch, features = rows.shape
     sums = table[0]
-    width = features if rows.numel() <= _SLICE_CPU else max(1, _SLICE_CPU // batch)
+    size = slice_size(rows.device)
+    width = features if rows.numel() <= size else max(1, size // batch)
     counts = []
     for start in range(0, features, width):
         block = rows[:, start : start + width]
@@ -532,18 +538,19 @@ def activation_counts(x: torch.Tensor, nonlinearity: str, column_zero: torch.Ten
     tanh, or outside ``(0.01, 0.99)`` for sigmoid. A count that does not apply to this
     output is left out here and is NaN after :func:`activation_from_counts`.
     """
+    # float64 sums of the masks: exact counts, which also make torch.cat keep float64
     counts = []
     if x.dim() >= 2:
         zero = column_zero == 0
         if x.dim() == 2:
-            counts.append(zero.sum(dim=0, keepdim=True))
+            counts.append(zero.sum(dim=0, keepdim=True, dtype=torch.float64))
         else:
-            counts.append(zero.view(-1, x.shape[-1]).all(dim=0).sum(dim=0, keepdim=True))
-            counts.append(zero.view(x.shape[1], -1).all(dim=1).sum(dim=0, keepdim=True))
+            counts.append(zero.view(-1, x.shape[-1]).all(dim=0).sum(dim=0, keepdim=True, dtype=torch.float64))
+            counts.append(zero.view(x.shape[1], -1).all(dim=1).sum(dim=0, keepdim=True, dtype=torch.float64))
     if nonlinearity == "tanh":
-        counts.append(torch.count_nonzero(x.abs() > 0.99).reshape(1))
+        counts.append((x.abs() > 0.99).sum(dtype=torch.float64).reshape(1))
     elif nonlinearity == "sigmoid":
-        counts.append(torch.count_nonzero((x < 0.01) | (x > 0.99)).reshape(1))
+        counts.append(((x < 0.01) | (x > 0.99)).sum(dtype=torch.float64).reshape(1))
     return counts
 
 
