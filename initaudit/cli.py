@@ -259,6 +259,9 @@ def main(
                 error(str(exc), exc, verbose)
                 status = EXIT_ERROR
         click.echo(terminal)
-    status = distributed.agree(status)
+    status, failed = distributed.agree(status, EXIT_ERROR)
+    if failed and root:
+        error(f"rank{'s' if len(failed) > 1 else ''} {', '.join(map(str, failed))} could not audit "
+              f"(see {'their' if len(failed) > 1 else 'its'} stderr): every rank exits {EXIT_ERROR}")
     distributed.leave(joined)
     raise click.exceptions.Exit(status)

@@ -144,10 +144,18 @@ def leave(joined: bool) -> None:
         gc.collect()
 
 
-def agree(code: int) -> int:
-    """Rank 0's exit code, on every rank."""
+def agree(code: int, error: int) -> Tuple[int, List[int]]:
+    """``(exit code, failed ranks)``: the code every rank leaves with, and the other ranks
+    that ended with ``error``.
+
+    It is rank 0's code (rank 0 alone reports findings), raised to ``error`` when another
+    rank could not load or run its part: that rank said why on its own stderr, and a CI gate
+    must not pass because rank 0 alone succeeded. Every rank calls this once, last, so it
+    pairs with the same collective everywhere.
+    """
     if not active():
-        return code
-    value = [code]
-    torch.distributed.broadcast_object_list(value, src=0)
-    return int(value[0])
+        return code, []
+    codes: List[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(codes, code)
+    failed = [r for r, c in enumerate(codes) if r != 0 and c == error]
+    return (error if failed else int(codes[0])), failed

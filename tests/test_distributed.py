@@ -197,3 +197,32 @@ def test_cli_under_torchrun_environment_reports_once_and_every_rank_exits_alike(
     found = sorted((f["code"], f["location"]) for f in sharded["findings"])
     assert found == sorted((f["code"], f["location"]) for f in whole["findings"])
     assert ("IA101", "2.weight") in found
+
+
+def test_cli_under_torchrun_a_rank_that_cannot_audit_fails_every_rank(tmp_path):
+    """Rank 1's factory raises; the model is not sharded, so rank 0 audits alone without
+    waiting on it. Rank 0's report must not make the run pass: both ranks exit 2."""
+    import subprocess
+    import sys
+
+    target = tmp_path / "rank_model.py"
+    target.write_text(
+        "import os\n"
+        "from torch import nn\n"
+        "def build():\n"
+        "    if os.environ['RANK'] == '1':\n"
+        "        raise RuntimeError('rank 1 has no weights')\n"
+        "    return nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))\n"
+    )
+    port = free_port()
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen([sys.executable, "-m", "initaudit", f"{target}:build", "--fail-on", "error"],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    outputs = [p.communicate(timeout=240) for p in procs]
+    assert [p.returncode for p in procs] == [2, 2], outputs
+    assert "rank 1 has no weights" in outputs[1][1]
+    assert "rank 1 could not audit" in outputs[0][1]
+    assert "Traceback" not in outputs[0][1] + outputs[1][1]
