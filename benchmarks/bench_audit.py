@@ -482,7 +482,7 @@ def time_case(model: nn.Module, x: torch.Tensor, repeat: int, device: str) -> Di
 def measure(case: str, args: argparse.Namespace) -> Dict[str, Any]:
     """Every timing, the peak memory and the peer tools for ``case``."""
     model, x = build_case(case, args.quick, args.device)
-    row: Dict[str, Any] = {"model": CASES[case], "parameters": parameter_count(model)}
+    row: Dict[str, Any] = {"case": case, "model": CASES[case], "parameters": parameter_count(model)}
     row.update(time_case(model, x, 1 if args.quick else args.repeat, args.device))
     model = x = None  # the children build their own
     gc.collect()
@@ -492,6 +492,44 @@ def measure(case: str, args: argparse.Namespace) -> Dict[str, Any]:
     else:
         row["weightwatcher_error"] = "skipped (--peer-budget 0)"
     return row
+
+
+# --- the targets of issue 7 ------------------------------------------------------------------
+
+# (what, the row's ratio, the most it may be, the cases it is stated for: None for every one)
+TARGETS = [
+    ("summary statistics, one read", "summary_vs_read", 5.0, None),
+    ("peak memory, one step", "audit_vs_step_memory", 1.1, None),
+    ("whole audit, one step", "audit_vs_step", 1.2, ("gpt2", "mlp")),
+]
+
+
+def target_verdicts(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """For each target of issue 7 that a measured row is subject to: the worst ratio among
+    those rows, which row it is, and whether every row is within the limit. A row whose
+    ratio is missing (its memory child failed) makes the target unknown, not met."""
+    verdicts = []
+    for what, key, limit, cases in TARGETS:
+        subject = [r for r in rows if cases is None or r.get("case") in cases]
+        if not subject:
+            continue
+        ratios = {r["model"]: r.get(key) for r in subject}
+        known = {model: ratio for model, ratio in ratios.items() if ratio is not None}
+        worst = max(known, key=lambda model: known[model]) if known else None
+        verdicts.append({
+            "target": what, "key": key, "limit": limit, "ratios": ratios,
+            "worst_model": worst, "worst": known.get(worst) if worst else None,
+            "met": (all(ratio <= limit for ratio in known.values()) if len(known) == len(ratios) else None),
+        })
+    return verdicts
+
+
+def print_verdicts(verdicts: List[Dict[str, Any]], quick: bool) -> None:
+    print("\nTargets of issue 7" + (" (a --quick run: smaller models than the targets are stated for)" if quick else ""))
+    for v in verdicts:
+        state = {True: "met", False: "NOT met", None: "unknown (a ratio is missing)"}[v["met"]]
+        ratios = ", ".join(f"{model} {cell(ratio, '.2f', 'x')}" for model, ratio in v["ratios"].items())
+        print(f"  {v['target']}: at most {v['limit']:g}x: {state} ({ratios})")
 
 
 # --- output -------------------------------------------------------------------------------
@@ -590,12 +628,14 @@ def main() -> None:
               f"audit {r['audit_s']:.3f}s  audit/step {r['audit_vs_step']:.2f}x  "
               f"memory audit/step {cell(r.get('audit_vs_step_memory'), '.2f', 'x')}", flush=True)
     print_tables(rows)
+    verdicts = target_verdicts(rows)
+    print_verdicts(verdicts, args.quick)
     total = time.perf_counter() - started
     print(f"\ntotal {total:.0f} s")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({**machine(), "device": args.device, "quick": args.quick, "peer_budget_s": args.peer_budget,
-                       "total_s": total, "rows": rows}, handle, indent=2)
+                       "total_s": total, "rows": rows, "targets": verdicts}, handle, indent=2)
 
 
 if __name__ == "__main__":

@@ -37,3 +37,23 @@ def test_quick_batch_sweep_reports_each_batch(tmp_path):
     for row in rows:
         assert row["step_s"] > 0 and row["audit_s"] > 0 and row["params_only_audit_s"] > 0
     assert "audit/step" in run.stdout
+
+
+def test_target_verdicts_name_the_worst_row_and_only_the_cases_a_target_is_stated_for():
+    sys.path.insert(0, os.path.dirname(BENCH))
+    try:
+        from bench_audit import target_verdicts
+    finally:
+        sys.path.pop(0)
+    rows = [
+        {"case": "mlp", "model": "m", "summary_vs_read": 4.0, "audit_vs_step_memory": 1.02, "audit_vs_step": 1.45},
+        {"case": "gpt2", "model": "g", "summary_vs_read": 6.0, "audit_vs_step_memory": 1.00, "audit_vs_step": 1.15},
+        # the LSTM is measured, but the 1.2x target is not stated for it
+        {"case": "lstm", "model": "l", "summary_vs_read": 4.5, "audit_vs_step_memory": None, "audit_vs_step": 1.8},
+    ]
+    summary, memory, audit = target_verdicts(rows)
+    assert (summary["met"], summary["worst_model"], summary["worst"]) == (False, "g", 6.0)
+    assert memory["met"] is None and memory["worst"] == 1.02  # the LSTM's memory is unknown
+    assert set(audit["ratios"]) == {"m", "g"} and (audit["met"], audit["worst_model"]) == (False, "m")
+    rows[0]["audit_vs_step"] = 1.19
+    assert target_verdicts(rows)[2]["met"] is True
