@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import weakref
 from collections import OrderedDict
 from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Set, Tuple
 
@@ -146,6 +147,9 @@ class CallRecorder:
         # nonlinearity of each activation module, whose outputs also get dead/saturated counts
         self.nonlinearity: Dict[int, str] = {}
         self.call_nonlinearity: Dict[int, str] = {}  # by call index, for the calls of activations
+        # the last output reduced: (weak reference, version, its queued moments), so that a
+        # container passing on its last child's output unchanged does not reduce it again
+        self.last_output: Optional[Tuple[Any, Optional[int], torch.Tensor]] = None
         for key, (module, _) in module_names.items():
             kind, act = activations.classify(module)
             if kind == activations.ACTIVATION and act is not None:
@@ -186,7 +190,14 @@ class CallRecorder:
                 self.pooling *= first.numel() / out.numel()
         self.call_outputs.append((tuple(out.shape), str(out.dtype).replace("torch.", "")))
         nonlinearity = self.nonlinearity.get(key)
-        self.deferred.add(("call", index), stats.output_moments(out, nonlinearity))
+        version = _version(out)
+        last = self.last_output
+        if nonlinearity is None and last is not None and last[0]() is out and version is not None and last[1] == version:
+            moments = last[2]  # the same tensor, unchanged since: its moments lead the row already queued
+        else:
+            moments = stats.output_moments(out, nonlinearity)
+        self.last_output = (weakref.ref(out), version, moments)
+        self.deferred.add(("call", index), moments)
         if nonlinearity is not None:
             self.call_nonlinearity[index] = nonlinearity
 
@@ -196,6 +207,15 @@ class CallRecorder:
             return ""
         module, names = self.module_names[self.running[-1]]
         return f" in module '{names[0]}' ({distributed.type_name(module)})" if names[0] else ""
+
+
+def _version(t: torch.Tensor) -> Optional[int]:
+    """``t``'s version counter (bumped by every in-place change), ``None`` where it has none
+    (an inference-mode tensor)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
 
 
 def _forward(model: nn.Module, example_input: Any, recorder: CallRecorder) -> Any:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from initaudit import ForwardError, audit
+from initaudit import inspector
 from initaudit.inspector import random_projection_loss
 
 from conftest import he_init, mlp
@@ -260,3 +261,24 @@ def test_an_audit_traces_each_module_once(monkeypatch):
     assert [m is net for m in traced] == [True]
     audit(net)  # a new audit traces anew: nothing is kept between audits
     assert len(traced) == 2
+
+
+def test_a_container_passing_on_its_last_childs_output_is_reduced_once(monkeypatch):
+    from initaudit import stats
+
+    torch.manual_seed(0)
+    # the in-place ReLU hands on the Linear's own tensor, changed: it must be reduced anew;
+    # both Sequentials then hand on that tensor unchanged
+    model = nn.Sequential(nn.Sequential(nn.Linear(6, 5), nn.ReLU(inplace=True)))
+    reduced = []
+    real = stats.output_moments
+    monkeypatch.setattr(stats, "output_moments", lambda out, nonlinearity=None: reduced.append(1) or real(out, nonlinearity))
+    rec = inspector.inspect(model, torch.randn(32, 6))
+    assert rec.call_order == ["0.0", "0.1", "0", ""]
+    linear, relu, inner, outer = rec.call_outputs
+    assert len(reduced) == 2
+    assert relu.zero_fraction > 0.2 and linear.zero_fraction == 0.0 and linear.mean < relu.mean
+    for container in (inner, outer):
+        assert (container.mean, container.std, container.zero_fraction, container.feature_std) == \
+            (relu.mean, relu.std, relu.zero_fraction, relu.feature_std)
+        assert container.dead_last is None  # a container is no activation
