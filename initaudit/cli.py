@@ -15,18 +15,16 @@ from typing import TYPE_CHECKING, List, Optional, Sequence
 
 import click
 
-from . import _quiet_torch  # noqa: F401  (first: torch without NumPy's warning)
-from . import __version__, baseline, distributed, formats, profile
-from .api import audit_target, parse_ties
-from .config import Settings, check_codes, load_settings
+# only what declaring the options needs: --help and --version answer without importing
+# torch; the rest is imported once an audit is about to run
+from . import __version__
 from .errors import InitauditError, describe
-from .inputs import DEFAULT_BATCH, parse_shape
-from .loader import parse_factory_args
-from .progress import Progress
-from .report import FAIL_LEVELS, Report
+from .options import DEFAULT_BATCH, FAIL_LEVELS
 
 if TYPE_CHECKING:
+    from .config import Settings
     from .fixer import FixResult
+    from .report import Report
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 FORMATS = ("table", "json", "sarif", "github")
@@ -62,8 +60,11 @@ def settings_from(
     device: Optional[str],
     seed: Optional[int],
     tied: Sequence[str],
-) -> Settings:
+) -> "Settings":
     """The configuration file's settings, with every flag given on the command line winning."""
+    from .api import parse_ties
+    from .config import check_codes, load_settings
+
     settings = load_settings(config)
     selected, ignored = _codes(select), _codes(ignore)
     for flag, codes in (("--select", selected), ("--ignore", ignored)):
@@ -175,6 +176,13 @@ def main(
     TARGET is path/to/file.py:factory or package.module:factory. The factory returns an
     nn.Module, (model, example_input), or {"model": m, "input": x, "loss": fn}.
     """
+    from . import _quiet_torch  # noqa: F401  (first: torch without NumPy's warning)
+    from . import baseline, distributed, formats, profile
+    from .api import audit_target
+    from .inputs import parse_shape
+    from .loader import parse_factory_args
+    from .progress import Progress
+
     try:
         settings = settings_from(config, select, ignore, fail_on, device, seed, tied)
         shape = parse_shape(input_shape) if input_shape else None

@@ -10,7 +10,7 @@ from torch import nn
 
 from .errors import InputError
 
-DEFAULT_BATCH = 64
+from .options import DEFAULT_BATCH  # noqa: E402  (one definition, light for the CLI)
 SPATIAL = 32  # side of an inferred conv input
 SEQUENCE = 16  # length of an inferred sequence
 

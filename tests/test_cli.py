@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import textwrap
 
 import jsonschema
 import pytest
@@ -180,3 +181,21 @@ def test_real_process_entry_point(write_target):
     good = subprocess.run([sys.executable, "-m", "initaudit", f"{EXAMPLES / 'healthy_mlp.py'}:build"],
                           capture_output=True, text=True)
     assert good.returncode == 0 and "No findings." in good.stdout
+
+
+def test_help_version_and_usage_errors_answer_without_importing_torch():
+    # like ruff's, the CLI's help is instant: torch is imported once an audit is about to run
+    code = textwrap.dedent(
+        """
+        import sys
+        from click.testing import CliRunner
+        from initaudit.cli import main
+        runner = CliRunner()
+        assert runner.invoke(main, ["--help"]).exit_code == 0
+        assert "initaudit" in runner.invoke(main, ["--version"]).output
+        assert runner.invoke(main, ["model.py:build", "--fail-on", "sometimes"]).exit_code == 2
+        assert "torch" not in sys.modules, "imported"
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
