@@ -9,6 +9,7 @@ import json
 import math
 import os
 import socket
+from typing import List, Tuple
 
 import pytest
 import torch
@@ -119,6 +120,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_like_torchrun(args: List[str], ranks: int = 2) -> Tuple[List[int], List[Tuple[str, str]]]:
+    """``python -m initaudit ARGS`` on ``ranks`` processes with the environment that
+    ``torchrun --nproc-per-node RANKS -m initaudit`` gives them: their exit codes and
+    ``(stdout, stderr)``."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    procs = []
+    for rank in range(ranks):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(ranks),
+                   LOCAL_WORLD_SIZE=str(ranks), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen([sys.executable, "-m", "initaudit", *args],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    outputs = [p.communicate(timeout=240) for p in procs]
+    return [p.returncode for p in procs], outputs
+
+
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ranks")
@@ -179,17 +198,10 @@ def test_cli_under_torchrun_environment_reports_once_and_every_rank_exits_alike(
     import sys
 
     example = os.path.join(os.path.dirname(__file__), "..", "examples", "sharded_mlp.py")
-    port = free_port()
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, "-m", "initaudit", f"{example}:build", "--format", "json"],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
-    outputs = [p.communicate(timeout=240) for p in procs]
+    codes, outputs = run_like_torchrun([f"{example}:build", "--format", "json"])
     single = subprocess.run([sys.executable, "-m", "initaudit", f"{example}:build", "--format", "json"],
                             capture_output=True, text=True, timeout=240)
-    assert [p.returncode for p in procs] == [1, 1], [o[1] for o in outputs]
+    assert codes == [1, 1], [o[1] for o in outputs]
     assert outputs[1][0] == ""  # rank 1 prints nothing
     sharded = json.loads(outputs[0][0])
     whole = json.loads(single.stdout)
@@ -202,9 +214,6 @@ def test_cli_under_torchrun_environment_reports_once_and_every_rank_exits_alike(
 def test_cli_under_torchrun_a_rank_that_cannot_audit_fails_every_rank(tmp_path):
     """Rank 1's factory raises; the model is not sharded, so rank 0 audits alone without
     waiting on it. Rank 0's report must not make the run pass: both ranks exit 2."""
-    import subprocess
-    import sys
-
     target = tmp_path / "rank_model.py"
     target.write_text(
         "import os\n"
@@ -214,15 +223,8 @@ def test_cli_under_torchrun_a_rank_that_cannot_audit_fails_every_rank(tmp_path):
         "        raise RuntimeError('rank 1 has no weights')\n"
         "    return nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))\n"
     )
-    port = free_port()
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, "-m", "initaudit", f"{target}:build", "--fail-on", "error"],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
-    outputs = [p.communicate(timeout=240) for p in procs]
-    assert [p.returncode for p in procs] == [2, 2], outputs
+    codes, outputs = run_like_torchrun([f"{target}:build", "--fail-on", "error"])
+    assert codes == [2, 2], outputs
     assert "rank 1 has no weights" in outputs[1][1]
     assert "rank 1 could not audit" in outputs[0][1]
     assert "Traceback" not in outputs[0][1] + outputs[1][1]
