@@ -228,3 +228,18 @@ def test_cli_under_torchrun_a_rank_that_cannot_audit_fails_every_rank(tmp_path):
     assert "rank 1 has no weights" in outputs[1][1]
     assert "rank 1 could not audit" in outputs[0][1]
     assert "Traceback" not in outputs[0][1] + outputs[1][1]
+
+
+def test_an_audit_imports_dtensor_only_for_a_model_that_uses_it():
+    # importing torch.distributed.tensor costs most of a second: a model that holds no
+    # DTensor (which its maker would have had to import) must not pay it
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "from torch import nn\n"
+            "from initaudit import audit\n"
+            "audit(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)), torch.randn(8, 4))\n"
+            "assert 'torch.distributed.tensor' not in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
