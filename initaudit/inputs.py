@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from .errors import InputError
+from .options import DEFAULT_BATCH  # defined there, light for the CLI
 
-from .options import DEFAULT_BATCH  # noqa: E402  (one definition, light for the CLI)
 SPATIAL = 32  # side of an inferred conv input
 SEQUENCE = 16  # length of an inferred sequence
 

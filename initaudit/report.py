@@ -9,12 +9,12 @@ from typing import Any, Dict, List, Optional
 
 from tabulate import tabulate
 
+from .options import FAIL_LEVELS  # defined there, light for the CLI
 from .records import ModuleRecord, Recording, TensorRecord
 from .registry import SEVERITY_RANK
 from .stats import finite_or_none
 
 SCHEMA = "initaudit/1"
-from .options import FAIL_LEVELS  # noqa: E402  (one definition, light for the CLI)
 
 
 @dataclass
