@@ -147,9 +147,9 @@ class CallRecorder:
         # nonlinearity of each activation module, whose outputs also get dead/saturated counts
         self.nonlinearity: Dict[int, str] = {}
         self.call_nonlinearity: Dict[int, str] = {}  # by call index, for the calls of activations
-        # the last output reduced: (weak reference, version, its queued moments), so that a
+        # the last output reduced: (its _identity, its queued moments), so that a
         # container passing on its last child's output unchanged does not reduce it again
-        self.last_output: Optional[Tuple[Any, Optional[int], torch.Tensor]] = None
+        self.last_output: Optional[Tuple[Optional[Tuple[Any, int]], torch.Tensor]] = None
         for key, (module, _) in module_names.items():
             kind, act = activations.classify(module)
             if kind == activations.ACTIVATION and act is not None:
@@ -190,13 +190,14 @@ class CallRecorder:
                 self.pooling *= first.numel() / out.numel()
         self.call_outputs.append((tuple(out.shape), str(out.dtype).replace("torch.", "")))
         nonlinearity = self.nonlinearity.get(key)
-        version = _version(out)
+        identity = _identity(out)
         last = self.last_output
-        if nonlinearity is None and last is not None and last[0]() is out and version is not None and last[1] == version:
-            moments = last[2]  # the same tensor, unchanged since: its moments lead the row already queued
+        if nonlinearity is None and identity is not None and last is not None and last[0] is not None \
+                and last[0][0]() is out and last[0][1] == identity[1]:
+            moments = last[1]  # the same tensor, unchanged since: its moments lead the row already queued
         else:
             moments = stats.output_moments(out, nonlinearity)
-        self.last_output = (weakref.ref(out), version, moments)
+        self.last_output = (identity, moments)
         self.deferred.add(("call", index), moments)
         if nonlinearity is not None:
             self.call_nonlinearity[index] = nonlinearity
@@ -209,12 +210,13 @@ class CallRecorder:
         return f" in module '{names[0]}' ({distributed.type_name(module)})" if names[0] else ""
 
 
-def _version(t: torch.Tensor) -> Optional[int]:
-    """``t``'s version counter (bumped by every in-place change), ``None`` where it has none
-    (an inference-mode tensor)."""
+def _identity(t: torch.Tensor) -> Optional[Tuple[Any, int]]:
+    """``(weak reference, version counter)`` of ``t``: the same object with the same version
+    has not changed in place since. ``None`` where either is missing (an inference-mode
+    tensor keeps no version; an unusual subclass may refuse weak references)."""
     try:
-        return t._version
-    except RuntimeError:
+        return weakref.ref(t), t._version
+    except (RuntimeError, TypeError):
         return None
 
 
