@@ -147,9 +147,9 @@ class CallRecorder:
         # nonlinearity of each activation module, whose outputs also get dead/saturated counts
         self.nonlinearity: Dict[int, str] = {}
         self.call_nonlinearity: Dict[int, str] = {}  # by call index, for the calls of activations
-        # the last output reduced: (its _identity, its queued moments), so that a
+        # the last output reduced, as (weak reference, version, queued moments), so that a
         # container passing on its last child's output unchanged does not reduce it again
-        self.last_output: Optional[Tuple[Optional[Tuple[Any, int]], torch.Tensor]] = None
+        self.last_output: Optional[Tuple[Any, int, torch.Tensor]] = None
         for key, (module, _) in module_names.items():
             kind, act = activations.classify(module)
             if kind == activations.ACTIVATION and act is not None:
@@ -192,12 +192,13 @@ class CallRecorder:
         nonlinearity = self.nonlinearity.get(key)
         identity = _identity(out)
         last = self.last_output
-        if nonlinearity is None and identity is not None and last is not None and last[0] is not None \
-                and last[0][0]() is out and last[0][1] == identity[1]:
-            moments = last[1]  # the same tensor, unchanged since: its moments lead the row already queued
+        # compared by identity: weak references to tensors compare their values
+        if nonlinearity is None and identity is not None and last is not None and last[0]() is out \
+                and last[1] == identity[1]:
+            moments = last[2]  # the same tensor, unchanged since: its moments lead the row already queued
         else:
             moments = stats.output_moments(out, nonlinearity)
-        self.last_output = (identity, moments)
+        self.last_output = (*identity, moments) if identity is not None else None
         self.deferred.add(("call", index), moments)
         if nonlinearity is not None:
             self.call_nonlinearity[index] = nonlinearity

@@ -505,8 +505,8 @@ def output_moments(out: torch.Tensor, nonlinearity: Optional[str] = None) -> tor
 
     Every operation costs microseconds of overhead on a small output, more than its
     arithmetic, so there are as few as the row needs: ``s``, ``q`` and ``sqrt(q)`` are the
-    rows of one table that a single reduction sums. The temporaries live in the kept
-    buffer; no reference to the output is kept.
+    rows of one table that a single reduction sums. The centred copy and the signs live
+    in the kept buffer, a block at a time; no reference to the output is kept.
     """
     x = out.detach()
     if x.numel() == 0:

@@ -146,8 +146,8 @@ def test_statistics_on_the_gpu_never_wait_for_it():
     try:
         queued = [
             stats.fast_summary(w), stats.fast_summary(half), stats.tensor_summary(w), stats.small_counts(w),
-            stats.probe(w), fingerprint.shape_stats(w), stats.gradient_fast(w), stats.gradient_fast(half), stats.output_moments(out, "relu"),
-            stats.output_moments(out.half(), "tanh"), torch.cat(stats.partial_fast(half)),
+            stats.probe(w), fingerprint.shape_stats(w), stats.gradient_fast(w), stats.gradient_fast(half),
+            stats.output_moments(out, "relu"), stats.output_moments(out.half(), "tanh"), torch.cat(stats.partial_fast(half)),
             torch.cat(stats.partial_moments(w, w.numel())), stats.fast_summary(w[:0]),
         ]
     finally:

@@ -158,6 +158,11 @@ def test_dead_units_are_the_columns_with_no_nonzero_element():
     half = torch.zeros(2, 3, dtype=torch.bfloat16)
     half[1, 2] = 1e-38  # representable in bfloat16, far below float32's square range
     assert stats.activation_summary(half, "relu")[0] == pytest.approx(2 / 3)
+    # larger than one block of columns (2 x 300000 > 2^19: two blocks of 262144 columns);
+    # columns 7 and 299999 fire and 140000 holds a NaN: the other 299997 are dead
+    wide = torch.zeros(2, 300_000)
+    wide[0, 7], wide[1, 299_999], wide[1, 140_000] = 1.0, -2.0, float("nan")
+    assert stats.activation_summary(wide, "relu")[0] == pytest.approx((300_000 - 3) / 300_000)
 
 
 def test_block_singular_values_of_orthogonal_blocks():
