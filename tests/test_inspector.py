@@ -284,14 +284,20 @@ def test_a_container_passing_on_its_last_childs_output_is_reduced_once(monkeypat
         assert container.dead_last is None  # a container is no activation
 
 
-def test_an_output_without_a_version_counter_is_reduced_every_time():
+def test_an_output_without_a_version_counter_is_reduced_every_time(monkeypatch):
+    from initaudit import stats
+
     class InferenceBlock(nn.Module):
         def forward(self, x):
             with torch.inference_mode():  # an inference tensor keeps no version counter
                 return x.detach() * 2
 
     model = nn.Sequential(nn.Linear(4, 4), nn.Sequential(InferenceBlock()))
+    reduced = []
+    real = stats.output_moments
+    monkeypatch.setattr(stats, "output_moments", lambda out, nonlinearity=None: reduced.append(1) or real(out, nonlinearity))
     rec = inspector.inspect(model, torch.randn(8, 4), run_backward=False)
     assert rec.call_order == ["0", "1.0", "1", ""]
+    assert len(reduced) == 4  # no call could tell the block's tensor unchanged
     block, inner, outer = rec.call_outputs[1:]
     assert inner.mean == block.mean and outer.std == block.std  # reduced anew, alike
