@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Set
 import torch
 from torch import nn
 
-from . import activations, distributed, fingerprint, flow, stats
+from . import activations, distributed, factored, fingerprint, flow, stats
 from .errors import ForwardError, describe, user_frame
 from .records import GradientRecord, ModuleRecord, OutputRecord, Recording, TensorRecord
 from .state import preserved, seed_torch
@@ -131,9 +131,15 @@ class CallRecorder:
     so that a failing forward can be blamed on the innermost one.
     """
 
-    def __init__(self, module_names: "OrderedDict[int, Tuple[Any, List[str]]]", deferred: stats.Deferred) -> None:
+    def __init__(
+        self,
+        module_names: "OrderedDict[int, Tuple[Any, List[str]]]",
+        deferred: stats.Deferred,
+        linear_grads: Optional[factored.LinearGradients] = None,
+    ) -> None:
         self.module_names = module_names
         self.deferred = deferred
+        self.linear_grads = linear_grads  # the input side of linear layers' weight gradients
         self.calls: List[str] = []
         self.counts: Dict[int, int] = {}
         self.first_call: Dict[int, int] = {}
@@ -180,6 +186,8 @@ class CallRecorder:
         index = len(self.calls)
         self.calls.append(self.module_names[key][1][0])
         self.first_call.setdefault(key, index)
+        if self.linear_grads is not None:
+            self.linear_grads.on_call(module, args, output)
         out = next((t for t in floating_tensors(output) if not t.is_complex()), None)
         if out is None:
             self.call_outputs.append(None)
@@ -296,22 +304,50 @@ def _first_step_gradients(
     loss_value: Optional[torch.Tensor],
     param_names: "OrderedDict[int, Tuple[Any, List[str]]]",
     leaves: List[torch.Tensor],
-) -> Tuple[bool, Dict[int, Optional[torch.Tensor]], List[Optional[torch.Tensor]]]:
-    """``(backward_made, gradient by parameter id, gradient of each input leaf)``."""
+    linear_grads: Optional[factored.LinearGradients] = None,
+) -> Tuple[bool, Dict[int, Any], List[Optional[torch.Tensor]]]:
+    """``(backward_made, gradient by parameter id, gradient of each input leaf)``.
+
+    A parameter's gradient is a tensor, ``None`` where the loss does not reach it, or, for
+    the linear weights that ``linear_grads`` factors, the device row of
+    :func:`~initaudit.factored.gradient_row` (wrapped in :class:`Factored`).
+    """
     trainable = [(i, p) for i, (p, _) in param_names.items() if p.requires_grad and p.is_floating_point()]
     if loss_value is None or not loss_value.requires_grad:
         # the loss depends on no parameter
         return bool(trainable), {i: None for i, _ in trainable}, [None] * len(leaves)
     wrt = [p for _, p in trainable] + leaves
+    sharded = any(distributed.is_dtensor(p) for p in wrt)
+    skipped: Set[int] = set()
+    if linear_grads is not None and not sharded:
+        skipped = linear_grads.plan(loss_value, wrt)
+        wrt = [t for t in wrt if id(t) not in skipped]
     try:
-        if any(distributed.is_dtensor(p) for p in wrt):
+        if sharded:
             grads = _accumulated_gradients(loss_value, wrt)
         else:
-            grads = torch.autograd.grad(loss_value.reshape(()), wrt, allow_unused=True)
+            grads = torch.autograd.grad(loss_value.reshape(()), wrt, allow_unused=True) if wrt else ()
     except Exception as exc:
         raise ForwardError(f"the backward failed: {describe(exc)}", user_frame(exc)) from exc
-    by_param = {i: g for (i, _), g in zip(trainable, grads)}
-    return bool(trainable), by_param, list(grads[len(trainable):])
+    finally:
+        if linear_grads is not None:
+            linear_grads.close()
+    computed = iter(grads)
+    by_param: Dict[int, Any] = {}
+    for i, p in trainable:
+        if id(p) in skipped:
+            row = linear_grads.rows.get(id(p)) if linear_grads is not None else None
+            by_param[i] = Factored(row) if row is not None else None
+        else:
+            by_param[i] = next(computed)
+    return bool(trainable), by_param, list(computed)
+
+
+@dataclasses.dataclass
+class Factored:
+    """A weight's first-step gradient known by its statistics alone (:mod:`~initaudit.factored`)."""
+
+    row: torch.Tensor  # [sum(G), ||G||^2, nonfinite(G)], float64, on the device
 
 
 def _accumulated_gradients(loss_value: torch.Tensor, wrt: List[torch.Tensor]) -> List[Optional[torch.Tensor]]:
@@ -358,7 +394,8 @@ def inspect(
     # a malformed suppression is the user's error: say so before running anything
     ignores = {key: declared_ignores(m) for key, (m, _) in module_names.items()}
     deferred = stats.Deferred()
-    recorder = CallRecorder(module_names, deferred)
+    linear_grads = factored.LinearGradients() if run_forward and run_backward else None
+    recorder = CallRecorder(module_names, deferred, linear_grads)
     # values as the user left them, before a training-mode forward can touch a buffer
     partials = distributed.Partials()
     tensors = _tensor_records(param_names, buffer_names, module_names, deferred, partials)
@@ -383,7 +420,7 @@ def inspect(
                         probed = []
                         if probe is not None:
                             probed = list(torch.autograd.grad(probe, leaves, allow_unused=True, retain_graph=True))
-                    backward, grads, input_grads = _first_step_gradients(loss_value, param_names, leaves)
+                    backward, grads, input_grads = _first_step_gradients(loss_value, param_names, leaves, linear_grads)
                     input_grads = probed if probed is not None else input_grads
                     gain, gain_note = jacobian_gain(output, input_grads, sum(t.numel() for t in leaves))
             if gain is not None:
@@ -440,7 +477,7 @@ def _resolve(
     tensors: List[Tuple[Any, TensorRecord]],
     param_names: "OrderedDict[int, Tuple[Any, List[str]]]",
     buffer_names: "OrderedDict[int, Tuple[Any, List[str]]]",
-    grads: Dict[int, Optional[torch.Tensor]],
+    grads: Dict[int, Any],
 ) -> Dict[Any, List[float]]:
     """Bring every statistic to the host (one transfer, plus one for the few that need
     completing), fill the tensor records with them and relate clones and aliases."""
@@ -787,7 +824,7 @@ def _aliases(by_key: Dict[int, TensorRecord], param_names: "OrderedDict[int, Tup
 
 def _gradient_status(
     records: List[Tuple[int, TensorRecord]],
-    grads: Dict[int, Optional[torch.Tensor]],
+    grads: Dict[int, Any],
     backward: bool,
     deferred: stats.Deferred,
     partials: distributed.Partials,
@@ -806,6 +843,9 @@ def _gradient_status(
         else:
             record.grad_status = "ok"
             grad = grads[key]
+            if isinstance(grad, Factored):
+                deferred.add(("gradfactored", key), grad.row)
+                continue
             fast = stats.gradient_fast(distributed.local(grad))
             if distributed.is_sharded(grad):
                 partials.add(("gradfast", key), grad, fast, fast.new_zeros(0))
@@ -818,7 +858,7 @@ def _exact_where_needed(
     tensors: List[Tuple[Any, TensorRecord]],
     param_names: "OrderedDict[int, Tuple[Any, List[str]]]",
     buffer_names: "OrderedDict[int, Tuple[Any, List[str]]]",
-    grads: Dict[int, Optional[torch.Tensor]],
+    grads: Dict[int, Any],
 ) -> None:
     """Turn fast summaries into ``("param", key)`` and ``("grad", key)`` values, completing
     the few that need it, in one more transfer for all of them.
@@ -853,6 +893,9 @@ def _exact_where_needed(
                     redo.add(("counts", key), stats.small_counts(piece))
             else:
                 values[("param", key)] = stats.from_fast(fast)
+        row = values.pop(("gradfactored", key), None)
+        if row is not None:
+            values[("grad", key)] = factored.gradient_from_row(record.numel, row, record.dtype)
         sums = values.pop(("gradfast", key), None)
         if sums is None:
             continue

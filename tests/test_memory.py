@@ -89,3 +89,35 @@ def test_an_earlier_output_is_freed_while_the_forward_runs():
     # forward itself; everything earlier must already be gone
     assert alive == [last - 1, last], f"outputs alive while layer {last} runs: {alive}"
     assert 0 not in alive
+
+
+def test_factored_linear_layers_keep_neither_input_nor_output(monkeypatch):
+    """The factored weight gradients (initaudit.factored) keep a Gram of each layer's input
+    from the forward to the backward, not the input; watched through pre-hooks only, since
+    another forward hook on a layer would stop it being factored."""
+    from initaudit import factored
+
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(4):
+        layers += [nn.Linear(128, 128), nn.ReLU()]
+    model = nn.Sequential(*layers)
+    refs = []
+
+    def keep(module, args):
+        refs.append((type(module).__name__, weakref.ref(args[0])))
+
+    handles = [m.register_forward_pre_hook(keep) for m in model]
+    planned = []
+    real_plan = factored.LinearGradients.plan
+    monkeypatch.setattr(factored.LinearGradients, "plan", lambda self, *a: planned.append(real_plan(self, *a)) or planned[-1])
+    try:
+        audit(model, torch.randn(8, 128))
+    finally:
+        for h in handles:
+            h.remove()
+    gc.collect()
+    assert planned and len(planned[0]) == 4  # every weight was factored
+    assert len(refs) == 8  # each Linear's input, each ReLU's input (a Linear's output)
+    alive = [name for name, ref in refs if ref() is not None]
+    assert alive == [], f"layer inputs or outputs still alive after audit(): {alive}"

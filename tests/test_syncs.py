@@ -1,5 +1,6 @@
 """The audit makes a constant number of host transfers, however many parameters there are."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -25,18 +26,21 @@ def count_transfers(model, x, monkeypatch):
     return counts["n"]
 
 
-def wide(layers):
+def wide(layers, width):
     blocks = []
     for _ in range(layers):
-        blocks += [nn.Linear(8, 8), nn.ReLU()]
+        blocks += [nn.Linear(width, width), nn.ReLU()]
     return nn.Sequential(*blocks)
 
 
-def test_transfers_do_not_grow_with_the_number_of_parameters(monkeypatch):
+# 8 wide on 16 rows: weight gradients formed by autograd; 64 wide on 4 rows: from their
+# factors (initaudit.factored), reduced in hooks during the backward
+@pytest.mark.parametrize("width,rows", [(8, 16), (64, 4)], ids=["formed", "factored"])
+def test_transfers_do_not_grow_with_the_number_of_parameters(monkeypatch, width, rows):
     torch.manual_seed(0)
-    x = torch.randn(16, 8)
-    one = nn.Sequential(nn.Linear(8, 8, bias=False))  # 1 parameter
-    many = wide(250)  # 500 parameters
+    x = torch.randn(rows, width)
+    one = nn.Sequential(nn.Linear(width, width, bias=False))  # 1 parameter
+    many = wide(250, width)  # 500 parameters
     small, large = count_transfers(one, x, monkeypatch), count_transfers(many, x, monkeypatch)
     assert len(list(many.parameters())) == 500
     assert small >= 1  # the one transfer of all statistics is seen, so the patch counts

@@ -1,0 +1,226 @@
+"""Linear weights' first-step gradients from their factors (initaudit.factored).
+
+Every statistic is checked against the gradient formed the ordinary way: ``D^T X`` by hand
+for the formulas, ``torch.autograd.grad`` of the audit's own loss for whole audits. Which
+weights are factored is read from the inspector's own gradient step, so each case that must
+not be factored (a layer reused, a tied or otherwise shared weight, a hooked one) is seen to
+fall back, and its gradient is still checked.
+"""
+
+import math
+from typing import Dict, List
+
+import pytest
+import torch
+from torch import nn
+
+from initaudit import audit, factored, inspector, stats
+from initaudit.inspector import random_projection_loss
+
+
+def formed(d: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return d.double().T @ x.double()
+
+
+def row_of(d: torch.Tensor, x: torch.Tensor) -> List[float]:
+    numel = d.shape[1] * x.shape[1]
+    return factored.gradient_row(factored.factors(d), factored.factors(x), numel).tolist()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sum_and_squared_norm_equal_the_formed_gradient(dtype):
+    torch.manual_seed(0)
+    d, x = torch.randn(16, 40, dtype=dtype), torch.relu(torch.randn(16, 24, dtype=dtype))
+    total, squares, nonfinite = row_of(d, x)
+    g = formed(d, x)
+    assert total == pytest.approx(g.sum().item(), rel=1e-5, abs=1e-9)
+    assert squares == pytest.approx(g.square().sum().item(), rel=1e-6)
+    assert nonfinite == 0
+
+
+def test_nonfinite_count_equals_the_formed_gradients():
+    torch.manual_seed(0)
+    d, x = torch.randn(6, 5), torch.randn(6, 7)
+    x[2, 3] = math.nan  # input column 3: every G[:, 3]
+    d[4, 1] = math.inf  # output column 1: every G[1, :], also where it meets an exact 0
+    x[4, 6] = 0.0
+    d[0, 2] = -math.inf
+    g = d.T @ x  # float32, as autograd forms it
+    expected = int((~torch.isfinite(g)).sum())
+    assert expected == 5 * 7 - (5 - 2) * (7 - 1)  # by hand: rows 1 and 2, column 3
+    assert row_of(d, x)[2] == expected
+    norm, std, nonfinite = factored.gradient_from_row(35, row_of(d, x))
+    assert nonfinite == expected and math.isnan(norm) and math.isnan(std)
+
+
+def test_exact_zero_gradient_stays_exactly_zero():
+    """IA302 asks for ``norm == 0``: rows where either factor is zero add nothing, not rounding."""
+    d, x = torch.randn(8, 32), torch.randn(8, 16)
+    d[:4] = 0.0
+    x[4:] = 0.0
+    assert torch.equal(formed(d, x), torch.zeros(32, 16, dtype=torch.float64))
+    total, squares, _ = row_of(d, x)
+    assert total == 0.0 and squares == 0.0
+
+
+def test_std_of_a_nearly_constant_gradient_float32_unknown_float64_kept():
+    torch.manual_seed(0)
+    noise = 3e-4  # var / second moment about 2e-8: below float32 Grams, within float64 ones
+    d = torch.ones(8, 32, dtype=torch.float64) + noise * torch.randn(8, 32, dtype=torch.float64)
+    x = torch.ones(8, 16, dtype=torch.float64) + noise * torch.randn(8, 16, dtype=torch.float64)
+    g = formed(d, x)
+    assert g.std(unbiased=False).item() / g.abs().mean().item() < 1e-3  # the entries nearly equal
+    norm32, std32, _ = factored.gradient_from_row(g.numel(), row_of(d.float(), x.float()), "float32")
+    assert norm32 == pytest.approx(g.norm().item(), rel=1e-6)
+    assert math.isnan(std32)  # its digits are gone in float32 Grams: said, not guessed
+    norm64, std64, _ = factored.gradient_from_row(g.numel(), row_of(d, x), "float64")
+    assert std64 == pytest.approx(g.std(unbiased=False).item(), rel=1e-3)
+
+
+def test_worthwhile_by_hand():
+    assert factored.worthwhile(64, 1024, 1024)  # 2*64*2048 = 262144 <= 524288; 8*4096 <= 1048576
+    assert not factored.worthwhile(256, 768, 768)  # 2*256*1536 = 786432 > 294912
+    assert factored.worthwhile(256, 768, 3072)  # 1966080 <= 2359296/... : 2*256*3840 <= 768*3072
+    assert not factored.worthwhile(512, 1024, 1024)  # 2*512*2048 = 2097152 > 1048576
+    assert not factored.worthwhile(0, 8, 8)
+
+
+# --- whole audits ------------------------------------------------------------------------------
+
+
+def first_step(model: nn.Module, x: torch.Tensor, leaves: bool = True) -> Dict[str, object]:
+    """The inspector's gradient step, as ``inspect`` makes it: parameter name -> gradient
+    (a tensor, or ``inspector.Factored`` for a factored weight)."""
+    names = inspector.names_by_id(model.named_modules(remove_duplicate=False))
+    params = inspector.names_by_id(model.named_parameters(remove_duplicate=False))
+    linear_grads = factored.LinearGradients()
+    recorder = inspector.CallRecorder(names, stats.Deferred(), linear_grads)
+    with torch.enable_grad():
+        probe, found = inspector.probe_input(x) if leaves else (x, [])
+        out = inspector._forward(model, probe, recorder)
+        loss = random_projection_loss(out, seed=0)
+        _, grads, _ = inspector._first_step_gradients(loss, params, found, linear_grads)
+    return {params[key][1][0]: g for key, g in grads.items()}
+
+
+def factored_names(model: nn.Module, x: torch.Tensor, leaves: bool = True) -> List[str]:
+    return sorted(n for n, g in first_step(model, x, leaves).items() if isinstance(g, inspector.Factored))
+
+
+def assert_audit_gradients_match_autograd(model: nn.Module, x: torch.Tensor) -> None:
+    report = audit(model, x, seed=3)
+    loss = random_projection_loss(model(x), seed=3)
+    named = list(model.named_parameters())
+    grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+    for (name, _), g in zip(named, grads):
+        record = next(t for t in report.parameters if name in t.names)
+        assert g is not None and record.grad is not None, name
+        reference = g.double()
+        assert record.grad.norm == pytest.approx(reference.norm().item(), rel=1e-5), name
+        assert record.grad.std == pytest.approx(reference.std(unbiased=False).item(), rel=1e-4), name
+        assert record.grad.nonfinite == int((~torch.isfinite(g)).sum()), name
+
+
+def wide_mlp(depth: int = 3, width: int = 128, inplace: bool = False) -> nn.Module:
+    torch.manual_seed(0)
+    layers: List[nn.Module] = []
+    for _ in range(depth):
+        layers += [nn.Linear(width, width), nn.ReLU(inplace=inplace)]
+    return nn.Sequential(*layers)
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["relu", "inplace-relu"])
+def test_a_wide_mlp_is_factored_and_its_gradients_match_autograd(inplace):
+    model, x = wide_mlp(inplace=inplace), torch.randn(8, 128)
+    assert factored_names(model, x) == ["0.weight", "2.weight", "4.weight"]
+    assert_audit_gradients_match_autograd(model, x)
+
+
+def test_a_sequence_input_is_factored_over_all_its_rows():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(96, 192), nn.GELU(), nn.Linear(192, 96))
+    x = torch.randn(2, 5, 96)  # 10 rows through each layer
+    assert factored_names(model, x) == ["0.weight", "2.weight"]
+    assert_audit_gradients_match_autograd(model, x)
+
+
+def test_a_narrow_or_large_batch_layer_is_not_factored():
+    model, x = wide_mlp(depth=2, width=16), torch.randn(32, 16)
+    assert factored_names(model, x) == []
+    assert_audit_gradients_match_autograd(model, x)
+
+
+def test_a_layer_called_twice_is_not_factored():
+    torch.manual_seed(0)
+    shared = nn.Linear(128, 128)
+    model = nn.Sequential(nn.Linear(128, 128), nn.ReLU(), shared, nn.ReLU(), shared)
+    x = torch.randn(8, 128)
+    assert factored_names(model, x) == ["0.weight"]
+    assert_audit_gradients_match_autograd(model, x)
+
+
+def test_a_tied_weight_is_not_factored():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(128, 128), nn.Tanh(), nn.Linear(128, 128), nn.Tanh(), nn.Linear(128, 128))
+    model[4].weight = model[2].weight
+    x = torch.randn(8, 128)
+    assert factored_names(model, x) == ["0.weight"]
+    assert_audit_gradients_match_autograd(model, x)
+
+
+class AlsoUsesTheWeight(nn.Module):
+    """Calls its layer once and uses the layer's weight once more itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(128, 128)
+        self.out = nn.Linear(128, 128)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.fc(x)) + x @ self.fc.weight)
+
+
+def test_a_weight_used_outside_its_layer_is_not_factored():
+    torch.manual_seed(0)
+    model, x = AlsoUsesTheWeight(), torch.randn(8, 128)
+    assert factored_names(model, x) == ["out.weight"]
+    assert_audit_gradients_match_autograd(model, x)
+
+
+def test_hooked_layers_and_weights_are_not_factored():
+    model, x = wide_mlp(), torch.randn(8, 128)
+    model[0].register_forward_hook(lambda m, a, out: out * 2.0)  # replaces the output
+    model[2].weight.register_hook(lambda g: g * 3.0)  # changes the gradient
+    assert factored_names(model, x) == ["4.weight"]
+    assert_audit_gradients_match_autograd(model, x)
+
+
+def test_a_layer_with_nothing_asked_for_behind_it_is_not_factored():
+    """No bias and an input that needs no gradient: if its weight were left out of the
+    backward, nothing would make autograd reach its node, and its hook would never run."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(128, 128, bias=False), nn.ReLU(), nn.Linear(128, 128))
+    x = torch.randn(8, 128)
+    assert factored_names(model, x, leaves=False) == ["2.weight"]
+    grads = first_step(model, x, leaves=False)
+    reference = torch.autograd.grad(random_projection_loss(model(x), seed=0), model[0].weight)[0]
+    assert torch.allclose(grads["0.weight"], reference)
+    assert factored_names(model, x, leaves=True) == ["0.weight", "2.weight"]  # the probed input is asked for
+
+
+def test_a_half_precision_layer_is_not_factored():
+    """float16 gradients can overflow where float64 Grams would not: formed as before."""
+    model, x = wide_mlp().to(torch.bfloat16), torch.randn(8, 128, dtype=torch.bfloat16)
+    assert factored_names(model, x) == []
+
+
+def test_the_factored_gradient_reports_nonfinite_like_autograd():
+    model, x = wide_mlp(), torch.randn(8, 128)
+    with torch.no_grad():
+        model[2].weight[5, 7] = math.inf  # every later activation and gradient turns non-finite
+    report = audit(model, x, seed=3)
+    loss = random_projection_loss(model(x), seed=3)
+    grads = torch.autograd.grad(loss, [model[0].weight, model[4].weight])
+    for name, g in zip(("0.weight", "4.weight"), grads):
+        record = next(t for t in report.parameters if t.name == name)
+        assert record.grad.nonfinite == int((~torch.isfinite(g)).sum()) > 0, name
