@@ -59,8 +59,9 @@ def factors(rows: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tenso
     holds no NaN or Inf.
     """
     rows = rows.detach()
-    finite_columns = torch.isfinite(rows.sum(dim=0, dtype=torch.float64)).sum(dtype=torch.float64)
-    return (rows @ rows.T).to(torch.float64), rows.sum(dim=1, dtype=torch.float64), finite_columns
+    wide = rows.to(torch.float64)  # once: a sum with dtype=float64 would widen a copy per call
+    finite_columns = torch.isfinite(wide.sum(dim=0)).sum(dtype=torch.float64)
+    return (rows @ rows.T).to(torch.float64), wide.sum(dim=1), finite_columns
 
 
 def gradient_row(
