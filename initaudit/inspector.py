@@ -585,6 +585,7 @@ def _tensor_records(
             modules_by_name[n] = module
     records = []
     summarize: List[Tuple[int, torch.Tensor, bool]] = []  # (key, tensor, probed), queued after the loop
+    shaped: List[Tuple[int, torch.Tensor]] = []  # weights whose fingerprint statistics are queued after it
     for kind, table in (("parameter", param_names), ("buffer", buffer_names)):
         for key, (t, names) in table.items():
             floating = t.is_floating_point()
@@ -619,7 +620,7 @@ def _tensor_records(
                 t = distributed.local(t)  # a replicated DTensor is whole on every rank
                 summarize.append((key, t, kind == "parameter" and t.numel() > 1))
                 if kind == "parameter" and t.dim() >= 2 and t.numel() > 1:
-                    deferred.add(("shape", key), fingerprint.shape_stats(t))
+                    shaped.append((key, t))
                 gates = _GATES.get(type(owner)) if owner is not None else None
                 if gates and attr.startswith(_GATED_PREFIXES) and t.shape[0] % gates == 0:
                     deferred.add(("gates", key), stats.chunk_means(t, gates))
@@ -630,6 +631,7 @@ def _tensor_records(
                         deferred.add(("rho", key), stats.spectral_radius(t).reshape(1))
             records.append((key, record))
     stats.queue_summaries(summarize, deferred)
+    fingerprint.queue_shape_stats(shaped, deferred)
     records += _effective_records(module_names, deferred)
     return records
 

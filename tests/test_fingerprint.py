@@ -4,6 +4,7 @@ import math
 import random
 from collections import Counter, defaultdict
 
+import pytest
 import torch
 from torch import nn
 
@@ -96,3 +97,34 @@ def test_keras_names():
     assert identify(record_of(nn.init.kaiming_uniform_(torch.empty(128, 512), nonlinearity="relu"))).keras == "he_uniform"
     assert identify(record_of(nn.init.orthogonal_(w.clone()))).keras == "Orthogonal"
     assert identify(record_of(nn.init.eye_(w.clone()))).keras == "Identity"
+
+
+def test_batched_statistics_equal_each_weights_own(monkeypatch):
+    """The inspector stacks weights of one shape (fingerprint.queue_shape_stats); each row must
+    be the weight's own, also across the chunks a small batch limit splits them into."""
+    from initaudit import fingerprint, stats
+
+    torch.manual_seed(0)
+    big = [nn.init.orthogonal_(torch.empty(256, 512)), torch.empty(256, 512).uniform_(-1, 1),
+           torch.randn(256, 512), nn.init.trunc_normal_(torch.empty(256, 512))]  # sampled: 2^17 > 65536
+    tall = [nn.init.orthogonal_(torch.empty(300, 20)), torch.randn(300, 20)]
+    conv = [torch.randn(8, 4, 3, 3), torch.zeros(8, 4, 3, 3).uniform_()]
+    monkeypatch.setattr(fingerprint, "_BATCH_ELEMENTS", 3 * (65536 + 32 * 512))  # chunks of 3 and 1
+    items = [(i, w) for i, w in enumerate(big + tall + conv)]
+    deferred = stats.Deferred()
+    fingerprint.queue_shape_stats(items, deferred)
+    values = deferred.resolve()
+    for key, w in items:
+        own = []
+        # by hand, the definitions: kurtosis over the sample, Gram of the first 32 rows (columns if tall)
+        flat = w.reshape(-1)
+        sample = flat.view(64, -1)[:, :1024].reshape(-1) if flat.numel() > 65536 else flat
+        c = sample.double() - sample.double().mean()
+        own.append(((c ** 4).mean() / (c ** 2).mean() ** 2).item())
+        m = w.reshape(w.shape[0], -1).double()
+        s = m[:32] if m.shape[0] <= m.shape[1] else m[:, :32].T
+        g = s @ s.T
+        d = g.diagonal()
+        own.append((g - torch.diag(d)).abs().max().item() / d.mean().item())
+        own.append((d.max() - d.min()).item() / d.mean().item())
+        assert values[("shape", key)] == pytest.approx(own, rel=1e-4, abs=1e-5), key
