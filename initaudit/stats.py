@@ -204,7 +204,7 @@ def small_summaries(tensors: List[torch.Tensor], points: int = 4) -> Tuple[torch
                              per_segment(subnormal.double())], dim=1)
     offset, index = 0, []
     for count in counts:
-        index += [offset + (i * (count - 1)) // max(points - 1, 1) for i in range(points)]
+        index += [offset + i * probe_step(count, points) for i in range(points)]
         offset += count
     return summaries, flat[torch.tensor(index)].reshape(k, points)
 
@@ -416,8 +416,15 @@ def dense(t: torch.Tensor) -> torch.Tensor:
     return x.to_dense() if x.layout != torch.strided else x
 
 
+def probe_step(n: int, points: int = 4) -> int:
+    """Distance between :func:`probe`'s positions ``0, s, 2s, ...`` in ``n`` elements:
+    ``s = (n - 1) // (points - 1)``, so that the last lies within the tensor."""
+    return (n - 1) // max(points - 1, 1)
+
+
 def probe(t: torch.Tensor, points: int = 4) -> torch.Tensor:
-    """Elements at ``points`` fixed, spread-out positions of the flattened tensor.
+    """Elements at ``points`` fixed, evenly spaced positions of the flattened tensor
+    (:func:`probe_step`), read through a strided view: one small copy, no index tensor.
 
     With the shape, dtype, mean and std they bucket candidate clones, so that only tensors
     in one bucket are compared element by element.
@@ -426,8 +433,7 @@ def probe(t: torch.Tensor, points: int = 4) -> torch.Tensor:
     n = x.numel()
     if n == 0:
         return torch.zeros(points, dtype=torch.float64, device=x.device)
-    index = torch.arange(points, device=x.device) * (n - 1) // max(points - 1, 1)
-    return x[index].double()
+    return x.as_strided((points,), (probe_step(n, points),)).double()
 
 
 def block_singular_values(w: torch.Tensor, blocks: int) -> torch.Tensor:
