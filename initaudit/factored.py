@@ -151,6 +151,8 @@ class LinearGradients:
         if (
             x is None
             or not isinstance(output, torch.Tensor)
+            or x.layout != torch.strided
+            or x.is_nested
             or output.grad_fn is None
             or not weight.requires_grad
             or weight.dtype not in _DTYPES
@@ -177,7 +179,11 @@ class LinearGradients:
         if not self.calls or loss.grad_fn is None:
             self.calls.clear()
             return set()
-        children, edges_into = _graph(loss.grad_fn)
+        try:
+            children, edges_into = _graph(loss.grad_fn)
+        except (AttributeError, RuntimeError, TypeError):  # a graph node of an unusual kind: autograd forms every gradient
+            self.calls.clear()
+            return set()
         chosen = {
             key: call for key, call in self.calls.items()
             if call.node in children and edges_into.get(key, 0) == 1

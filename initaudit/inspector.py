@@ -383,7 +383,9 @@ def inspect(
 
     The forward runs in training mode (a first training step), with every module's output
     reduced to a few statistics by a forward hook. The backward uses
-    ``torch.autograd.grad``, so no parameter's ``.grad`` is written. Every statistic is
+    ``torch.autograd.grad``, so no parameter's ``.grad`` is written; the weights of linear
+    layers that :mod:`~initaudit.factored` can stand in for get their gradient's
+    statistics from two small Gram matrices instead of the gradient itself. Every statistic is
     computed on the device its tensor lives on and brought to the host in one transfer.
     """
     progress = progress or SILENT
