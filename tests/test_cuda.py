@@ -154,3 +154,18 @@ def test_statistics_on_the_gpu_never_wait_for_it():
         torch.cuda.set_sync_debug_mode(previous)
     assert all(t.device.type == "cuda" for t in queued)
     assert stats.combine_fast(w.numel(), stats.fast_summary(w).tolist())[2] == pytest.approx(w.min().item())
+
+
+@cuda
+def test_factored_linear_gradients_agree_with_the_cpu():
+    """Wide layers on few rows get their weight gradients from Gram matrices (initaudit.factored),
+    reduced in a hook on the autograd node while the backward runs on the GPU."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 8))
+    x = torch.randn(8, 128)
+    loss = lambda out, inp: out.square().mean()  # noqa: E731
+    cpu = {t.name: t for t in audit(model, x, loss=loss).parameters}
+    gpu = {t.name: t for t in audit(model, x, loss=loss, device="cuda").parameters}
+    for name, t in cpu.items():
+        assert gpu[name].grad.norm == pytest.approx(t.grad.norm, rel=1e-4), name
+        assert gpu[name].grad.std == pytest.approx(t.grad.std, rel=1e-4), name

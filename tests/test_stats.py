@@ -323,3 +323,15 @@ def test_output_nonzero_count_stays_exact_beyond_float32_integers():
     out[0, 7] = 0.0
     assert stats.output_moments(out).tolist()[3] == 2**24 + 2
     assert stats.output_summary(out)[2] == pytest.approx(1 / (2**24 + 3), rel=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_small_counts_by_hand_in_every_float_dtype(dtype):
+    """Zeros of either sign, subnormals of either sign, and the edges that are neither."""
+    tiny = torch.finfo(dtype).tiny
+    x = torch.tensor([0.0, -0.0, tiny / 4, -tiny / 2, tiny, -tiny, 1.0, math.nan, -math.inf], dtype=dtype)
+    assert stats.small_counts(x).tolist() == [2.0, 2.0]
+    big = torch.ones(3 << 19, dtype=dtype)  # three slices of the kept buffer
+    big[::1000] = 0.0
+    big[7::100_000] = tiny / 2
+    assert stats.small_counts(big).tolist() == [float(len(range(0, 3 << 19, 1000))), float(len(range(7, 3 << 19, 100_000)))]
