@@ -10,7 +10,8 @@ squared norm and the non-finite count of ``G``, and all three follow from the fa
   gradient norms, Goodfellow 2015), two ``N x N`` Gram matrices;
 - ``G_oi`` is non-finite exactly when column ``o`` of ``D`` or column ``i`` of ``X`` holds
   a NaN or Inf (a NaN or Inf times anything, 0 included, is NaN or Inf), so
-  ``nonfinite(G) = out in - f_D f_X`` with ``f`` the counts of finite columns.
+  ``nonfinite(G) = out in - f_D f_X`` with ``f`` the counts of finite columns (a sum of
+  finite products that overflows float32, from factors near 1e19 and up, is not seen).
 
 The Grams cost ``N^2 (in + out)`` multiply-adds against the ``N in out`` of forming ``G``,
 and ``G`` is then never read again: for a 1024-wide layer on 64 rows, about a sixteenth.

@@ -40,8 +40,8 @@ SCALE_MATCH = 1.15  # a std within 15% of a scheme's is that scheme
 def shape_stats(t: torch.Tensor) -> torch.Tensor:
     """``[kurtosis, ortho_offdiag, ortho_spread]`` of a weight of 2+ dims, on its device.
 
-    ``kurtosis = E[(x - m)^4] / Var^2`` over 64 evenly spaced runs of 1024 elements
-    (:func:`~initaudit.stats.kurtosis_sample`; every element of a tensor of up to 65536).
+    ``kurtosis = E[(x - m)^4] / Var^2`` over 32 evenly spaced runs of 1024 elements
+    (:func:`~initaudit.stats.kurtosis_sample`; every element of a tensor of up to 32768).
     With ``W`` viewed as ``(out, -1)`` and ``S`` the first 32 rows (or columns, when ``W``
     is tall), ``G = S S^T``: ``ortho_offdiag`` is
     ``max |G_ij| / mean G_ii`` off the diagonal and ``ortho_spread`` is
