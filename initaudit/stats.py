@@ -114,7 +114,8 @@ def fast_summary(t: torch.Tensor) -> torch.Tensor:
         row[:2] = 0.0
         row[3] = -math.inf
         return row
-    return torch.cat([_slice_row(part, magnitude) for part, magnitude in _buffered_slices(x, acc)])
+    rows = [_slice_row(part, magnitude) for part, magnitude in _buffered_slices(x, acc)]
+    return rows[0] if len(rows) == 1 else torch.cat(rows)
 
 
 # the integer type of each accumulation dtype's bits
@@ -177,7 +178,11 @@ def small_summaries(tensors: List[torch.Tensor], points: int = 4) -> Tuple[torch
     centred squares) like :func:`tensor_summary`, with the counts, so that none needs
     completing: ``index_add_`` for the sums, ``scatter_reduce_`` for min and max.
     """
-    flat = torch.cat([dense(t).reshape(-1).to(torch.float64) for t in tensors])
+    flats = [dense(t).reshape(-1) for t in tensors]
+    if all(f.dtype == flats[0].dtype for f in flats):  # widened once, not once per tensor
+        flat = torch.cat(flats).to(torch.float64)
+    else:
+        flat = torch.cat([f.to(torch.float64) for f in flats])
     counts = [t.numel() for t in tensors]
     k = len(tensors)
     lengths = torch.tensor(counts)
