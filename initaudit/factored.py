@@ -114,11 +114,13 @@ def plain_linear(module: nn.Module) -> bool:
 
 
 class _Call:
-    __slots__ = ("module", "weight", "node", "output_nr", "input_side")
+    """One linear call's weight, autograd node (and which of its outputs), and input side."""
 
-    def __init__(self, module: nn.Module, weight: torch.Tensor, node: Any, output_nr: int,
-                 input_side: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
-        self.module, self.weight, self.node, self.output_nr, self.input_side = module, weight, node, output_nr, input_side
+    __slots__ = ("weight", "node", "output_nr", "input_side")
+
+    def __init__(self, weight: torch.Tensor, node: Any, output_nr: int,
+                 input_side: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
+        self.weight, self.node, self.output_nr, self.input_side = weight, node, output_nr, input_side
 
 
 class LinearGradients:
@@ -171,7 +173,7 @@ class LinearGradients:
         rows = x.numel() // fan_in if fan_in else 0
         if not worthwhile(rows, fan_in, fan_out):
             return
-        self.calls[key] = _Call(module, weight, output.grad_fn, output.output_nr, factors(x.reshape(rows, fan_in)))
+        self.calls[key] = _Call(weight, output.grad_fn, output.output_nr, factors(x.reshape(rows, fan_in)))
 
     def plan(self, loss: torch.Tensor, requested: Sequence[torch.Tensor]) -> Set[int]:
         """The weights (by ``id``) to leave out of ``torch.autograd.grad``'s inputs, with a hook
@@ -209,10 +211,10 @@ class LinearGradients:
 
         def reduce_output_side(grad_outputs: Tuple[Optional[torch.Tensor], ...]) -> None:
             grad = grad_outputs[call.output_nr]
-            if grad is not None:  # an undefined gradient leaves the weight's gradient undefined too
+            if grad is not None and call.input_side is not None:  # undefined: so is the weight's gradient
                 side = factors(grad.reshape(-1, fan_out))
                 self.rows[key] = gradient_row(side, call.input_side, fan_out * fan_in)
-            call.input_side = None  # type: ignore[assignment]
+            call.input_side = None  # the Gram is not needed again
             return None
 
         return reduce_output_side
