@@ -224,3 +224,36 @@ def test_the_factored_gradient_reports_nonfinite_like_autograd():
     for name, g in zip(("0.weight", "4.weight"), grads):
         record = next(t for t in report.parameters if t.name == name)
         assert record.grad.nonfinite == int((~torch.isfinite(g)).sum()) > 0, name
+
+
+def test_a_transformer_layer_factors_its_feed_forward_and_matches_autograd():
+    """The GPT-2 shape's case in small: linear1 and linear2 are factored; the attention's
+    projections are not (MultiheadAttention uses its weights directly, not by calling them)."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(64, 4, 256, dropout=0.0, batch_first=True, norm_first=True)
+    model = nn.Sequential(layer, nn.Linear(64, 64))
+    x = torch.randn(2, 5, 64)  # 10 rows
+    assert factored_names(model, x) == ["0.linear1.weight", "0.linear2.weight", "1.weight"]
+    assert_audit_gradients_match_autograd(model, x)
+
+
+class Checkpointed(nn.Module):
+    """A block recomputed in the backward (non-reentrant activation checkpointing): its
+    layers' forward hooks run a second time while the backward runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = nn.Sequential(nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 128))
+        self.head = nn.Linear(128, 128)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        return self.head(torch.tanh(checkpoint(self.block, x, use_reentrant=False)))
+
+
+def test_activation_checkpointing_gradients_match_autograd():
+    torch.manual_seed(0)
+    model, x = Checkpointed(), torch.randn(8, 128)
+    assert factored_names(model, x) == ["block.0.weight", "block.2.weight", "head.weight"]
+    assert_audit_gradients_match_autograd(model, x)
