@@ -14,10 +14,11 @@ squared norm and the non-finite count of ``G``, and all three follow from the fa
   finite products that overflows float32, from factors near 1e19 and up, is not seen).
 
 The Grams cost ``N^2 (in + out)`` multiply-adds against the ``N in out`` of forming ``G``,
-and ``G`` is then never read again: for a 1024-wide layer on 64 rows, about a sixteenth.
-They are taken only where they cost at most half of ``G`` (:func:`worthwhile`), multiplied in
-the layer's dtype and combined in float64 (:func:`gradient_from_row` says what that keeps). Everything else about the gradient is as ``torch.autograd.grad`` makes it:
-the weights factored are simply not among its inputs, so autograd skips their products.
+and ``G`` is then never read again: for a 1024-wide layer on 64 rows, an eighth. They are
+taken only where they cost at most half of ``G`` (:func:`worthwhile`), multiplied in the
+layer's dtype and combined in float64 (:func:`gradient_from_row` says what that keeps).
+Everything else about the gradient is as ``torch.autograd.grad`` makes it: the weights
+factored are simply not among its inputs, so autograd skips their products.
 
 A weight is factored only when nothing else can add to its gradient or change it: a plain
 ``nn.Linear`` forward (no parametrization, no other forward hook that could replace the

@@ -78,10 +78,12 @@ def test_std_of_a_nearly_constant_gradient_float32_unknown_float64_kept():
 
 
 def test_worthwhile_by_hand():
-    assert factored.worthwhile(64, 1024, 1024)  # 2*64*2048 = 262144 <= 524288; 8*4096 <= 1048576
-    assert not factored.worthwhile(256, 768, 768)  # 2*256*1536 = 786432 > 294912
-    assert factored.worthwhile(256, 768, 3072)  # 1966080 <= 2359296/... : 2*256*3840 <= 768*3072
+    """2 N (in + out) <= in out, and 8 N^2 <= in out."""
+    assert factored.worthwhile(64, 1024, 1024)  # 2*64*2048 = 262144 <= 1048576; 8*4096 = 32768 <= 1048576
+    assert not factored.worthwhile(256, 768, 768)  # 2*256*1536 = 786432 > 589824
+    assert factored.worthwhile(256, 768, 3072)  # 2*256*3840 = 1966080 <= 2359296; 8*65536 = 524288 <= 2359296
     assert not factored.worthwhile(512, 1024, 1024)  # 2*512*2048 = 2097152 > 1048576
+    assert not factored.worthwhile(8, 4096, 4)  # 2*8*4100 = 65600 > 16384: a narrow output
     assert not factored.worthwhile(0, 8, 8)
 
 
