@@ -287,3 +287,17 @@ def test_example_audits_find_the_same_with_gradients_formed(example, monkeypatch
         if b.grad is not None and b.grad.norm:
             assert a.grad.norm == pytest.approx(b.grad.norm, rel=1e-5), a.name
             assert a.grad.std == pytest.approx(b.grad.std, rel=1e-4), a.name
+
+
+def test_a_custom_loss_is_what_the_factored_gradients_follow():
+    """With ``loss=``, the Jacobian probe's own backward runs first through the same nodes;
+    the hooks, registered after it, must see the loss's output gradients only."""
+    model, x = wide_mlp(), torch.randn(8, 128)
+    loss = lambda out, inp: (out - 1.0).square().mean()  # noqa: E731
+    report = audit(model, x, loss=loss)
+    named = list(model.named_parameters())
+    grads = torch.autograd.grad(loss(model(x), x), [p for _, p in named])
+    for (name, _), g in zip(named, grads):
+        record = next(t for t in report.parameters if t.name == name)
+        assert record.grad.norm == pytest.approx(g.double().norm().item(), rel=1e-5), name
+        assert record.grad.std == pytest.approx(g.double().std(unbiased=False).item(), rel=1e-4), name
