@@ -141,7 +141,7 @@ class LinearGradients:
 
     def on_call(self, module: nn.Module, args: Any, output: Any) -> None:
         """From a forward hook: the input side of a plain linear layer's call."""
-        if not isinstance(module, nn.Linear) or not plain_linear(module):
+        if not plain_linear(module):
             return
         weight = module._parameters["weight"]
         key = id(weight)
