@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 import torch
 from torch import nn
 
-from . import distributed
+from . import distributed, stats
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -53,17 +53,28 @@ def worthwhile(rows: int, fan_in: int, fan_out: int) -> bool:
 
 
 def factors(rows: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(R R^T, R 1, finite columns)`` of ``rows`` (``N x k``), as float64 tensors.
+    """``(R R^T, R 1, finite columns)`` of ``rows`` (``N x k``): the Gram and the row sums
+    widened to float64, the count an integer.
 
-    The Gram is multiplied in the rows' own dtype (float32 or float64, as autograd would
-    multiply ``G``); the sums are accumulated in float64, where a column sum of finite
-    float32 or float64 values cannot overflow, so it is finite exactly when its column
-    holds no NaN or Inf.
+    The Gram and the sums are formed in the rows' own dtype (float32 or float64, as
+    autograd would multiply ``G``) and only their ``N x N`` and ``N`` results widened. A
+    column is finite exactly when the sum of ``0 * x`` down it is 0 and not NaN: ``0 * x``
+    is 0 for every finite ``x`` and NaN for NaN or Inf, so, unlike a plain column sum, it
+    cannot overflow, and one ``isnan`` tells (``isfinite`` is several operations).
+    ``0 * x`` is written into the kept scratch buffer (:func:`~initaudit.stats.scratch_buffer`),
+    a block of columns at a time: a fresh temporary as large as the rows would be fresh
+    pages from the OS per call.
     """
     rows = rows.detach()
-    wide = rows.to(torch.float64)  # once: a sum with dtype=float64 would widen a copy per call
-    finite_columns = torch.isfinite(wide.sum(dim=0)).sum(dtype=torch.float64)
-    return (rows @ rows.T).to(torch.float64), wide.sum(dim=1), finite_columns
+    count, width = rows.shape
+    step = max(1, stats.slice_size(rows.device) // max(count, 1))  # columns per block of one slice
+    nan_columns = []
+    for start in range(0, width, step):
+        block = rows[:, start : start + step]
+        zeros = torch.mul(block, 0, out=stats.scratch_buffer(block.numel(), rows.dtype, rows.device).view(block.shape))
+        nan_columns.append(torch.isnan(zeros.sum(dim=0)).sum())
+    finite_columns = width - (nan_columns[0] if len(nan_columns) == 1 else torch.stack(nan_columns).sum())
+    return (rows @ rows.T).to(torch.float64), rows.sum(dim=1).to(torch.float64), finite_columns
 
 
 def gradient_row(
@@ -76,7 +87,7 @@ def gradient_row(
     gram_d, sums_d, finite_d = output_side
     gram_x, sums_x, finite_x = input_side
     squares = torch.dot(gram_d.reshape(-1), gram_x.reshape(-1))
-    return torch.stack([torch.dot(sums_d, sums_x), squares, numel - finite_d * finite_x])
+    return torch.stack([torch.dot(sums_d, sums_x), squares, (numel - finite_d * finite_x).double()])
 
 
 # below this share of the second moment, the variance ||G||^2 / n - mean^2 has lost its

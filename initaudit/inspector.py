@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Set
 import torch
 from torch import nn
 
-from . import activations, distributed, factored, fingerprint, flow, stats
+from . import activations, distributed, factored, fingerprint, flow, moments, stats
 from .errors import ForwardError, describe, user_frame
 from .records import GradientRecord, ModuleRecord, OutputRecord, Recording, TensorRecord
 from .state import preserved, seed_torch
@@ -139,6 +139,7 @@ class CallRecorder:
     ) -> None:
         self.module_names = module_names
         self.deferred = deferred
+        self.moments = moments.OutputMoments(deferred)  # outputs' moments, small ones in batches
         self.linear_grads = linear_grads  # the input side of linear layers' weight gradients
         self.calls: List[str] = []
         self.counts: Dict[int, int] = {}
@@ -153,8 +154,8 @@ class CallRecorder:
         # nonlinearity of each activation module, whose outputs also get dead/saturated counts
         self.nonlinearity: Dict[int, str] = {}
         self.call_nonlinearity: Dict[int, str] = {}  # by call index, for the calls of activations
-        # the last output reduced, as (weak reference, version, queued moments), so that a
-        # container passing on its last child's output unchanged does not reduce it again
+        # the last output reduced, as (weak reference, version, handle of its queued moments),
+        # so that a container passing on its last child's output unchanged does not reduce it again
         self.last_output: Optional[Tuple[Any, int, torch.Tensor]] = None
         for key, (module, _) in module_names.items():
             kind, act = activations.classify(module)
@@ -173,6 +174,7 @@ class CallRecorder:
         for h in self.handles:
             h.remove()
         self.handles.clear()
+        self.moments.flush()
 
     def _pre(self, module: nn.Module, args: Any) -> None:
         self.running.append(id(module))
@@ -203,11 +205,11 @@ class CallRecorder:
         # compared by identity: weak references to tensors compare their values
         if nonlinearity is None and identity is not None and last is not None and last[0]() is out \
                 and last[1] == identity[1]:
-            moments = last[2]  # the same tensor, unchanged since: its moments lead the row already queued
+            handle = last[2]  # the same tensor, unchanged since: its moments lead the row already queued
+            self.moments.alias(handle, ("call", index))
         else:
-            moments = stats.output_moments(out, nonlinearity)
-        self.last_output = (*identity, moments) if identity is not None else None
-        self.deferred.add(("call", index), moments)
+            handle = self.moments.add(("call", index), out, nonlinearity)
+        self.last_output = (*identity, handle) if identity is not None else None
         if nonlinearity is not None:
             self.call_nonlinearity[index] = nonlinearity
 
@@ -537,11 +539,11 @@ def _output(recorder: CallRecorder, values: Dict[Any, List[float]], index: int) 
     if meta is None:
         return None
     shape, dtype = meta
-    moments = values[("call", index)]
+    row = values[("call", index)]
     nonlinearity = recorder.call_nonlinearity.get(index)
     extra = ([None, None, None] if nonlinearity is None
-             else stats.activation_from_counts(moments[stats.OUTPUT_MOMENTS:], shape, nonlinearity))
-    return OutputRecord(shape, dtype, *stats.output_from_moments(moments, shape), *extra)
+             else stats.activation_from_counts(row[stats.OUTPUT_MOMENTS:], shape, nonlinearity))
+    return OutputRecord(shape, dtype, *stats.output_from_moments(row, shape), *extra)
 
 
 def output_layer(model: nn.Module, module_names: "OrderedDict[int, Tuple[Any, List[str]]]", recorder: CallRecorder) -> Optional[str]:

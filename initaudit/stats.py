@@ -84,9 +84,9 @@ def slices(x: torch.Tensor) -> List[torch.Tensor]:
 
 def _buffered_slices(x: torch.Tensor, dtype: torch.dtype) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
     """Each slice of ``x`` (:func:`slices`) with a view of the kept buffer of ``dtype``
-    (:func:`_scratch`) as large as it, for that slice's temporary."""
+    (:func:`scratch_buffer`) as large as it, for that slice's temporary."""
     parts = slices(x)
-    scratch = _scratch(parts[0].numel(), dtype, x.device)
+    scratch = scratch_buffer(parts[0].numel(), dtype, x.device)
     for part in parts:
         yield part, scratch[: part.numel()]
 
@@ -100,7 +100,7 @@ def fast_summary(t: torch.Tensor) -> torch.Tensor:
     """``[sum, x.x, min, max, min |x|]`` of each slice (:func:`slices`) of ``t``, flattened.
 
     Each slice is reduced five times while it is in cache: ``|x|`` is written into one kept
-    buffer (:func:`_scratch`), and ``sum(x)``, ``min``, ``max``, ``|x|.|x| = x.x`` and
+    buffer (:func:`scratch_buffer`), and ``sum(x)``, ``min``, ``max``, ``|x|.|x| = x.x`` and
     ``min |x|`` read the slice and that buffer there, so the tensor is read from memory about
     once. Sums and dot products are accumulated in float32 or better (float16 and bfloat16
     are widened one slice at a time); :func:`combine_fast` adds the slices up in float64 on
@@ -115,7 +115,7 @@ def fast_summary(t: torch.Tensor) -> torch.Tensor:
         row[3] = -math.inf
         return row
     if x.numel() <= slice_size(x.device):  # one slice: no splitting, a third of the call's overhead
-        return _slice_row(x.reshape(-1), _scratch(x.numel(), acc, x.device))
+        return _slice_row(x.reshape(-1), scratch_buffer(x.numel(), acc, x.device))
     return torch.cat([_slice_row(part, magnitude) for part, magnitude in _buffered_slices(x, acc)])
 
 
@@ -245,7 +245,7 @@ def queue_summaries(items: Sequence[Tuple[Hashable, torch.Tensor, bool]], deferr
 _SCRATCH = threading.local()  # per thread: two audits in two threads never share a buffer
 
 
-def _scratch(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def scratch_buffer(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A buffer of ``numel`` elements for one slice's temporary.
 
     On the CPU one buffer per dtype is kept (2 MiB for float32): a fresh one would be
@@ -504,13 +504,13 @@ def feature_std(out: torch.Tensor) -> float:
     return output_summary(out)[3]
 
 
-def _column_passes(rows: torch.Tensor, table: torch.Tensor, per_column: bool) -> torch.Tensor:
+def column_passes(rows: torch.Tensor, table: torch.Tensor, per_column: bool) -> torch.Tensor:
     """Fill :func:`output_moments`'s table from ``rows`` (``B x F``) and the column sums
     ``s_f`` in its row 0: ``q_f = sum_b (x[b, f] - s_f / B)^2`` in row 1 and, when
     ``per_column``, the count of nonzero elements ``c_f = sum_b |sign(x[b, f])|`` (a NaN's
     sign is 0) in row 3. Returns ``[sum_f c_f]``.
 
-    Both temporaries are made in the kept scratch buffer (:func:`_scratch`), a block of
+    Both temporaries are made in the kept scratch buffer (:func:`scratch_buffer`), a block of
     columns at a time when ``rows`` is larger than one slice, so that no copy as large as
     the output is allocated (and, on the CPU, faulted in) per module call. Each block's
     count is a float32 sum of at most 2^24 ones (:func:`slice_size`), which float32 still
@@ -523,7 +523,7 @@ def _column_passes(rows: torch.Tensor, table: torch.Tensor, per_column: bool) ->
     counts = []
     for start in range(0, features, width):
         block = rows[:, start : start + width]
-        scratch = _scratch(block.numel(), table.dtype, rows.device).view(block.shape)
+        scratch = scratch_buffer(block.numel(), table.dtype, rows.device).view(block.shape)
         torch.sub(block, sums[start : start + width], alpha=1.0 / batch, out=scratch)
         torch.sum(scratch.square_(), dim=0, out=table[1, start : start + width])
         if block.dtype == scratch.dtype:
@@ -546,7 +546,7 @@ def output_moments(out: torch.Tensor, nonlinearity: Optional[str] = None) -> tor
     ``q_f = sum_b (x[b, f] - s_f / B)^2`` (two passes, so that a shared offset cancels
     exactly), the row is ``[sum_f s_f, sum_f q_f, sum_f sqrt(q_f), nonzero,
     sum_f (s_f - mean_f s_f)^2]``, where ``nonzero`` counts the elements that are not 0
-    (:func:`_column_passes`). Given the ``nonlinearity`` of an activation module,
+    (:func:`column_passes`). Given the ``nonlinearity`` of an activation module,
     :func:`activation_counts` of the same output follow, from the per-column counts.
 
     Every operation costs microseconds of overhead on a small output, more than its
@@ -561,7 +561,7 @@ def output_moments(out: torch.Tensor, nonlinearity: Optional[str] = None) -> tor
     activation = nonlinearity is not None
     table = torch.empty(4 if activation else 3, rows.shape[1], dtype=accumulation_dtype(x.dtype), device=x.device)
     torch.sum(rows, dim=0, dtype=table.dtype, out=table[0])
-    nonzero = _column_passes(rows, table, per_column=activation)
+    nonzero = column_passes(rows, table, per_column=activation)
     torch.sqrt(table[1], out=table[2])
     totals = table[:3].sum(dim=1)
     offsets = torch.sub(table[0], totals[0], alpha=1.0 / rows.shape[1])  # two passes: not var_mean's slow Welford

@@ -53,6 +53,19 @@ def test_nonfinite_count_equals_the_formed_gradients():
     assert nonfinite == expected and math.isnan(norm) and math.isnan(std)
 
 
+def test_finite_columns_are_counted_exactly_however_large_their_values(monkeypatch):
+    """A column of huge finite values whose plain float32 sum overflows is still finite;
+    counted a block of columns at a time, as for inputs wider than one slice."""
+    x = torch.ones(4, 9)
+    x[:, 2] = 3e38  # the column sum, 1.2e39, is no float32
+    x[1, 5] = math.inf
+    x[3, 7] = math.nan
+    assert not torch.isfinite(x[:, 2].sum())
+    for slice_elements in (1 << 19, 8, 1):  # one block; two columns per block; one
+        monkeypatch.setattr(stats, "_SLICE_CPU", slice_elements)
+        assert int(factored.factors(x)[2]) == 9 - 2
+
+
 def test_exact_zero_gradient_stays_exactly_zero():
     """IA302 asks for ``norm == 0``: rows where either factor is zero add nothing, not rounding."""
     d, x = torch.randn(8, 32), torch.randn(8, 16)

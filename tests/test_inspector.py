@@ -264,15 +264,15 @@ def test_an_audit_traces_each_module_once(monkeypatch):
 
 
 def test_a_container_passing_on_its_last_childs_output_is_reduced_once(monkeypatch):
-    from initaudit import stats
+    from initaudit import moments
 
     torch.manual_seed(0)
     # the in-place ReLU hands on the Linear's own tensor, changed: it must be reduced anew;
     # both Sequentials then hand on that tensor unchanged
     model = nn.Sequential(nn.Sequential(nn.Linear(6, 5), nn.ReLU(inplace=True)))
     reduced = []
-    real = stats.output_moments
-    monkeypatch.setattr(stats, "output_moments", lambda out, nonlinearity=None: reduced.append(1) or real(out, nonlinearity))
+    real = moments.OutputMoments.add  # every output queued for reduction, batched or not
+    monkeypatch.setattr(moments.OutputMoments, "add", lambda self, *a: reduced.append(1) or real(self, *a))
     rec = inspector.inspect(model, torch.randn(32, 6))
     assert rec.call_order == ["0.0", "0.1", "0", ""]
     linear, relu, inner, outer = rec.call_outputs
@@ -285,7 +285,7 @@ def test_a_container_passing_on_its_last_childs_output_is_reduced_once(monkeypat
 
 
 def test_an_output_without_a_version_counter_is_reduced_every_time(monkeypatch):
-    from initaudit import stats
+    from initaudit import moments
 
     class InferenceBlock(nn.Module):
         def forward(self, x):
@@ -294,8 +294,8 @@ def test_an_output_without_a_version_counter_is_reduced_every_time(monkeypatch):
 
     model = nn.Sequential(nn.Linear(4, 4), nn.Sequential(InferenceBlock()))
     reduced = []
-    real = stats.output_moments
-    monkeypatch.setattr(stats, "output_moments", lambda out, nonlinearity=None: reduced.append(1) or real(out, nonlinearity))
+    real = moments.OutputMoments.add  # every output queued for reduction, batched or not
+    monkeypatch.setattr(moments.OutputMoments, "add", lambda self, *a: reduced.append(1) or real(self, *a))
     rec = inspector.inspect(model, torch.randn(8, 4), run_backward=False)
     assert rec.call_order == ["0", "1.0", "1", ""]
     assert len(reduced) == 4  # no call could tell the block's tensor unchanged
