@@ -3,12 +3,15 @@ outputs at a time.
 
 On a small output, such as a 64 x 1024 activation, each of the dozen operations of
 :func:`~initaudit.stats.output_moments` costs more in dispatch than in arithmetic, and a
-30-layer MLP has sixty such outputs. Outputs of the same shape (batch ``B`` x features
-``F``), dtype and device are therefore copied, at their hook, side by side into one kept
-``B x K F`` staging matrix, and the moments of all ``K`` are taken in one set of
-operations on it when it is full or when the forward ends. The copy keeps the values as
-they were at the hook (an in-place activation that later overwrites the output does not
-change them), and no reference to the output itself.
+30-layer MLP has sixty such outputs. Outputs of the same batch ``B``, features ``F`` (the
+product of the other dimensions), dtype and device are therefore copied, at their hook,
+side by side into one ``B x K F`` staging matrix of at most :data:`STAGED` elements, and
+the moments of all ``K`` are taken in one set of operations on it when it is full or when
+the forward ends. The copy keeps the values as they were at the hook (an in-place
+activation that later overwrites the output does not change them), and no reference to
+the output itself. An output too large for two to share a matrix is reduced alone, as
+are activations' outputs that count more than dead units (tanh and sigmoid saturation;
+dead channels of outputs with more than two dimensions).
 
 Each output's row is the one :func:`~initaudit.stats.output_moments` gives: the per-column
 passes are the same (:func:`~initaudit.stats.column_passes` on the staging matrix, whose
@@ -26,7 +29,10 @@ from . import stats
 # activations whose outputs also count saturation over every element
 # (stats.activation_counts): reduced one at a time, as are activations' outputs other than 2-D
 _SATURATING = {"tanh", "sigmoid"}
-# staging matrices alive at once, each of at most one slice (stats.slice_size)
+# elements of one staging matrix (2 MiB of float32, on every device: a few dispatches saved
+# per output are worth as much on an accelerator, and more would only hold memory), and
+# how many matrices are kept at once
+STAGED = 1 << 19
 _GROUPS = 4
 
 
@@ -98,7 +104,7 @@ class OutputMoments:
             return None
         batch = out.shape[0]
         features = out.numel() // batch
-        capacity = stats.slice_size(out.device) // out.numel()
+        capacity = STAGED // out.numel()
         if capacity < 2:
             return None
         key = (batch, features, out.dtype, out.device)

@@ -102,7 +102,7 @@ def test_an_alias_gets_the_same_row_before_and_after_the_reduction():
 
 
 def test_full_matrices_and_more_shapes_than_kept_still_give_every_row(monkeypatch):
-    monkeypatch.setattr(stats, "_SLICE_CPU", 4 * 8 * 6)  # room for four 8 x 6 outputs per matrix
+    monkeypatch.setattr(moments, "STAGED", 4 * 8 * 6)  # room for four 8 x 6 outputs per matrix
     torch.manual_seed(3)
     outputs = [(torch.randn(8, 6 + (i % 7)), "relu" if i % 2 else None) for i in range(40)]
     rows = queued(outputs)
@@ -110,8 +110,8 @@ def test_full_matrices_and_more_shapes_than_kept_still_give_every_row(monkeypatc
         assert_rows_match(rows[index], out, nonlinearity)
 
 
-def test_an_output_larger_than_half_a_slice_is_reduced_alone(monkeypatch):
-    monkeypatch.setattr(stats, "_SLICE_CPU", 100)
+def test_an_output_larger_than_half_a_staging_matrix_is_reduced_alone(monkeypatch):
+    monkeypatch.setattr(moments, "STAGED", 100)
     alone = []
     real = stats.output_moments
     monkeypatch.setattr(stats, "output_moments", lambda out, nl=None: alone.append(1) or real(out, nl))
