@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from . import distributed, stats
+from .staging import Staging
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -57,24 +58,45 @@ def factors(rows: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tenso
     widened to float64, the count an integer.
 
     The Gram and the sums are formed in the rows' own dtype (float32 or float64, as
-    autograd would multiply ``G``) and only their ``N x N`` and ``N`` results widened. A
-    column is finite exactly when the sum of ``0 * x`` down it is 0 and not NaN: ``0 * x``
-    is 0 for every finite ``x`` and NaN for NaN or Inf, so, unlike a plain column sum, it
-    cannot overflow, and one ``isnan`` tells (``isfinite`` is several operations).
-    ``0 * x`` is written into the kept scratch buffer (:func:`~initaudit.stats.scratch_buffer`),
-    a block of columns at a time: a fresh temporary as large as the rows would be fresh
-    pages from the OS per call.
+    autograd would multiply ``G``) and only their ``N x N`` and ``N`` results widened; the
+    count is ``k`` less :func:`nan_columns`.
     """
     rows = rows.detach()
-    count, width = rows.shape
-    step = max(1, stats.slice_size(rows.device) // max(count, 1))  # columns per block of one slice
-    nan_columns = []
+    finite = rows.shape[1] - nan_columns(rows, 1)[0]
+    return (rows @ rows.T).to(torch.float64), rows.sum(dim=1).to(torch.float64), finite
+
+
+def staged_factors(matrix: torch.Tensor, count: int) -> List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """:func:`factors` of each of ``count`` same-shape row blocks staged side by side in
+    ``matrix`` (``N x count k``, :mod:`~initaudit.staging`), in one batched product."""
+    rows, width = matrix.shape[0], matrix.shape[1] // count
+    blocks = matrix.view(rows, count, width).transpose(0, 1)  # count x N x k, a view
+    grams = torch.bmm(blocks, blocks.transpose(1, 2)).to(torch.float64)
+    sums = blocks.sum(dim=2).to(torch.float64)
+    finite = width - nan_columns(matrix, count)
+    return [(grams[k], sums[k], finite[k]) for k in range(count)]
+
+
+def nan_columns(matrix: torch.Tensor, count: int) -> torch.Tensor:
+    """How many columns holding a NaN or Inf each of ``count`` equal blocks of columns of
+    ``matrix`` has: an integer tensor of ``count``.
+
+    A column is finite exactly when the sum of ``0 * x`` down it is 0 and not NaN: ``0 * x``
+    is 0 for every finite ``x`` and NaN for NaN or Inf, so, unlike a plain column sum, it
+    cannot overflow, and one ``isnan`` tells (``isfinite`` is several operations). ``0 * x``
+    is written into the kept scratch buffer (:func:`~initaudit.stats.scratch_buffer`), a
+    slice of columns at a time: a fresh temporary as large as the matrix would be fresh
+    pages from the OS per call.
+    """
+    rows, width = matrix.shape
+    step = max(1, stats.slice_size(matrix.device) // max(rows, 1))  # columns per slice
+    flags = []
     for start in range(0, width, step):
-        block = rows[:, start : start + step]
-        zeros = torch.mul(block, 0, out=stats.scratch_buffer(block.numel(), rows.dtype, rows.device).view(block.shape))
-        nan_columns.append(torch.isnan(zeros.sum(dim=0)).sum())
-    finite_columns = width - (nan_columns[0] if len(nan_columns) == 1 else torch.stack(nan_columns).sum())
-    return (rows @ rows.T).to(torch.float64), rows.sum(dim=1).to(torch.float64), finite_columns
+        block = matrix[:, start : start + step]
+        zeros = torch.mul(block, 0, out=stats.scratch_buffer(block.numel(), matrix.dtype, matrix.device).view(block.shape))
+        flags.append(torch.isnan(zeros.sum(dim=0)))
+    flagged = flags[0] if len(flags) == 1 else torch.cat(flags)
+    return flagged.view(count, width // count).sum(dim=1)
 
 
 def gradient_row(
@@ -149,6 +171,9 @@ class LinearGradients:
         self.dropped: Set[int] = set()
         self.rows: Dict[int, torch.Tensor] = {}  # by id(weight), once the backward ran
         self._handles: List[Any] = []
+        # small inputs and output gradients are staged and their factors taken several at once
+        self._inputs = Staging(self._inputs_reduced)
+        self._outputs = Staging(self._outputs_reduced)
 
     def on_call(self, module: nn.Module, args: Any, output: Any) -> None:
         """From a forward hook: the input side of a plain linear layer's call."""
@@ -185,12 +210,20 @@ class LinearGradients:
         rows = x.numel() // fan_in if fan_in else 0
         if not worthwhile(rows, fan_in, fan_out):
             return
-        self.calls[key] = _Call(weight, output.grad_fn, output.output_nr, factors(x.reshape(rows, fan_in)))
+        call = self.calls[key] = _Call(weight, output.grad_fn, output.output_nr, None)
+        x = x.reshape(rows, fan_in)
+        if not self._inputs.add(x, call):
+            call.input_side = factors(x)
+
+    def _inputs_reduced(self, matrix: torch.Tensor, count: int, calls: List[_Call]) -> None:
+        for call, side in zip(calls, staged_factors(matrix, count)):
+            call.input_side = side
 
     def plan(self, loss: torch.Tensor, requested: Sequence[torch.Tensor]) -> Set[int]:
         """The weights (by ``id``) to leave out of ``torch.autograd.grad``'s inputs, with a hook
         on each one's layer node that reduces the output side; ``requested`` are every tensor
         the backward would otherwise be asked for."""
+        self._inputs.flush()
         if not self.calls or loss.grad_fn is None:
             self.calls.clear()
             return set()
@@ -223,16 +256,28 @@ class LinearGradients:
 
         def reduce_output_side(grad_outputs: Tuple[Optional[torch.Tensor], ...]) -> None:
             grad = grad_outputs[call.output_nr]
-            if grad is not None and call.input_side is not None:  # undefined: so is the weight's gradient
-                side = factors(grad.reshape(-1, fan_out))
-                self.rows[key] = gradient_row(side, call.input_side, fan_out * fan_in)
-            call.input_side = None  # the Gram is not needed again
+            if grad is None or call.input_side is None:  # undefined: so is the weight's gradient
+                call.input_side = None
+                return None
+            grad = grad.reshape(-1, fan_out)
+            if not self._outputs.add(grad, (key, call)):
+                self._outputs_reduced(grad, 1, [(key, call)], [factors(grad)])
             return None
 
         return reduce_output_side
 
+    def _outputs_reduced(self, matrix: torch.Tensor, count: int, calls: List[Tuple[int, _Call]],
+                         sides: Optional[List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = None) -> None:
+        for (key, call), side in zip(calls, sides or staged_factors(matrix, count)):
+            if call.input_side is not None:
+                fan_out, fan_in = call.weight.shape
+                self.rows[key] = gradient_row(side, call.input_side, fan_out * fan_in)
+            call.input_side = None  # the Gram is not needed again
+
     def close(self) -> None:
-        """Remove the hooks and drop every kept Gram and node."""
+        """Reduce the output gradients still staged, remove the hooks, and drop every kept
+        Gram and node."""
+        self._outputs.flush()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()

@@ -1,39 +1,27 @@
 """Module outputs' moments (:func:`~initaudit.stats.output_moments`), reduced several
 outputs at a time.
 
-On a small output, such as a 64 x 1024 activation, each of the dozen operations of
-:func:`~initaudit.stats.output_moments` costs more in dispatch than in arithmetic, and a
-30-layer MLP has sixty such outputs. Outputs of the same batch ``B``, features ``F`` (the
-product of the other dimensions), dtype and device are therefore copied, at their hook,
-side by side into one ``B x K F`` staging matrix of at most :data:`STAGED` elements, and
-the moments of all ``K`` are taken in one set of operations on it when it is full or when
-the forward ends. The copy keeps the values as they were at the hook (an in-place
-activation that later overwrites the output does not change them), and no reference to
-the output itself. An output too large for two to share a matrix is reduced alone, as
-are activations' outputs that count more than dead units (tanh and sigmoid saturation;
-dead channels of outputs with more than two dimensions).
-
-Each output's row is the one :func:`~initaudit.stats.output_moments` gives: the per-column
-passes are the same (:func:`~initaudit.stats.column_passes` on the staging matrix, whose
-columns are the outputs' columns), and only the sums over columns are split by output.
+A 30-layer MLP's sixty 64 x 1024 outputs each cost the dozen operations of
+:func:`~initaudit.stats.output_moments` more in dispatch than in arithmetic. Outputs of
+the same batch ``B``, features ``F`` (the product of the other dimensions), dtype and
+device are staged side by side (:mod:`~initaudit.staging`) and their moments taken
+together (:func:`staged_moments`), each output's row the one
+:func:`~initaudit.stats.output_moments` gives it. Reduced alone: outputs too large to
+share a staging matrix, and activations' outputs that count more than dead units (tanh
+and sigmoid saturation; dead channels of outputs with more than two dimensions).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Hashable, List, Optional, Tuple
+from typing import Any, Hashable, List, Optional
 
 import torch
 
 from . import stats
+from .staging import Staging
 
-# activations whose outputs also count saturation over every element
-# (stats.activation_counts): reduced one at a time, as are activations' outputs other than 2-D
+# activations whose outputs also count saturation over every element (stats.activation_counts)
 _SATURATING = {"tanh", "sigmoid"}
-# elements of one staging matrix (2 MiB of float32, on every device: a few dispatches saved
-# per output are worth as much on an accelerator, and more would only hold memory), and
-# how many matrices are kept at once
-STAGED = 1 << 19
-_GROUPS = 4
 
 
 class Pending:
@@ -47,37 +35,23 @@ class Pending:
         self.row: Optional[torch.Tensor] = None
 
 
-class _Group:
-    def __init__(self, batch: int, features: int, like: torch.Tensor, capacity: int) -> None:
-        self.batch, self.features, self.capacity = batch, features, capacity
-        self.matrix = torch.empty(batch, capacity * features, dtype=like.dtype, device=like.device)
-        self.pending: List[Pending] = []
-
-
 class OutputMoments:
-    """Queues module outputs' moments on a :class:`~initaudit.stats.Deferred`, batching the
-    small outputs that can be (:meth:`add`); :meth:`flush` reduces whatever is still staged."""
+    """Queues module outputs' moments on a :class:`~initaudit.stats.Deferred` (:meth:`add`),
+    the small ones staged; :meth:`flush` reduces whatever is still staged."""
 
     def __init__(self, deferred: stats.Deferred) -> None:
         self.deferred = deferred
-        self.groups: Dict[Tuple[int, int, torch.dtype, torch.device], _Group] = {}
+        self.staging = Staging(self._reduce)
 
     def add(self, key: Hashable, out: torch.Tensor, nonlinearity: Optional[str]) -> Any:
         """Queue ``out``'s moments under ``key``; returns a handle for :meth:`alias`."""
-        group = self._group_for(out, nonlinearity)
-        if group is None:
-            moments = stats.output_moments(out, nonlinearity)
-            self.deferred.add(key, moments)
-            return moments
         slot = Pending(key, nonlinearity is not None)
-        index = len(group.pending)
-        start = index * group.features
-        with torch.no_grad():
-            group.matrix[:, start : start + group.features].copy_(out.detach().reshape(group.batch, group.features))
-        group.pending.append(slot)
-        if len(group.pending) == group.capacity:
-            self._reduce(group)
-        return slot
+        if (out.dim() >= 1 and (nonlinearity is None or (out.dim() == 2 and nonlinearity not in _SATURATING))
+                and out.shape[0] and self.staging.add(out.reshape(out.shape[0], -1), slot)):
+            return slot
+        moments = stats.output_moments(out, nonlinearity)
+        self.deferred.add(key, moments)
+        return moments
 
     def alias(self, handle: Any, key: Hashable) -> None:
         """Queue under ``key`` the same row as the output ``handle`` came from."""
@@ -89,43 +63,13 @@ class OutputMoments:
         self.deferred.add(key, handle)
 
     def flush(self) -> None:
-        for group in self.groups.values():
-            self._reduce(group)
-        self.groups.clear()
+        self.staging.flush()
 
-    def _group_for(self, out: torch.Tensor, nonlinearity: Optional[str]) -> Optional[_Group]:
-        if (
-            out.dim() < 1
-            or out.numel() == 0
-            or type(out) is not torch.Tensor and type(out) is not torch.nn.Parameter
-            or out.layout != torch.strided
-            or (nonlinearity is not None and (out.dim() != 2 or nonlinearity in _SATURATING))
-        ):
-            return None
-        batch = out.shape[0]
-        features = out.numel() // batch
-        capacity = STAGED // out.numel()
-        if capacity < 2:
-            return None
-        key = (batch, features, out.dtype, out.device)
-        group = self.groups.get(key)
-        if group is None:
-            if len(self.groups) >= _GROUPS:  # the oldest is reduced and its matrix let go
-                oldest = next(iter(self.groups))
-                self._reduce(self.groups.pop(oldest))
-            group = self.groups[key] = _Group(batch, features, out, capacity)
-        return group
-
-    def _reduce(self, group: _Group) -> None:
-        count = len(group.pending)
-        if not count:
-            return
-        rows = group.matrix[:, : count * group.features]
-        for slot, row in zip(group.pending, staged_moments(rows, count)):
+    def _reduce(self, matrix: torch.Tensor, count: int, slots: List[Pending]) -> None:
+        for slot, row in zip(slots, staged_moments(matrix, count)):
             slot.row = row if slot.activation else row[: stats.OUTPUT_MOMENTS]
             for key in slot.keys:
                 self.deferred.add(key, slot.row)
-        group.pending.clear()
 
 
 def staged_moments(rows: torch.Tensor, count: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from initaudit import audit, factored, inspector, stats
+from initaudit import audit, factored, inspector, staging, stats
 from initaudit.inspector import random_projection_loss
 
 
@@ -148,6 +148,24 @@ def wide_mlp(depth: int = 3, width: int = 128, inplace: bool = False) -> nn.Modu
 def test_a_wide_mlp_is_factored_and_its_gradients_match_autograd(inplace):
     model, x = wide_mlp(inplace=inplace), torch.randn(8, 128)
     assert factored_names(model, x) == ["0.weight", "2.weight", "4.weight"]
+    assert_audit_gradients_match_autograd(model, x)
+
+
+@pytest.mark.parametrize("staged", ["staged", "alone", "small-matrices"])
+def test_staged_and_unstaged_factors_agree_with_autograd(monkeypatch, staged):
+    """Inputs and output gradients staged several at a time (staging.py), each alone, and in
+    matrices so small that they fill, and more shapes than are kept at once evict."""
+    if staged == "alone":
+        monkeypatch.setattr(staging.Staging, "add", lambda self, x, item: False)
+    elif staged == "small-matrices":
+        monkeypatch.setattr(staging, "STAGED", 2 * 8 * 256)
+    torch.manual_seed(0)
+    widths = [128, 160, 192, 224, 256, 288, 128]
+    layers: List[nn.Module] = []
+    for fan_in, fan_out in zip(widths, widths[1:]):
+        layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+    model, x = nn.Sequential(*layers), torch.randn(8, 128)
+    assert factored_names(model, x) == sorted(f"{2 * i}.weight" for i in range(6))
     assert_audit_gradients_match_autograd(model, x)
 
 
