@@ -17,8 +17,7 @@ from typing import Any, Hashable, List, Optional
 
 import torch
 
-from . import stats
-from .staging import Staging
+from . import staging, stats
 
 # activations whose outputs also count saturation over every element (stats.activation_counts)
 _SATURATING = {"tanh", "sigmoid"}
@@ -41,13 +40,13 @@ class OutputMoments:
 
     def __init__(self, deferred: stats.Deferred) -> None:
         self.deferred = deferred
-        self.staging = Staging(self._reduce)
+        self.staging = staging.Staging(self._reduce)
 
     def add(self, key: Hashable, out: torch.Tensor, nonlinearity: Optional[str]) -> Any:
         """Queue ``out``'s moments under ``key``; returns a handle for :meth:`alias`."""
         slot = Pending(key, nonlinearity is not None)
         if (out.dim() >= 1 and (nonlinearity is None or (out.dim() == 2 and nonlinearity not in _SATURATING))
-                and out.shape[0] and self.staging.add(out.reshape(out.shape[0], -1), slot)):
+                and staging.stageable(out) and self.staging.add(out.reshape(out.shape[0], -1), slot)):
             return slot
         moments = stats.output_moments(out, nonlinearity)
         self.deferred.add(key, moments)

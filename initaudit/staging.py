@@ -33,6 +33,13 @@ class _Matrix:
         self.items: List[Any] = []
 
 
+def stageable(x: torch.Tensor) -> bool:
+    """A nonempty plain dense tensor: not a subclass (a ``DTensor`` holds a shard), not
+    sparse or nested, whose ``reshape`` is an ordinary view or copy."""
+    return (type(x) is torch.Tensor or type(x) is torch.nn.Parameter) and x.layout == torch.strided \
+        and not x.is_nested and x.numel() > 0
+
+
 class Staging:
     """Stages ``rows x columns`` tensors (:meth:`add`) and hands them to ``reduce(matrix,
     count, items)``: ``matrix`` is ``rows x count columns``, tensor ``k`` in its columns
@@ -44,14 +51,8 @@ class Staging:
 
     def add(self, x: torch.Tensor, item: Any) -> bool:
         """Copy the 2-D ``x`` into its matrix; ``False`` (nothing kept) where it is not staged:
-        empty, too large, or not a plain dense tensor."""
-        if (
-            x.dim() != 2
-            or x.numel() == 0
-            or type(x) not in (torch.Tensor, torch.nn.Parameter)
-            or x.layout != torch.strided
-            or STAGED // x.numel() < 2
-        ):
+        empty, too large, or not a plain dense tensor (:func:`stageable`)."""
+        if x.dim() != 2 or not stageable(x) or STAGED // x.numel() < 2:
             return False
         rows, columns = x.shape
         key = (rows, columns, x.dtype, x.device)

@@ -332,3 +332,45 @@ def test_a_custom_loss_is_what_the_factored_gradients_follow():
         record = next(t for t in report.parameters if t.name == name)
         assert record.grad.norm == pytest.approx(g.double().norm().item(), rel=1e-5), name
         assert record.grad.std == pytest.approx(g.double().std(unbiased=False).item(), rel=1e-4), name
+
+
+class _NoGradient(torch.autograd.Function):
+    """Doubles its input and hands back an undefined gradient for it."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None
+
+
+def test_an_undefined_output_gradient_gives_no_weight_gradient_like_autograd(monkeypatch):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(128, 128), nn.Linear(128, 128), nn.Linear(128, 128)
+
+        def forward(self, x):
+            h = torch.relu(self.a(x))
+            return self.c(_NoGradient.apply(self.b(h)) + h)
+
+    torch.manual_seed(0)
+    model, x = Net(), torch.randn(8, 128)
+    planned = []
+    real_plan = factored.LinearGradients.plan
+    monkeypatch.setattr(factored.LinearGradients, "plan",
+                        lambda self, *a: planned.append(real_plan(self, *a)) or planned[-1])
+    # b's weight is left to its layer's hook, which is handed an undefined gradient
+    assert factored_names(model, x) == ["a.weight", "c.weight"]
+    assert id(model.b.weight) in planned[0]
+    reference = dict(zip([n for n, _ in model.named_parameters()],
+                         torch.autograd.grad(random_projection_loss(model(x), seed=3), list(model.parameters()),
+                                             allow_unused=True)))
+    assert reference["b.weight"] is None and reference["a.weight"] is not None
+    report = audit(model, x, seed=3)
+    for name, g in reference.items():
+        record = next(t for t in report.parameters if name in t.names)
+        assert (record.grad is None) == (g is None), name
+    assert {f.location for f in report.findings if f.code == "IA301"} == {"b.weight", "b.bias"}
