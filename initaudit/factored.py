@@ -18,7 +18,9 @@ and ``G`` is then never read again: for a 1024-wide layer on 64 rows, an eighth.
 taken only where they cost at most half of ``G`` (:func:`worthwhile`), multiplied in the
 layer's dtype and combined in float64 (:func:`gradient_from_row` says what that keeps).
 Everything else about the gradient is as ``torch.autograd.grad`` makes it: the weights
-factored are simply not among its inputs, so autograd skips their products.
+factored are simply not among its inputs, so autograd skips their products. Small inputs
+and output gradients are copied at their hooks into staging matrices (:mod:`~initaudit.staging`)
+and their factors taken several at once (:func:`staged_factors`).
 
 A weight is factored only when nothing else can add to its gradient or change it: a plain
 ``nn.Linear`` forward (no parametrization, no other forward hook that could replace the
@@ -163,7 +165,8 @@ class LinearGradients:
     output side in a hook on the layer's autograd node while the backward runs.
 
     Keeps, per call, the ``N x N`` input Gram and the layer's autograd node (which the loss's
-    graph holds anyway), never the input or the output tensor.
+    graph holds anyway), never a reference to the input or the output tensor; a small input
+    or output gradient is copied into a staging matrix until that matrix is reduced.
     """
 
     def __init__(self) -> None:
@@ -252,7 +255,7 @@ class LinearGradients:
         return set(chosen)
 
     def _hook(self, key: int, call: _Call) -> Any:
-        fan_out, fan_in = call.weight.shape
+        fan_out = call.weight.shape[0]
 
         def reduce_output_side(grad_outputs: Tuple[Optional[torch.Tensor], ...]) -> None:
             grad = grad_outputs[call.output_nr]
@@ -261,18 +264,20 @@ class LinearGradients:
                 return None
             grad = grad.reshape(-1, fan_out)
             if not self._outputs.add(grad, (key, call)):
-                self._outputs_reduced(grad, 1, [(key, call)], [factors(grad)])
+                self._gradient_row(key, call, factors(grad))
             return None
 
         return reduce_output_side
 
-    def _outputs_reduced(self, matrix: torch.Tensor, count: int, calls: List[Tuple[int, _Call]],
-                         sides: Optional[List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = None) -> None:
-        for (key, call), side in zip(calls, sides or staged_factors(matrix, count)):
-            if call.input_side is not None:
-                fan_out, fan_in = call.weight.shape
-                self.rows[key] = gradient_row(side, call.input_side, fan_out * fan_in)
-            call.input_side = None  # the Gram is not needed again
+    def _outputs_reduced(self, matrix: torch.Tensor, count: int, calls: List[Tuple[int, _Call]]) -> None:
+        for (key, call), side in zip(calls, staged_factors(matrix, count)):
+            self._gradient_row(key, call, side)
+
+    def _gradient_row(self, key: int, call: _Call, output_side: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+        if call.input_side is not None:
+            fan_out, fan_in = call.weight.shape
+            self.rows[key] = gradient_row(output_side, call.input_side, fan_out * fan_in)
+        call.input_side = None  # the Gram is not needed again
 
     def close(self) -> None:
         """Reduce the output gradients still staged, remove the hooks, and drop every kept
