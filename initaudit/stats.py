@@ -510,6 +510,13 @@ def column_passes(rows: torch.Tensor, table: torch.Tensor, per_column: bool) -> 
     ``per_column``, the count of nonzero elements ``c_f = sum_b |sign(x[b, f])|`` (a NaN's
     sign is 0) in row 3. Returns ``[sum_f c_f]``.
 
+    ``q_f`` is the corrected two-pass sum (Chan, Golub and LeVeque 1983): with
+    ``d = x - s_f / B``, ``q_f = sum_b d^2 - (sum_b d)^2 / B``, which is exact however the
+    rounded mean ``s_f / B`` missed the true one. A column that varies by a few units in
+    the last place around a large value (a layer whose signal has vanished behind its
+    bias) keeps that variation, and its value does not depend on the order in which the
+    column sum was added up.
+
     Both temporaries are made in the kept scratch buffer (:func:`scratch_buffer`), a block of
     columns at a time when ``rows`` is larger than one slice, so that no copy as large as
     the output is allocated (and, on the CPU, faulted in) per module call. Each block's
@@ -525,7 +532,9 @@ def column_passes(rows: torch.Tensor, table: torch.Tensor, per_column: bool) -> 
         block = rows[:, start : start + width]
         scratch = scratch_buffer(block.numel(), table.dtype, rows.device).view(block.shape)
         torch.sub(block, sums[start : start + width], alpha=1.0 / batch, out=scratch)
-        torch.sum(scratch.square_(), dim=0, out=table[1, start : start + width])
+        drift = scratch.sum(dim=0)  # 0 but for the rounding of the mean
+        squares = torch.sum(scratch.square_(), dim=0, out=table[1, start : start + width])
+        squares.addcmul_(drift, drift, value=-1.0 / batch).clamp_min_(0.0)
         if block.dtype == scratch.dtype:
             torch.sign(block, out=scratch)
         else:  # sign takes no wider output: widen into the buffer first

@@ -133,3 +133,55 @@ def test_an_audit_records_the_same_outputs_as_one_at_a_time(monkeypatch):
         for field in ("mean", "std", "zero_fraction", "feature_std", "dead_last", "dead_channel", "saturated"):
             va, vb = getattr(a, field), getattr(b, field)
             assert (va is None and vb is None) or (math.isnan(va) and math.isnan(vb)) or va == pytest.approx(vb, rel=1e-5)
+
+
+@pytest.mark.parametrize("example", ["deep_mlp", "fix_deep_relu", "healthy_mlp", "lstm_forget", "shared_linear",
+                                     "zero_hidden"])
+def test_example_audits_find_the_same_with_every_tensor_reduced_alone(example, monkeypatch):
+    """The shipped examples: the same findings (messages included) and output statistics
+    with the hooks' small tensors staged as with each reduced alone."""
+    from conftest import EXAMPLES
+    from initaudit import audit
+    from initaudit.inputs import make_input
+    from initaudit.loader import load_target
+
+    target = load_target(f"{EXAMPLES / example}.py:build")
+    x = target.example_input if target.example_input is not None else make_input(target.model)
+    staged_adds = []
+    real_add = staging.Staging.add
+    monkeypatch.setattr(staging.Staging, "add", lambda self, t, item: staged_adds.append(1) or real_add(self, t, item))
+    staged = audit(target.model, x, seed=1)
+    assert staged_adds  # the comparison compares something
+    monkeypatch.setattr(staging.Staging, "add", lambda self, t, item: False)
+    alone = audit(target.model, x, seed=1)
+    assert [(f.code, f.location, f.message) for f in staged.findings] == \
+        [(f.code, f.location, f.message) for f in alone.findings]
+    compared = 0
+    for a, b in zip(staged.modules, alone.modules):
+        assert a.name == b.name and (a.output is None) == (b.output is None)
+        if a.output is None:
+            continue
+        for field in ("mean", "std", "zero_fraction", "feature_std", "dead_last", "dead_channel", "saturated"):
+            va, vb = getattr(a.output, field), getattr(b.output, field)
+            assert (va is None and vb is None) or (math.isnan(va) and math.isnan(vb)) or \
+                va == pytest.approx(vb, rel=1e-5, abs=1e-12), (a.name, field)
+        compared += 1
+    assert compared
+
+
+def test_a_column_varying_by_units_in_the_last_place_keeps_its_variance_whatever_the_summing_order():
+    """A vanished signal behind a bias: 0.05 plus a few float32 ulps. The centred sum of
+    squares is corrected for the rounding of the mean, so the staged reduction (a column of
+    a wide matrix) and the lone one agree with float64 on the same float32 values."""
+    torch.manual_seed(5)
+    ulp = 0.05 * 2.0 ** -23
+    out = (0.05 + ulp * torch.randint(-3, 4, (256, 1)).double()).float()
+    exact = out.double()
+    want = exact.std(correction=0).item()
+    assert want > 0
+    others = [(torch.randn(256, 1), None) for _ in range(5)]
+    rows = queued(others + [(out, None)])
+    staged = stats.output_from_moments(rows[5], out.shape)
+    alone = stats.output_from_moments(stats.output_moments(out).tolist(), out.shape)
+    for feature_std in (staged[3], alone[3]):
+        assert feature_std == pytest.approx(want, rel=1e-3)
