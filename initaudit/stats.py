@@ -552,8 +552,8 @@ def output_moments(out: torch.Tensor, nonlinearity: Optional[str] = None) -> tor
     for an activation's output, :func:`activation_from_counts`) finish on the host.
 
     With ``out`` viewed as ``(batch B, features F)``, ``s_f = sum_b x[b, f]`` and
-    ``q_f = sum_b (x[b, f] - s_f / B)^2`` (two passes, so that a shared offset cancels
-    exactly), the row is ``[sum_f s_f, sum_f q_f, sum_f sqrt(q_f), nonzero,
+    ``q_f = sum_b (x[b, f] - s_f / B)^2`` (two passes, so that a shared offset cancels, the
+    second corrected for the rounding of the mean: :func:`column_passes`), the row is ``[sum_f s_f, sum_f q_f, sum_f sqrt(q_f), nonzero,
     sum_f (s_f - mean_f s_f)^2]``, where ``nonzero`` counts the elements that are not 0
     (:func:`column_passes`). Given the ``nonlinearity`` of an activation module,
     :func:`activation_counts` of the same output follow, from the per-column counts.
