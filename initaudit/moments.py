@@ -78,18 +78,17 @@ def staged_moments(rows: torch.Tensor, count: int) -> torch.Tensor:
 
     The per-column table is :func:`~initaudit.stats.output_moments`'s; per output ``k``
     with columns ``f`` in its block, the totals are ``sum_f`` of the table's rows,
-    ``spread_k = sum_f (s_f - mean_f s_f)^2``, and ``dead_k`` counts its columns with no
+    ``spread_k`` is :func:`~initaudit.stats.feature_spread`'s, and ``dead_k`` counts its columns with no
     nonzero element and no NaN (``c_f + sqrt(q_f) = 0``).
     """
     x = rows.detach()
     features = x.shape[1] // count
     table = torch.empty(4, x.shape[1], dtype=stats.accumulation_dtype(x.dtype), device=x.device)
     torch.sum(x, dim=0, dtype=table.dtype, out=table[0])
-    stats.column_passes(x, table, per_column=True)
+    drift = torch.empty_like(table[0])
+    stats.column_passes(x, table, True, drift)
     torch.sqrt(table[1], out=table[2])
-    by_output = table.view(4, count, features)
-    totals = by_output.sum(dim=2)  # 4 x count: s, q, sqrt(q), nonzero
-    offsets = by_output[0] - totals[0].unsqueeze(1) / features
-    spread = offsets.square_().sum(dim=1)
+    totals = table.view(4, count, features).sum(dim=2)  # 4 x count: s, q, sqrt(q), nonzero
+    spread = stats.feature_spread(table[0], drift, count)
     dead = ((table[3] + table[2]) == 0).view(count, features).sum(dim=1, dtype=torch.float64)
     return torch.cat([totals.T.double(), spread.double().unsqueeze(1), dead.unsqueeze(1)], dim=1)

@@ -504,18 +504,19 @@ def feature_std(out: torch.Tensor) -> float:
     return output_summary(out)[3]
 
 
-def column_passes(rows: torch.Tensor, table: torch.Tensor, per_column: bool) -> torch.Tensor:
+def column_passes(rows: torch.Tensor, table: torch.Tensor, per_column: bool, drift: torch.Tensor) -> torch.Tensor:
     """Fill :func:`output_moments`'s table from ``rows`` (``B x F``) and the column sums
     ``s_f`` in its row 0: ``q_f = sum_b (x[b, f] - s_f / B)^2`` in row 1 and, when
     ``per_column``, the count of nonzero elements ``c_f = sum_b |sign(x[b, f])|`` (a NaN's
-    sign is 0) in row 3. Returns ``[sum_f c_f]``.
+    sign is 0) in row 3; ``drift`` (``F``) gets ``sum_b d`` below. Returns ``[sum_f c_f]``.
 
     ``q_f`` is the corrected two-pass sum (Chan, Golub and LeVeque 1983): with
     ``d = x - s_f / B``, ``q_f = sum_b d^2 - (sum_b d)^2 / B``, which is exact however the
     rounded mean ``s_f / B`` missed the true one. A column that varies by a few units in
     the last place around a large value (a layer whose signal has vanished behind its
     bias) keeps that variation, and its value does not depend on the order in which the
-    column sum was added up.
+    column sum was added up. The same ``sum_b d`` is what the rounded column sum missed
+    (:func:`feature_spread` adds it back).
 
     Both temporaries are made in the kept scratch buffer (:func:`scratch_buffer`), a block of
     columns at a time when ``rows`` is larger than one slice, so that no copy as large as
@@ -532,9 +533,9 @@ def column_passes(rows: torch.Tensor, table: torch.Tensor, per_column: bool) -> 
         block = rows[:, start : start + width]
         scratch = scratch_buffer(block.numel(), table.dtype, rows.device).view(block.shape)
         torch.sub(block, sums[start : start + width], alpha=1.0 / batch, out=scratch)
-        drift = scratch.sum(dim=0)  # 0 but for the rounding of the mean
+        part = torch.sum(scratch, dim=0, out=drift[start : start + width])  # 0 but for rounding
         squares = torch.sum(scratch.square_(), dim=0, out=table[1, start : start + width])
-        squares.addcmul_(drift, drift, value=-1.0 / batch).clamp_min_(0.0)
+        squares.addcmul_(part, part, value=-1.0 / batch).clamp_min_(0.0)
         if block.dtype == scratch.dtype:
             torch.sign(block, out=scratch)
         else:  # sign takes no wider output: widen into the buffer first
@@ -545,6 +546,21 @@ def column_passes(rows: torch.Tensor, table: torch.Tensor, per_column: bool) -> 
             flat = scratch.view(-1)
             counts.append(torch.dot(flat, flat).reshape(1))
     return counts[0] if len(counts) == 1 else torch.cat(counts).double().sum(dim=0, keepdim=True)
+
+
+def feature_spread(sums: torch.Tensor, drift: torch.Tensor, count: int) -> torch.Tensor:
+    """``sum_f (s'_f - mean_f s'_f)^2`` for each of ``count`` equal blocks of columns, where
+    ``s' = s + drift`` are the column sums corrected by :func:`column_passes`.
+
+    The plain sums' mean is subtracted first (float32 sums that differ by little differ
+    exactly), the drift added to those small offsets, and the result centred again, so the
+    spread of nearly equal column means is not lost to the rounding of large sums.
+    """
+    columns = sums.view(count, -1)
+    offsets = columns - columns.mean(dim=1, keepdim=True)
+    offsets += drift.view(count, -1)
+    offsets -= offsets.mean(dim=1, keepdim=True)
+    return offsets.square_().sum(dim=1)
 
 
 def output_moments(out: torch.Tensor, nonlinearity: Optional[str] = None) -> torch.Tensor:
@@ -570,11 +586,11 @@ def output_moments(out: torch.Tensor, nonlinearity: Optional[str] = None) -> tor
     activation = nonlinearity is not None
     table = torch.empty(4 if activation else 3, rows.shape[1], dtype=accumulation_dtype(x.dtype), device=x.device)
     torch.sum(rows, dim=0, dtype=table.dtype, out=table[0])
-    nonzero = column_passes(rows, table, per_column=activation)
+    drift = torch.empty_like(table[0])
+    nonzero = column_passes(rows, table, activation, drift)
     torch.sqrt(table[1], out=table[2])
     totals = table[:3].sum(dim=1)
-    offsets = torch.sub(table[0], totals[0], alpha=1.0 / rows.shape[1])  # two passes: not var_mean's slow Welford
-    parts = [totals, nonzero, torch.dot(offsets, offsets).reshape(1)]
+    parts = [totals, nonzero, feature_spread(table[0], drift, 1)]
     if activation:
         parts += activation_counts(x, nonlinearity, table[3] + table[2])
     return torch.cat(parts).double()

@@ -24,7 +24,7 @@ def assert_rows_match(got, out, nonlinearity):
     expected = stats.output_moments(out, nonlinearity).tolist()
     assert len(got) == len(expected)
     for a, b in zip(got, expected):
-        assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-5, abs=1e-4)
+        assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-5, abs=1e-12)
 
 
 def test_batched_rows_equal_one_output_at_a_time():
@@ -51,6 +51,11 @@ def test_batched_rows_equal_one_output_at_a_time():
     for index, (out, nonlinearity) in enumerate(outputs):
         assert_rows_match(rows[index], out, nonlinearity)
     assert rows[1][5] == 2.0 and rows[4][5] == 0.0  # dead units, counted by hand
+    # the large offset: std and per-feature std against float64 on the same float32 values
+    exact = offset.double()
+    _, std, _, feature_std = stats.output_from_moments(rows[2], offset.shape)
+    assert std == pytest.approx(exact.std(correction=0).item(), rel=1e-3)
+    assert feature_std == pytest.approx(exact.std(dim=0, correction=0).mean().item(), rel=1e-3)
 
 
 def test_float64_and_float16_outputs_batch_in_their_own_dtype():
