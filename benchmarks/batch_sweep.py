@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_audit import interleaved_medians, machine, median_seconds, mlp, params_only_audit, plain_step  # noqa: E402
 
 from initaudit import audit  # noqa: E402
-from initaudit.inputs import DEFAULT_BATCH  # noqa: E402
+from initaudit.core.options import DEFAULT_BATCH  # noqa: E402
 
 
 def measure(batch: int, width: int, repeat: int) -> Dict[str, Any]:

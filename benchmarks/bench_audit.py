@@ -31,8 +31,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from initaudit import audit, inspector, stats
-from initaudit.inspector import random_projection_loss
+from initaudit import audit, stats
+from initaudit.record import inspector, queue, transfer
+from initaudit.record.probe import random_projection_loss
 
 MB = 1 << 20
 # a peer tool's child process prints this line once its model is built: its budget starts then
@@ -154,16 +155,16 @@ def parameter_pass(model: nn.Module) -> None:
 
 def summary_pass(model: nn.Module) -> None:
     """The summary statistics alone, as the inspector computes them (mean, std, min, max,
-    zeros, non-finite, subnormal): ``stats.queue_summaries`` of every parameter (the call the
+    zeros, non-finite, subnormal): ``queue.queue_summaries`` of every parameter (the call the
     inspector makes) in one transfer, completed where ``needs_exact`` or ``needs_counts``
     say so in one more. This is what issue 7's target of 5x one read is about; the
     parameter pass adds the fingerprint statistics, the recurrent gates' singular values
     and the clone check."""
     params = list({id(p): p for p in model.parameters()}.values())
-    first = stats.Deferred()
-    stats.queue_summaries([(i, p, False) for i, p in enumerate(params)], first)
+    first = transfer.Deferred()
+    queue.queue_summaries([(i, p, False) for i, p in enumerate(params)], first)
     values = first.resolve()
-    redo = stats.Deferred()
+    redo = transfer.Deferred()
     for i, p in enumerate(params):
         if ("fast", i) not in values:
             continue  # summarized exactly with the small tensors
@@ -282,7 +283,12 @@ def allocation_peak_bytes(fn: Callable[[], None]) -> Optional[int]:
     try:
         from torch._C._profiler import _ExperimentalConfig
         from torch.autograd.profiler import (
-            ProfilerConfig, ProfilerState, _disable_profiler, _enable_profiler, _prepare_profiler)
+            ProfilerConfig,
+            ProfilerState,
+            _disable_profiler,
+            _enable_profiler,
+            _prepare_profiler,
+        )
         from torch.profiler import ProfilerActivity
 
         config = ProfilerConfig(ProfilerState.KINETO, False, True, False, False, False, _ExperimentalConfig())

@@ -11,7 +11,6 @@ without torchrun, the factory returns the same model unsharded.
 import torch
 import torch.distributed as dist
 from torch import nn
-
 from zero_hidden import build as build_whole  # initaudit puts this folder on the import path
 
 

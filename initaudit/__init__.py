@@ -9,27 +9,28 @@ from typing import TYPE_CHECKING, Any
 # plugin in every project where initaudit is installed) must not cost a torch import
 _EXPORTS = {
     "audit": ".api",
-    "fix": ".fixer",
-    "FixResult": ".fixer",
-    "ForwardError": ".errors",
-    "InitauditError": ".errors",
-    "InputError": ".errors",
-    "LoadError": ".errors",
-    "Rule": ".registry",
-    "RuleContext": ".registry",
-    "Violation": ".registry",
-    "load_rules": ".registry",
-    "rule": ".registry",
-    "Finding": ".report",
-    "Report": ".report",
+    "fix": ".fixing.fixer",
+    "FixResult": ".fixing.fixer",
+    "ForwardError": ".core.errors",
+    "InitauditError": ".core.errors",
+    "InputError": ".core.errors",
+    "LoadError": ".core.errors",
+    "Rule": ".rules.registry",
+    "RuleContext": ".rules.registry",
+    "Violation": ".rules.registry",
+    "load_rules": ".rules.registry",
+    "rule": ".rules.registry",
+    "Finding": ".rules.engine",
+    "Report": ".report.report",
 }
 
 if TYPE_CHECKING:
-    from .api import audit
-    from .errors import ForwardError, InitauditError, InputError, LoadError
-    from .fixer import FixResult, fix
-    from .registry import Rule, RuleContext, Violation, load_rules, rule
-    from .report import Finding, Report
+    from initaudit.api import audit
+    from initaudit.core.errors import ForwardError, InitauditError, InputError, LoadError
+    from initaudit.fixing.fixer import FixResult, fix
+    from initaudit.report.report import Report
+    from initaudit.rules.engine import Finding
+    from initaudit.rules.registry import Rule, RuleContext, Violation, load_rules, rule
 
 
 def __getattr__(name: str) -> Any:

@@ -1,3 +1,3 @@
-from .cli import main
+from initaudit.cli import main
 
 main()

@@ -6,21 +6,37 @@ import random
 import sys
 import time
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    FrozenSet,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    Union,
+)
 
 import torch
 from torch import nn
 
-from . import flow, inputs, suppress
-from .errors import InputError
-from .inspector import call_model, inspect
-from .records import Recording
-from .registry import SEVERITY_RANK, Rule, RuleContext, load_rules, resolve_selection
-from .report import Finding, Report
+from initaudit.core.errors import InputError
+from initaudit.gate import suppress
+from initaudit.load import inputs, trace
+from initaudit.record.inspector import inspect
+from initaudit.record.walk import call_model
+from initaudit.report.report import Report
+from initaudit.rules.engine import rule_options, run_rules
+from initaudit.rules.registry import resolve_selection
 
 if TYPE_CHECKING:
-    from .config import Settings
-    from .progress import Progress
+    from initaudit.core.progress import Progress
+    from initaudit.gate.config import Settings
 
 Tie = Union[str, Tuple[str, str], Sequence[str]]
 
@@ -35,46 +51,6 @@ def parse_ties(tied: Optional[Iterable[Tie]]) -> Set[FrozenSet[str]]:
             raise ValueError(f"a tie names two or more parameters (a.weight=b.weight), not {tie!r}")
         ties.add(frozenset(names))
     return ties
-
-
-def rule_options(rules: Iterable[Rule], overrides: Optional[Mapping[str, Any]] = None) -> Dict[str, Dict[str, Any]]:
-    """Each rule's options: its defaults, with ``overrides`` (by option name) applied.
-
-    An override that no rule declares is an error, not silently ignored.
-    """
-    overrides = dict(overrides or {})
-    known = {key for r in load_rules().values() for key in r.options}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"unknown rule option(s) {unknown}; known: {sorted(known)}")
-    return {r.code: {k: overrides.get(k, v) for k, v in r.options.items()} for r in rules}
-
-
-def run_rules(
-    recording: Recording,
-    rules: Sequence[Rule],
-    options: Optional[Mapping[str, Any]] = None,
-    tied: Optional[Set[FrozenSet[str]]] = None,
-) -> List[Finding]:
-    """Apply ``rules`` to a recording; findings most severe first, then by code."""
-    per_rule = rule_options(rules, options)
-    findings: List[Finding] = []
-    for r in rules:
-        ctx = RuleContext(recording=recording, options=per_rule[r.code], tied=set(tied or ()))
-        for v in r.check(ctx):
-            findings.append(
-                Finding(
-                    code=r.code,
-                    rule=r.name,
-                    severity=v.severity or r.severity,
-                    location=v.location,
-                    message=v.message,
-                    fix=v.fix,
-                    locations=list(v.locations) or [v.location],
-                )
-            )
-    findings.sort(key=lambda f: (-SEVERITY_RANK[f.severity], f.code))
-    return findings
 
 
 def resolve_device(device: Union[str, torch.device, None], model: nn.Module) -> torch.device:
@@ -164,7 +140,7 @@ def materialize_lazy(model: nn.Module, example_input: Any) -> List[str]:
     lazy = [n for n, p in model.named_parameters() if isinstance(p, nn.parameter.UninitializedParameter)]
     if not lazy:
         return []
-    from .state import preserved
+    from initaudit.record.state import preserved
 
     with preserved(model), torch.no_grad():
         # eval: a lazy BatchNorm then starts from its own running statistics (zeros and ones)
@@ -196,7 +172,7 @@ def audit(
     no_backward: bool = False,
     progress: Optional["Progress"] = None,
 ) -> Any:
-    """Audit ``model``'s initialization and return a :class:`~initaudit.report.Report`.
+    """Audit ``model``'s initialization and return a :class:`~initaudit.report.report.Report`.
 
     ``params_only=True`` runs no forward at all (the value rules only, no input needed);
     ``no_backward=True`` skips the backward (no gradient rules). The report's notes say which
@@ -204,7 +180,7 @@ def audit(
 
     With ``fix=True``, repair the findings that have a safe fix in place (and, with
     ``unsafe_fixes=True``, the structural ones), audit again, and return a
-    :class:`~initaudit.fixer.FixResult` holding both reports (``.before``, ``.after``).
+    :class:`~initaudit.fixing.fixer.FixResult` holding both reports (``.before``, ``.after``).
 
     ``example_input`` is a tensor, a tuple (positional arguments) or a dict (keyword
     arguments); when ``None`` it is inferred from the first layer (or built with
@@ -233,7 +209,7 @@ def audit(
     if skipped:
         what = "no forward (--params-only)" if params_only else "no backward (--no-backward)"
         notes.append(f"{what}: skipped {', '.join(skipped)}")
-    with on_device(model, dev), flow.traces_kept():
+    with on_device(model, dev), trace.traces_kept():
         if params_only:
             x = None
         elif example_input is None or input_shape is not None:
@@ -245,7 +221,7 @@ def audit(
             x = inputs.to_device(x, dev)
             materialized = materialize_lazy(model, x)
             if materialized:
-                flow.forget_traces()
+                trace.forget_traces()
             notes += materialized
         recording = inspect(model, x, loss=loss, seed=seed, run_forward=not params_only,
                             run_backward=not (params_only or no_backward), progress=progress)
@@ -266,7 +242,7 @@ def audit(
     )
     if not fix:
         return report
-    from .fixer import fix as repair
+    from initaudit.fixing.fixer import fix as repair
 
     # the repair runs where the parameters live, so that it lasts: on their own device and dtype
     return repair(
@@ -296,8 +272,8 @@ def audit_target(
     seed gives one model; the model is moved to ``settings.device`` (default: where the
     factory put it).
     """
-    from .config import Settings
-    from .loader import load_checkpoint, load_target
+    from initaudit.gate.config import Settings
+    from initaudit.load.target import load_checkpoint, load_target
 
     settings = settings or Settings()
     if progress is not None:

@@ -17,14 +17,14 @@ import click
 
 # only what declaring the options needs: --help and --version answer without importing
 # torch; the rest is imported once an audit is about to run
-from . import __version__
-from .errors import InitauditError, describe
-from .options import DEFAULT_BATCH, FAIL_LEVELS
+from initaudit import __version__
+from initaudit.core.errors import InitauditError, describe
+from initaudit.core.options import DEFAULT_BATCH, FAIL_LEVELS
 
 if TYPE_CHECKING:
-    from .config import Settings
-    from .fixer import FixResult
-    from .report import Report
+    from initaudit.fixing.fixer import FixResult
+    from initaudit.gate.config import Settings
+    from initaudit.report.report import Report
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 FORMATS = ("table", "json", "sarif", "github")
@@ -62,8 +62,8 @@ def settings_from(
     tied: Sequence[str],
 ) -> "Settings":
     """The configuration file's settings, with every flag given on the command line winning."""
-    from .api import parse_ties
-    from .config import check_codes, load_settings
+    from initaudit.api import parse_ties
+    from initaudit.gate.config import check_codes, load_settings
 
     settings = load_settings(config)
     selected, ignored = _codes(select), _codes(ignore)
@@ -176,12 +176,17 @@ def main(
     TARGET is path/to/file.py:factory or package.module:factory. The factory returns an
     nn.Module, (model, example_input), or {"model": m, "input": x, "loss": fn}.
     """
-    from . import _quiet_torch  # noqa: F401  (first: torch without NumPy's warning)
-    from . import baseline, distributed, formats, profile
-    from .api import audit_target
-    from .inputs import parse_shape
-    from .loader import parse_factory_args
-    from .progress import Progress
+    from initaudit import _quiet_torch  # noqa: F401  (first: torch without NumPy's warning)
+    from initaudit.analysis.profile import depth_profile
+    from initaudit.api import audit_target
+    from initaudit.core.progress import Progress
+    from initaudit.gate import baseline
+    from initaudit.load.inputs import parse_shape
+    from initaudit.load.target import parse_factory_args
+    from initaudit.record import distributed
+    from initaudit.report import formats
+    from initaudit.report.profile import plot as draw_profile
+    from initaudit.report.profile import profile_table
 
     try:
         settings = settings_from(config, select, ignore, fail_on, device, seed, tied)
@@ -219,7 +224,7 @@ def main(
                 if root:
                     show_fix(result, emit_code, output_format != "table" and not output)
                 if save and root:
-                    from .fixer import save_state_dict
+                    from initaudit.fixing.fixer import save_state_dict
 
                     save_state_dict(result.model, save, force=force)
                     click.echo(f"initaudit: saved the fixed state_dict to {save}", err=True)
@@ -257,12 +262,12 @@ def main(
             click.echo("\n\n".join(r.stats_table() for r in reports) + "\n")
         if show_profile and (output or output_format == "table"):
             for r in reports:
-                click.echo(f"Depth profile of {r.target}:\n{profile.profile_table(profile.depth_profile(r.recording))}\n")
+                click.echo(f"Depth profile of {r.target}:\n{profile_table(depth_profile(r.recording))}\n")
         if plot:
             try:
                 for i, r in enumerate(reports):
                     path = plot if len(reports) == 1 else f"{os.path.splitext(plot)[0]}-{i}{os.path.splitext(plot)[1]}"
-                    profile.plot(profile.depth_profile(r.recording), path, title=r.target or "")
+                    draw_profile(depth_profile(r.recording), path, title=r.target or "")
             except InitauditError as exc:
                 error(str(exc), exc, verbose)
                 status = EXIT_ERROR

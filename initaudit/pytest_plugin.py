@@ -38,8 +38,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _settings(config: pytest.Config) -> Any:
     """``[tool.initaudit]`` of the nearest pyproject.toml above the rootdir, loaded once."""
-    from initaudit.config import load_settings
-    from initaudit.errors import InitauditError
+    from initaudit.core.errors import InitauditError
+    from initaudit.gate.config import load_settings
 
     cached = getattr(config, "_initaudit_settings", None)
     if cached is None:
@@ -100,7 +100,7 @@ class InitauditItem(pytest.Item):
             raise InitAuditFailed(report, settings.fail_on)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Optional[str] = None) -> Any:
-        from initaudit.errors import InitauditError
+        from initaudit.core.errors import InitauditError
         from initaudit.testing import InitAuditFailed
 
         if isinstance(excinfo.value, InitAuditFailed):

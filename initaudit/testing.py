@@ -6,8 +6,8 @@ from typing import Any
 
 from torch import nn
 
-from .api import audit
-from .report import Report, fails
+from initaudit.api import audit
+from initaudit.report.report import Report, fails
 
 AUDIT_OPTIONS = (
     "loss", "device", "select", "ignore", "seed", "tied", "options",

@@ -8,10 +8,9 @@ import textwrap
 import jsonschema
 import pytest
 from click.testing import CliRunner
+from conftest import EXAMPLES, ROOT
 
 from initaudit.cli import main
-
-from conftest import EXAMPLES, ROOT
 
 SCHEMA = json.loads((ROOT / "initaudit" / "schema.json").read_text())
 

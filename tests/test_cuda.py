@@ -9,12 +9,11 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import EXAMPLES
 from torch import nn
 
 from initaudit import audit
 from initaudit.cli import main
-
-from conftest import EXAMPLES
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -135,7 +134,7 @@ def test_statistics_on_the_gpu_never_wait_for_it():
     """Every per-tensor and per-call statistic only queues work on the GPU: with CUDA's sync
     debug mode set to error, anything that waits for the device (an ``.item()``, a blocking
     host-to-device copy of a Python scalar) raises. The one wait is ``Deferred.resolve``."""
-    from initaudit import fingerprint, stats
+    from initaudit import stats
 
     gen = torch.Generator(device="cuda").manual_seed(0)
     w = torch.randn(1 << 21, device="cuda", generator=gen).reshape(2048, 1024)
@@ -146,7 +145,7 @@ def test_statistics_on_the_gpu_never_wait_for_it():
     try:
         queued = [
             stats.fast_summary(w), stats.fast_summary(half), stats.tensor_summary(w), stats.small_counts(w),
-            stats.probe(w), fingerprint.shape_stats(w), stats.gradient_fast(w), stats.gradient_fast(half),
+            stats.probe(w), stats.shape_stats(w), stats.gradient_fast(w), stats.gradient_fast(half),
             stats.output_moments(out, "relu"), stats.output_moments(out.half(), "tanh"), torch.cat(stats.partial_fast(half)),
             torch.cat(stats.partial_moments(w, w.numel())), stats.fast_summary(w[:0]),
         ]

@@ -14,8 +14,10 @@ import pytest
 import torch
 from torch import nn
 
-from initaudit import audit, factored, inspector, staging, stats
-from initaudit.inspector import random_projection_loss
+from initaudit import audit
+from initaudit.record import backward, factored, hooks, staging, transfer, walk
+from initaudit.record.probe import probe_input, random_projection_loss
+from initaudit.stats import reduce
 
 
 def formed(d: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -62,7 +64,7 @@ def test_finite_columns_are_counted_exactly_however_large_their_values(monkeypat
     x[3, 7] = math.nan
     assert not torch.isfinite(x[:, 2].sum())
     for slice_elements in (1 << 19, 8, 1):  # one block; two columns per block; one
-        monkeypatch.setattr(stats, "_SLICE_CPU", slice_elements)
+        monkeypatch.setattr(reduce, "_SLICE_CPU", slice_elements)
         assert int(factored.factors(x)[2]) == 9 - 2
 
 
@@ -105,21 +107,21 @@ def test_worthwhile_by_hand():
 
 def first_step(model: nn.Module, x: torch.Tensor, leaves: bool = True) -> Dict[str, object]:
     """The inspector's gradient step, as ``inspect`` makes it: parameter name -> gradient
-    (a tensor, or ``inspector.Factored`` for a factored weight)."""
-    names = inspector.names_by_id(model.named_modules(remove_duplicate=False))
-    params = inspector.names_by_id(model.named_parameters(remove_duplicate=False))
+    (a tensor, or ``backward.Factored`` for a factored weight)."""
+    names = walk.names_by_id(model.named_modules(remove_duplicate=False))
+    params = walk.names_by_id(model.named_parameters(remove_duplicate=False))
     linear_grads = factored.LinearGradients()
-    recorder = inspector.CallRecorder(names, stats.Deferred(), linear_grads)
+    recorder = hooks.CallRecorder(names, transfer.Deferred(), linear_grads)
     with torch.enable_grad():
-        probe, found = inspector.probe_input(x) if leaves else (x, [])
-        out = inspector._forward(model, probe, recorder)
+        probe, found = probe_input(x) if leaves else (x, [])
+        out = hooks.forward_with_hooks(model, probe, recorder)
         loss = random_projection_loss(out, seed=0)
-        _, grads, _ = inspector._first_step_gradients(loss, params, found, linear_grads)
+        _, grads, _ = backward.first_step_gradients(loss, params, found, linear_grads)
     return {params[key][1][0]: g for key, g in grads.items()}
 
 
 def factored_names(model: nn.Module, x: torch.Tensor, leaves: bool = True) -> List[str]:
-    return sorted(n for n, g in first_step(model, x, leaves).items() if isinstance(g, inspector.Factored))
+    return sorted(n for n, g in first_step(model, x, leaves).items() if isinstance(g, backward.Factored))
 
 
 def assert_audit_gradients_match_autograd(model: nn.Module, x: torch.Tensor) -> None:
@@ -297,9 +299,9 @@ def test_example_audits_find_the_same_with_gradients_formed(example, monkeypatch
     """The shipped examples whose layers are factored: the same findings, and the same
     gradient norms and stds to float32 rounding, as with every gradient formed by autograd."""
     from conftest import EXAMPLES
-    from initaudit.loader import load_target
 
-    from initaudit.inputs import make_input
+    from initaudit.load.inputs import make_input
+    from initaudit.load.target import load_target
 
     target = load_target(f"{EXAMPLES / example}.py:build")  # one model and input for both audits
     x = target.example_input if target.example_input is not None else make_input(target.model)

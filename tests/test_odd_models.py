@@ -7,12 +7,11 @@ import warnings
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import EXAMPLES, codes
 from torch import nn
 
 from initaudit import InputError, audit
 from initaudit.cli import main
-
-from conftest import EXAMPLES, codes
 
 
 def small():
@@ -197,7 +196,7 @@ def _zero_hidden_module():
 def test_safetensors_checkpoint_values_are_what_is_audited(tmp_path):
     from safetensors.torch import save_file
 
-    from initaudit.loader import load_checkpoint
+    from initaudit.load.target import load_checkpoint
 
     torch.manual_seed(3)
     factory = _zero_hidden_module()
@@ -218,9 +217,9 @@ def test_safetensors_checkpoint_values_are_what_is_audited(tmp_path):
 
 
 def test_safetensors_checkpoint_with_a_zero_layer_is_found(tmp_path):
-    from safetensors.torch import save_file
-
     import importlib.util
+
+    from safetensors.torch import save_file
 
     spec = importlib.util.spec_from_file_location("healthy_mlp_example", EXAMPLES / "healthy_mlp.py")
     healthy = importlib.util.module_from_spec(spec)
@@ -239,7 +238,7 @@ def test_safetensors_checkpoint_with_a_zero_layer_is_found(tmp_path):
 def test_safetensors_checkpoint_with_tied_weights_saved_once(tmp_path):
     from safetensors.torch import save_model
 
-    from initaudit.loader import load_checkpoint
+    from initaudit.load.target import load_checkpoint
 
     def tied():
         model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
@@ -381,7 +380,7 @@ class FakeTerminal:
 
 
 def test_progress_shows_phases_only_after_two_seconds_and_only_on_a_terminal():
-    from initaudit.progress import Progress
+    from initaudit.core.progress import Progress
 
     now = [0.0]
     terminal = FakeTerminal()
@@ -404,7 +403,7 @@ def test_no_progress_when_stderr_is_not_a_terminal():
 
 
 def test_progress_follows_the_audit_phases():
-    from initaudit.progress import Progress
+    from initaudit.core.progress import Progress
 
     terminal = FakeTerminal()
     clock = iter(range(0, 1000, 5))  # five seconds per look at the clock: every phase is shown

@@ -3,12 +3,11 @@
 import sys
 
 from click.testing import CliRunner
-
-from initaudit.cli import main
-from initaudit.profile import depth_profile
-from initaudit import audit
-
 from conftest import EXAMPLES, mlp
+
+from initaudit import audit
+from initaudit.analysis.profile import depth_profile
+from initaudit.cli import main
 
 
 def test_profile_rows_follow_the_forward_order_and_show_the_collapse():

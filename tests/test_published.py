@@ -4,12 +4,11 @@ import math
 
 import pytest
 import torch
+from conftest import codes, findings, he_init, mlp
 from torch import nn
 
 from initaudit import audit
-from initaudit.rules.signal import layer_signal
-
-from conftest import codes, findings, he_init, mlp
+from initaudit.rules.builtin.signal import layer_signal
 
 
 def standard_init(layer):

@@ -6,11 +6,10 @@ import sys
 import textwrap
 
 import pytest
-
-from initaudit.api import rule_options
-from initaudit.registry import load_rules, resolve_selection
-
 from conftest import ROOT
+
+from initaudit.rules.engine import rule_options
+from initaudit.rules.registry import load_rules, resolve_selection
 
 PAGES = ROOT / "rules"
 SECTIONS = ["What it does", "Why is this bad?", "Example", "Use instead", "Fix safety", "References"]

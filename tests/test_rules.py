@@ -4,13 +4,12 @@ import math
 
 import pytest
 import torch
+from conftest import codes, findings, he_init, mlp
 from torch import nn
 
 from initaudit import audit
-from initaudit.graph import layer_runs
-from initaudit.rules.variance import recommended_std
-
-from conftest import codes, findings, he_init, mlp
+from initaudit.analysis.graph import layer_runs
+from initaudit.analysis.scales import recommended_std
 
 
 def xavier_init(layer):

@@ -6,12 +6,12 @@ import re
 
 import pytest
 import torch
+from conftest import codes, findings, he_init, mlp
 from torch import nn
 
 from initaudit import audit
-
-from conftest import codes, findings, he_init, mlp
-
+from initaudit.load import trace
+from initaudit.record import flow
 
 # IA101 deliberate zero patterns (torch.fx) ----------------------------------------------------
 
@@ -425,16 +425,15 @@ def test_ia105_fix_redraws_each_copy_the_way_it_was_drawn():
 def test_sequential_chain_reads_as_the_fx_trace_does(monkeypatch):
     """A plain nn.Sequential's graph is built without tracing; it must decide every consumer
     exactly as a real torch.fx trace of the same model does."""
-    from initaudit import flow
 
     model = nn.Sequential(
         nn.Linear(8, 16), nn.Dropout(0.1), nn.LeakyReLU(0.2),
         nn.Sequential(nn.Linear(16, 16), nn.LayerNorm(16), nn.Tanh()),
         nn.Flatten(), nn.Linear(16, 16), nn.Linear(16, 4),
     )
-    assert flow.Chain.of(model) is not None
+    assert trace.Chain.of(model) is not None
     built, built_traced = flow.analyze(model)
-    monkeypatch.setattr(flow.Chain, "of", classmethod(lambda cls, module: None))
+    monkeypatch.setattr(trace.Chain, "of", classmethod(lambda cls, module: None))
     traced, traced_names = flow.analyze(model)
     assert built_traced == traced_names == [""]
     assert {k: v.describe() for k, v in built.items()} == {k: v.describe() for k, v in traced.items()}
@@ -443,12 +442,11 @@ def test_sequential_chain_reads_as_the_fx_trace_does(monkeypatch):
 
 
 def test_sequential_with_a_custom_module_is_traced_for_real():
-    from initaudit import flow
 
     class Scale(nn.Module):
         def forward(self, x):
             return torch.relu(x) * 2
 
-    assert flow.Chain.of(nn.Sequential(nn.Linear(4, 4), Scale())) is None
+    assert trace.Chain.of(nn.Sequential(nn.Linear(4, 4), Scale())) is None
     flows, _ = flow.analyze(nn.Sequential(nn.Linear(4, 4), Scale()))
     assert flows["0"].describe().startswith("relu")  # seen inside Scale by the real trace

@@ -6,7 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from initaudit import activations, stats
+from initaudit import stats
+from initaudit.analysis import gains
+from initaudit.core import knowledge
+from initaudit.record import transfer
 
 
 @pytest.mark.parametrize(
@@ -88,7 +91,7 @@ def test_chunk_means_per_gate():
 
 
 def test_deferred_brings_values_back_by_key():
-    d = stats.Deferred()
+    d = transfer.Deferred()
     d.add("a", torch.tensor([1.0, 2.0]))
     d.add(("b", 1), torch.tensor(3.0))
     assert d.resolve() == {"a": [1.0, 2.0], ("b", 1): [3.0]}
@@ -99,27 +102,27 @@ def test_second_moment_gains_by_monte_carlo(name):
     z = torch.randn(2_000_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     phi = getattr(torch.nn.functional, name)
     expected = 1 / math.sqrt(phi(z).square().mean().item())
-    assert activations.second_moment_gain(name) == pytest.approx(expected, rel=5e-3)
+    assert gains.second_moment_gain(name) == pytest.approx(expected, rel=5e-3)
 
 
 def test_gain_range():
-    relu = activations.Activation("relu")
-    assert activations.gain_range(relu) == (math.sqrt(2), math.sqrt(2))
-    leaky = activations.Activation("leaky_relu", 0.2)
+    relu = knowledge.Activation("relu")
+    assert gains.gain_range(relu) == (math.sqrt(2), math.sqrt(2))
+    leaky = knowledge.Activation("leaky_relu", 0.2)
     g = math.sqrt(2 / (1 + 0.2**2))
-    assert activations.gain_range(leaky) == pytest.approx((g, g))
-    assert activations.gain_range(activations.Activation("tanh")) == pytest.approx((1.0, 5 / 3))
-    assert activations.gain_range(activations.LINEAR) == (1.0, 1.0)
-    assert activations.gain_range(activations.Activation("selu")) == (1.0, 1.0)
+    assert gains.gain_range(leaky) == pytest.approx((g, g))
+    assert gains.gain_range(knowledge.Activation("tanh")) == pytest.approx((1.0, 5 / 3))
+    assert gains.gain_range(knowledge.LINEAR) == (1.0, 1.0)
+    assert gains.gain_range(knowledge.Activation("selu")) == (1.0, 1.0)
 
 
 def test_classify():
-    assert activations.classify(nn.Conv2d(3, 4, 3)) == (activations.LAYER, None)
-    assert activations.classify(nn.BatchNorm2d(4))[0] == activations.NORM
-    assert activations.classify(nn.LeakyReLU(0.1)) == (activations.ACTIVATION, activations.Activation("leaky_relu", 0.1))
-    assert activations.classify(nn.ReLU6())[1].name == "relu"
-    assert activations.classify(nn.Dropout())[0] == activations.PASSTHROUGH
-    assert activations.classify(nn.LSTM(3, 4))[0] == activations.OTHER
+    assert knowledge.classify(nn.Conv2d(3, 4, 3)) == (knowledge.LAYER, None)
+    assert knowledge.classify(nn.BatchNorm2d(4))[0] == knowledge.NORM
+    assert knowledge.classify(nn.LeakyReLU(0.1)) == (knowledge.ACTIVATION, knowledge.Activation("leaky_relu", 0.1))
+    assert knowledge.classify(nn.ReLU6())[1].name == "relu"
+    assert knowledge.classify(nn.Dropout())[0] == knowledge.PASSTHROUGH
+    assert knowledge.classify(nn.LSTM(3, 4))[0] == knowledge.OTHER
 
 
 def test_subnormal_count():
@@ -208,7 +211,7 @@ def test_float16_summary_against_an_independent_float64_reference():
          "ordinary-large", "ones-large", "large-mean-large", "non-finite-large", "subnormal-large", "bfloat16-large"],
 )
 def test_the_inspector_records_the_exact_summary(make):
-    from initaudit.inspector import inspect
+    from initaudit.record.inspector import inspect
 
     holder = nn.Module()
     holder.p = nn.Parameter(make(), requires_grad=False)

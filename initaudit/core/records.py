@@ -1,0 +1,174 @@
+"""What the inspector records and the rules read: plain data, no tensors."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple
+
+from initaudit.core.numbers import finite_or_none
+
+
+@dataclass
+class GradientRecord:
+    """First-step gradient of one parameter."""
+
+    norm: float
+    std: float
+    nonfinite: int
+
+
+@dataclass
+class TensorRecord:
+    """One parameter or floating-point buffer, under every name it is reachable by."""
+
+    names: List[str]
+    kind: str  # "parameter", "buffer", or "effective" (a parametrization's computed tensor)
+    module: str  # owner module of names[0] ("" for the root)
+    module_type: str
+    attr: str
+    shape: Tuple[int, ...]
+    dtype: str
+    device: str
+    requires_grad: bool
+    floating: bool
+    numel: int
+    mean: Optional[float] = None
+    std: Optional[float] = None
+    min: Optional[float] = None
+    max: Optional[float] = None
+    zero_fraction: Optional[float] = None
+    nonfinite: int = 0
+    subnormal: int = 0  # elements with 0 < |x| < finfo.tiny
+    fan_in: Optional[int] = None
+    fan_out: Optional[int] = None
+    # the fan that sets the forward signal's scale; differs from fan_in for transposed convs
+    layer_fan_in: Optional[int] = None
+    # "ok", "none" (trainable but no gradient), "frozen", "not-floating", "buffer",
+    # "not-run" (no backward was made)
+    grad_status: str = "buffer"
+    grad: Optional[GradientRecord] = None
+    # per-gate means along dim 0 for recurrent weights and biases (i, f, g, o for LSTM)
+    gate_means: Optional[List[float]] = None
+    # recurrent weight_hh: [min, max] singular value of each gate block; vanilla RNN radius
+    gate_singular_values: Optional[List[float]] = None
+    spectral_radius: Optional[float] = None
+    # shape of the distribution, for the init fingerprint (weights of 2+ dims)
+    kurtosis: Optional[float] = None
+    ortho_offdiag: Optional[float] = None
+    ortho_spread: Optional[float] = None
+    init: Optional[str] = None  # the init that most likely produced it (fingerprint.identify)
+    init_call: Optional[str] = None  # that init as a call on "{w}", to redraw it the same way
+    clones: List[str] = field(default_factory=list)  # distinct parameters with identical values
+    aliases: List[str] = field(default_factory=list)  # distinct parameters sharing its memory
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.names[0]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        for key in ("mean", "std", "min", "max", "zero_fraction"):
+            d[key] = finite_or_none(d[key])
+        if self.grad is not None:
+            d["grad"] = {
+                "norm": finite_or_none(self.grad.norm),
+                "std": finite_or_none(self.grad.std),
+                "nonfinite": self.grad.nonfinite,
+            }
+        for key in ("gate_means", "gate_singular_values"):
+            if d[key] is not None:
+                d[key] = [finite_or_none(v) for v in d[key]]
+        for key in ("spectral_radius", "kurtosis", "ortho_offdiag", "ortho_spread"):
+            d[key] = finite_or_none(d[key])
+        return d
+
+
+@dataclass
+class OutputRecord:
+    """Statistics of a module's output on its first call."""
+
+    shape: Tuple[int, ...]
+    dtype: str
+    mean: float
+    std: float
+    zero_fraction: float
+    feature_std: float  # per-feature std across the batch, averaged over features
+    # activations only: fraction of units dead (along the last dim / dim 1), of saturated outputs
+    dead_last: Optional[float] = None
+    dead_channel: Optional[float] = None
+    saturated: Optional[float] = None
+
+
+@dataclass
+class ModuleRecord:
+    """One module, under every name it is reachable by."""
+
+    names: List[str]
+    type: str
+    kind: str  # layer, activation, norm, passthrough, other (see activations.classify)
+    activation: Optional[str]  # nonlinearity name when kind == "activation"
+    activation_param: float
+    leaf: bool
+    has_parameters: bool  # parameters of its own (not its children's)
+    calls: int = 0
+    first_call: Optional[int] = None  # position in the forward's call order
+    output: Optional[OutputRecord] = None
+    ignore: Dict[str, str] = field(default_factory=dict)  # its class's __initaudit_ignore__
+    # what consumes its output (layers and norms): see flow.Flow
+    consumer_kind: Optional[str] = None  # activation, norm, layer, output, opaque, unknown
+    consumer: Optional[str] = None  # nonlinearity name, or the consuming node
+    consumer_param: float = 0.0  # leaky_relu's slope
+    consumer_method: Optional[str] = None  # "fx" (traced) or "hooks" (call order)
+    residual: Optional[str] = None  # "residual" or "lora": its output is added to a skip
+
+    @property
+    def name(self) -> str:
+        return self.names[0]
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        if self.output is not None:
+            out = d["output"]
+            out["shape"] = list(self.output.shape)
+            for key in ("mean", "std", "zero_fraction", "feature_std", "dead_last", "dead_channel", "saturated"):
+                out[key] = finite_or_none(out[key])
+        return d
+
+
+@dataclass
+class Recording:
+    """Everything one inspection measured; the only thing rules see of the model."""
+
+    tensors: List[TensorRecord]
+    modules: List[ModuleRecord]
+    call_order: List[str]  # module names, each call, in the order the calls returned
+    call_outputs: List[Optional[OutputRecord]]  # output statistics of each of those calls
+    output_layer: Optional[str]  # the model's head (see inspector.output_layer)
+    declared_ties: Set[FrozenSet[str]]  # parameter-name sets the model itself declares tied
+    backward: bool  # whether a backward was made
+    loss: Optional[float] = None
+    # tr(J^T J) / min(inputs, outputs) of the input-output Jacobian, from the backward's probe
+    jacobian_gain: Optional[float] = None
+    jacobian_note: Optional[str] = None  # why it is None
+    traced: List[str] = field(default_factory=list)  # modules torch.fx traced ("" = the model)
+    unobserved: List[str] = field(default_factory=list)  # parameterized modules no hook saw
+    notes: List[str] = field(default_factory=list)  # what the inspector could not do, and why
+
+    @property
+    def parameters(self) -> List[TensorRecord]:
+        """Parameters, and the effective tensors of parametrized modules (judged like weights)."""
+        return [t for t in self.tensors if t.kind in ("parameter", "effective")]
+
+    def module(self, name: str) -> Optional[ModuleRecord]:
+        """The module reachable as ``name``."""
+        index = self.__dict__.get("_module_index")
+        if index is None:
+            index = {n: m for m in self.modules for n in m.names}
+            self.__dict__["_module_index"] = index
+        return index.get(name)

@@ -1,0 +1,111 @@
+"""The first step's backward: every trainable parameter's gradient, or its statistics."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional, Set, Tuple
+
+import torch
+
+from initaudit import stats
+from initaudit.core.errors import ForwardError, describe, user_frame
+from initaudit.core.records import TensorRecord
+from initaudit.record import distributed, factored, transfer
+
+
+def first_step_gradients(
+    loss_value: Optional[torch.Tensor],
+    param_names: "OrderedDict[int, Tuple[Any, List[str]]]",
+    leaves: List[torch.Tensor],
+    linear_grads: Optional[factored.LinearGradients] = None,
+) -> Tuple[bool, Dict[int, Any], List[Optional[torch.Tensor]]]:
+    """``(backward_made, gradient by parameter id, gradient of each input leaf)``.
+
+    A parameter's gradient is a tensor, ``None`` where the loss does not reach it, or, for
+    the linear weights that ``linear_grads`` factors, the device row of
+    :func:`~initaudit.record.factored.gradient_row` (wrapped in :class:`Factored`).
+    """
+    trainable = [(i, p) for i, (p, _) in param_names.items() if p.requires_grad and p.is_floating_point()]
+    if loss_value is None or not loss_value.requires_grad:
+        # the loss depends on no parameter
+        return bool(trainable), {i: None for i, _ in trainable}, [None] * len(leaves)
+    wrt = [p for _, p in trainable] + leaves
+    sharded = any(distributed.is_dtensor(p) for p in wrt)
+    skipped: Set[int] = set()
+    if linear_grads is not None and not sharded:
+        skipped = linear_grads.plan(loss_value, wrt)
+        wrt = [t for t in wrt if id(t) not in skipped]
+    try:
+        if sharded:
+            grads = _accumulated_gradients(loss_value, wrt)
+        else:
+            grads = torch.autograd.grad(loss_value.reshape(()), wrt, allow_unused=True) if wrt else ()
+    except Exception as exc:
+        raise ForwardError(f"the backward failed: {describe(exc)}", user_frame(exc)) from exc
+    finally:
+        if linear_grads is not None:
+            linear_grads.close()
+    computed = iter(grads)
+    by_param: Dict[int, Any] = {}
+    for i, p in trainable:
+        if id(p) in skipped:
+            row = linear_grads.rows.get(id(p)) if linear_grads is not None else None
+            by_param[i] = Factored(row) if row is not None else None
+        else:
+            by_param[i] = next(computed)
+    return bool(trainable), by_param, list(computed)
+
+
+@dataclasses.dataclass
+class Factored:
+    """A weight's first-step gradient known by its statistics alone (:mod:`~initaudit.record.factored`)."""
+
+    row: torch.Tensor  # [sum(G), ||G||^2, nonfinite(G)], float64, on the device
+
+
+def _accumulated_gradients(loss_value: torch.Tensor, wrt: List[torch.Tensor]) -> List[Optional[torch.Tensor]]:
+    """Gradients through ``.grad``, for sharded parameters (FSDP2) whose gradient is
+    reduce-scattered into ``.grad`` by hooks that ``torch.autograd.grad`` does not run.
+
+    ``.grad`` is cleared first so that nothing accumulates onto the user's; the caller's
+    :func:`~initaudit.record.state.preserved` puts the user's ``.grad`` back afterwards.
+    """
+    for t in wrt:
+        t.grad = None
+    loss_value.reshape(()).backward()
+    grads = [t.grad for t in wrt]
+    for t in wrt:
+        t.grad = None
+    return grads
+
+
+def gradient_status(
+    records: List[Tuple[int, TensorRecord]],
+    grads: Dict[int, Any],
+    backward: bool,
+    deferred: transfer.Deferred,
+    partials: distributed.Partials,
+) -> None:
+    for key, record in records:
+        if record.kind != "parameter":
+            continue
+        if not record.floating:
+            record.grad_status = "not-floating"
+        elif not record.requires_grad:
+            record.grad_status = "frozen"
+        elif not backward:
+            record.grad_status = "not-run"
+        elif grads.get(key) is None:
+            record.grad_status = "none"
+        else:
+            record.grad_status = "ok"
+            grad = grads[key]
+            if isinstance(grad, Factored):
+                deferred.add(("gradfactored", key), grad.row)
+                continue
+            fast = stats.gradient_fast(distributed.local(grad))
+            if distributed.is_sharded(grad):
+                partials.add(("gradfast", key), grad, fast, fast.new_zeros(0))
+            else:
+                deferred.add(("gradfast", key), fast)

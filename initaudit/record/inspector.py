@@ -1,0 +1,138 @@
+"""Hook-based inspector: one forward and one backward, statistics of everything.
+
+It records every parameter and floating-point buffer, every module's output on the
+example input, and every parameter's first-step gradient, all on the device the model
+is on, and leaves the model exactly as it found it (:mod:`initaudit.record.state`).
+
+:func:`inspect` runs the pipeline of this package: tensor records (:mod:`.tensors`), hooks
+on every module (:mod:`.hooks`), the loss and Jacobian probe (:mod:`.probe`), the backward
+(:mod:`.backward`), the transfer to the host (:mod:`.resolve`) and module records
+(:mod:`.modules`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+import torch
+from torch import nn
+
+from initaudit.core.progress import SILENT, Progress
+from initaudit.core.records import Recording, TensorRecord
+from initaudit.record import distributed, factored, flow, transfer
+from initaudit.record.backward import first_step_gradients, gradient_status
+from initaudit.record.hooks import CallRecorder, forward_with_hooks
+from initaudit.record.ignores import declared_ignores
+from initaudit.record.modules import declared_ties, module_records, output_layer, output_record
+from initaudit.record.probe import LossFn, compute_loss, jacobian_gain, probe_input, random_projection_loss
+from initaudit.record.resolve import resolve
+from initaudit.record.state import preserved, seed_torch
+from initaudit.record.tensors import note_unjudged, tensor_records
+from initaudit.record.walk import names_by_id
+
+
+def inspect(
+    model: nn.Module,
+    example_input: Any,
+    *,
+    loss: Optional[LossFn] = None,
+    seed: int = 0,
+    run_forward: bool = True,
+    run_backward: bool = True,
+    progress: Optional[Progress] = None,
+) -> Recording:
+    """Record statistics of ``model`` on ``example_input``; the model is left untouched.
+
+    ``run_forward=False`` records the parameters alone (no input needed: for models too
+    large to run); ``run_backward=False`` runs the forward without gradients.
+
+    The forward runs in training mode (a first training step), with every module's output
+    reduced to a few statistics by a forward hook. The backward uses
+    ``torch.autograd.grad``, so no parameter's ``.grad`` is written; the weights of linear
+    layers that :mod:`~initaudit.record.factored` can stand in for get their gradient's
+    statistics from two small Gram matrices instead of the gradient itself. Every statistic is
+    computed on the device its tensor lives on and brought to the host in one transfer.
+    """
+    progress = progress or SILENT
+    param_names = names_by_id(model.named_parameters(remove_duplicate=False))
+    buffer_names = names_by_id(model.named_buffers(remove_duplicate=False))
+    module_names = names_by_id(model.named_modules(remove_duplicate=False))
+    progress.phase("parameter statistics")
+    # a malformed suppression is the user's error: say so before running anything
+    ignores = {key: declared_ignores(m) for key, (m, _) in module_names.items()}
+    deferred = transfer.Deferred()
+    linear_grads = factored.LinearGradients() if run_forward and run_backward else None
+    recorder = CallRecorder(module_names, deferred, linear_grads)
+    # values as the user left them, before a training-mode forward can touch a buffer
+    partials = distributed.Partials()
+    tensors = tensor_records(param_names, buffer_names, module_names, deferred, partials)
+    backward, grads, gain, gain_note, loss_value = False, {}, None, None, None
+    with preserved(model):
+        progress.phase("tracing")
+        flows, traced = flow.analyze(model)
+        if run_forward:
+            progress.phase("forward")
+            model.train()
+            seed_torch(seed)
+            x, leaves = probe_input(example_input) if run_backward else (example_input, [])
+            with torch.enable_grad() if run_backward else torch.no_grad():
+                output = forward_with_hooks(model, x, recorder)
+                if run_backward:
+                    progress.phase("backward")
+                    loss_value = compute_loss(output, x, loss, seed)
+                    probed: Optional[List[Optional[torch.Tensor]]] = None
+                    if loss is not None and leaves:
+                        # a custom loss says nothing of the Jacobian: probe it with a projection of its own
+                        probe = random_projection_loss(output, seed)
+                        probed = []
+                        if probe is not None:
+                            probed = list(torch.autograd.grad(probe, leaves, allow_unused=True, retain_graph=True))
+                    backward, grads, input_grads = first_step_gradients(loss_value, param_names, leaves, linear_grads)
+                    input_grads = probed if probed is not None else input_grads
+                    gain, gain_note = jacobian_gain(output, input_grads, sum(t.numel() for t in leaves))
+            if gain is not None:
+                deferred.add("jacobian", (gain * recorder.pooling).reshape(1))
+                if recorder.pooling != 1.0:
+                    gain_note = f"corrected for average pooling over {recorder.pooling:g} elements"
+        if not run_backward:
+            gain_note = "no backward was made"
+        gradient_status(tensors, grads, backward, deferred, partials)
+        if loss_value is not None:
+            deferred.add("loss", loss_value.detach().reshape(1).double())
+        values = resolve(deferred, partials, tensors, param_names, buffer_names, grads)
+
+    modules = module_records(module_names, recorder, values, ignores, flows)
+    if run_forward:
+        note_unjudged(tensors, set(recorder.calls))
+    return Recording(
+        tensors=[r for _, r in tensors],
+        modules=modules,
+        call_order=recorder.calls,
+        call_outputs=[output_record(recorder, values, i) for i in range(len(recorder.calls))],
+        output_layer=output_layer(model, module_names, recorder),
+        declared_ties=declared_ties(model),
+        backward=backward,
+        loss=values["loss"][0] if "loss" in values else None,
+        jacobian_gain=values["jacobian"][0] if "jacobian" in values else None,
+        jacobian_note=gain_note,
+        traced=traced,
+        unobserved=[m.name for m in modules if m.has_parameters and m.calls == 0] if run_forward else [],
+        notes=["a TorchScript module takes no forward hooks: parameters and gradients are audited, "
+               "module outputs (and the signal rules) are not"] if recorder.scripted else [],
+    )
+
+
+def parameter_statistics(model: nn.Module) -> List[TensorRecord]:
+    """The parameter pass alone, exactly as :func:`inspect` makes it (no forward, no rules).
+
+    Every parameter's and floating buffer's summary, fingerprint statistics, clones and
+    aliases; what ``--params-only`` reads, and what ``benchmarks/`` times against one read
+    of the parameters.
+    """
+    param_names = names_by_id(model.named_parameters(remove_duplicate=False))
+    buffer_names = names_by_id(model.named_buffers(remove_duplicate=False))
+    module_names = names_by_id(model.named_modules(remove_duplicate=False))
+    deferred, partials = transfer.Deferred(), distributed.Partials()
+    tensors = tensor_records(param_names, buffer_names, module_names, deferred, partials)
+    resolve(deferred, partials, tensors, param_names, buffer_names, {})
+    return [record for _, record in tensors]

@@ -1,0 +1,102 @@
+"""A record for every module: its kind, calls, first output and consumer."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple
+
+from torch import nn
+
+from initaudit import stats
+from initaudit.core import knowledge
+from initaudit.core.records import ModuleRecord, OutputRecord
+from initaudit.record import distributed, flow
+from initaudit.record.hooks import CallRecorder
+
+
+def declared_ties(model: nn.Module) -> Set[FrozenSet[str]]:
+    """Parameter names the model itself declares tied: Hugging Face's input/output embeddings."""
+    ties: Set[FrozenSet[str]] = set()
+    get_in = getattr(model, "get_input_embeddings", None)
+    get_out = getattr(model, "get_output_embeddings", None)
+    if not (callable(get_in) and callable(get_out)):
+        return ties
+    try:
+        emb_in, emb_out = get_in(), get_out()
+    except Exception:  # a model whose accessors are not implemented declares nothing
+        return ties
+    w_in = getattr(emb_in, "weight", None)
+    w_out = getattr(emb_out, "weight", None)
+    if isinstance(w_in, nn.Parameter) and w_in is w_out:
+        names = [n for n, p in model.named_parameters(remove_duplicate=False) if p is w_in]
+        ties.add(frozenset(names))
+    return ties
+
+
+def module_records(
+    module_names: "OrderedDict[int, Tuple[Any, List[str]]]",
+    recorder: CallRecorder,
+    values: Dict[Any, List[float]],
+    ignores: Dict[int, Dict[str, str]],
+    flows: Dict[str, "flow.Flow"],
+) -> List[ModuleRecord]:
+    records = []
+    for key, (module, names) in module_names.items():
+        kind, act = knowledge.classify(module)
+        record = ModuleRecord(
+            names=names,
+            type=distributed.type_name(module),
+            kind=kind,
+            activation=act.name if act else None,
+            activation_param=act.param if act else 0.0,
+            # a parametrized layer is still a leaf: its only child holds its parametrizations
+            leaf=all(child == "parametrizations" for child, _ in module.named_children()),
+            has_parameters=next(module.parameters(recurse=False), None) is not None,
+            calls=recorder.counts.get(key, 0),
+            first_call=recorder.first_call.get(key),
+            ignore=ignores.get(key, {}),
+        )
+        if record.first_call is not None:
+            record.output = output_record(recorder, values, record.first_call)
+        if isinstance(module, (nn.RNN, nn.RNNCell)):
+            record.activation = module.nonlinearity
+        found = flows.get(names[0])
+        if found is not None and found.consumer != "unknown":
+            record.consumer_kind = found.consumer
+            record.consumer = found.activation.name if found.activation else found.via
+            record.consumer_param = found.activation.param if found.activation else 0.0
+            record.consumer_method = flow.FX
+        elif kind in (knowledge.LAYER, knowledge.NORM):
+            record.consumer_method = flow.HOOKS
+        record.residual = found.residual if found is not None else None
+        records.append(record)
+    return records
+
+
+def output_record(recorder: CallRecorder, values: Dict[Any, List[float]], index: int) -> Optional[OutputRecord]:
+    meta = recorder.call_outputs[index]
+    if meta is None:
+        return None
+    shape, dtype = meta
+    row = values[("call", index)]
+    nonlinearity = recorder.call_nonlinearity.get(index)
+    extra = ([None, None, None] if nonlinearity is None
+             else stats.activation_from_counts(row[stats.OUTPUT_MOMENTS:], shape, nonlinearity))
+    return OutputRecord(shape, dtype, *stats.output_from_moments(row, shape), *extra)
+
+
+def output_layer(model: nn.Module, module_names: "OrderedDict[int, Tuple[Any, List[str]]]", recorder: CallRecorder) -> Optional[str]:
+    """The model's head: of the modules holding a weight of 2+ dimensions of their own, the
+    one whose forward started last. The root counts only when it is a single layer (a model
+    holding a class token directly is not its own head)."""
+    best: Optional[Tuple[int, str]] = None
+    for key, (module, names) in module_names.items():
+        if key not in recorder.started:
+            continue
+        if module is model and next(module.children(), None) is not None:
+            continue
+        if not any(p.dim() >= 2 for p in module.parameters(recurse=False)):
+            continue
+        if best is None or recorder.started[key] > best[0]:
+            best = (recorder.started[key], names[0])
+    return best[1] if best else None

@@ -1,0 +1,77 @@
+"""The depth profile drawn: a table with log-scale bars, and the signal-propagation plot
+(Brock et al. 2021) of ``--plot``. The rows come from :mod:`initaudit.analysis.profile`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional
+
+from tabulate import tabulate
+
+from initaudit.analysis.profile import ProfileRow
+from initaudit.core.errors import InitauditError
+
+BAR_WIDTH = 24
+
+
+def _bar(value: Optional[float], low: float, high: float) -> str:
+    """``#`` bars on a log10 scale between the smallest and largest value of the column."""
+    if value is None or value <= 0 or not math.isfinite(value):
+        return "(none)" if value is None else "(zero)"
+    if high <= low:
+        return "#" * BAR_WIDTH
+    length = 1 + round((BAR_WIDTH - 1) * (math.log10(value) - low) / (high - low))
+    return "#" * max(1, length)
+
+
+def _num(v: Optional[float]) -> str:
+    return "" if v is None or not math.isfinite(v) else f"{v:.3g}"
+
+
+def profile_table(rows: List[ProfileRow]) -> str:
+    signals = [math.log10(r.signal) for r in rows if r.signal and r.signal > 0 and math.isfinite(r.signal)]
+    low, high = (min(signals), max(signals)) if signals else (0.0, 0.0)
+    table = [
+        [
+            r.layer, r.type, f"{r.consumer} ({r.method})", _num(r.output_rms), _num(r.signal),
+            _bar(r.signal, low, high), _num(r.grad_rms), _num(r.weight_std), _num(r.recommended_std),
+            _num(r.ratio),
+        ]
+        for r in rows
+    ]
+    return tabulate(
+        table,
+        headers=["layer", "type", "consumer", "out RMS", "signal", "signal (log scale)",
+                 "grad RMS", "w std", "recommended", "ratio"],
+        tablefmt="simple",
+        disable_numparse=True,
+    )
+
+
+def plot(rows: List[ProfileRow], path: str, title: str = "") -> None:
+    """Signal-propagation plot: output RMS, signal and gradient RMS per layer, log scale."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise InitauditError(
+            "--plot needs matplotlib, which is not installed: pip install 'initaudit[plot]'"
+        ) from None
+    depth = list(range(len(rows)))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    for attr, label in (("output_rms", "output RMS"), ("signal", "signal (per-feature std)"), ("grad_rms", "weight grad RMS")):
+        values = [getattr(r, attr) or float("nan") for r in rows]
+        top.semilogy(depth, values, marker=".", label=label)
+    top.set_ylabel("magnitude")
+    top.legend(loc="best", fontsize="small")
+    top.set_title(title or "initaudit depth profile")
+    bottom.semilogy(depth, [r.ratio or float("nan") for r in rows], marker=".", color="tab:red")
+    bottom.axhline(1.0, color="grey", linewidth=0.8)
+    bottom.set_ylabel("weight std / recommended")
+    bottom.set_xlabel("layer (forward order)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

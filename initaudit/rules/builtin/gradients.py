@@ -1,0 +1,156 @@
+"""Rules on the first training step's gradients."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, List, Tuple
+
+from initaudit.core import knowledge
+from initaudit.core.records import Recording
+from initaudit.rules.registry import RuleContext, Violation, rule
+
+
+@rule(
+    "IA301",
+    "no-gradient",
+    "error",
+    "A trainable parameter received no gradient in the first backward.",
+    needs="backward",
+)
+def no_gradient(ctx: RuleContext) -> Iterator[Violation]:
+    rec = ctx.recording
+    called = set(rec.call_order)
+    for t in rec.parameters:
+        if t.grad_status != "none":
+            continue
+        if t.module not in called and t.module != "":
+            why = f"its module '{t.module}' ({t.module_type}) is never called by the forward"
+        else:
+            why = "the loss does not depend on it (its path is detached, or its output is unused)"
+        yield Violation(
+            t.name,
+            f"trainable parameter '{t.name}' got no gradient in the first backward: {why}; "
+            "the optimizer will never update it",
+            fix=None,
+            locations=t.names,
+        )
+
+
+@rule(
+    "IA303",
+    "non-finite-gradient",
+    "error",
+    "A first-step gradient holds NaN or Inf.",
+    needs="backward",
+)
+def non_finite_gradient(ctx: RuleContext) -> Iterator[Violation]:
+    for t in ctx.recording.parameters:
+        if t.grad is None or not t.grad.nonfinite:
+            continue
+        yield Violation(
+            t.name,
+            f"first-step gradient of '{t.name}' holds {t.grad.nonfinite:,} NaN or Inf value(s) "
+            f"out of {t.numel:,}: the first optimizer step would write them into the weights",
+            fix=None,
+            locations=t.names,
+        )
+
+
+@rule(
+    "IA302",
+    "zero-gradient",
+    "warning",
+    "A trainable parameter's first-step gradient is identically zero.",
+    needs="backward",
+)
+def zero_gradient(ctx: RuleContext) -> Iterator[Violation]:
+    zero = [t for t in ctx.recording.parameters if t.grad is not None and t.grad.norm == 0 and not t.grad.nonfinite]
+    if not zero:
+        return
+    # one finding: a zero weight or a dead layer zeroes the gradients of everything below it
+    names = [t.name for t in zero]
+    listed = ", ".join(f"'{n}'" for n in names[:8]) + (", ..." if len(names) > 8 else "")
+    yield Violation(
+        names[0],
+        f"the first-step gradient of {len(names)} trainable parameter(s) is exactly zero ({listed}): "
+        "the optimizer will not move them (a zero weight above them, dead units, or a loss that "
+        "ignores their path)",
+        fix=None,
+        locations=names,
+    )
+
+
+def weight_gradients(recording: Recording) -> List[List[Tuple[str, float]]]:
+    """``(weight name, gradient RMS)`` of layer weights in the forward order of their layers,
+    in segments split at average pooling.
+
+    A layer before a pooling over ``k`` positions sums ``k`` weakly correlated terms into its
+    weight gradient, each scaled by ``1/k``: its gradient RMS drops by about ``sqrt(k)`` by
+    construction, so layers are compared only within a segment.
+    """
+    pools = [i for i, name in enumerate(recording.call_order) if (m := recording.module(name)) is not None and m.type in knowledge.AVERAGE_POOLS]
+    order = {}
+    for m in recording.modules:
+        if m.kind == knowledge.LAYER and m.first_call is not None:
+            order[m.name] = m.first_call
+    found = []
+    for t in recording.parameters:
+        if t.module in order and t.ndim >= 2 and t.grad is not None and t.grad.norm > 0 and t.numel:
+            if math.isfinite(t.grad.norm):
+                found.append((order[t.module], t.name, t.grad.norm / math.sqrt(t.numel)))
+    segments: List[List[Tuple[str, float]]] = []
+    for position, name, rms in sorted(found):
+        segment = sum(1 for p in pools if p < position)
+        while len(segments) <= segment:
+            segments.append([])
+        segments[segment].append((name, rms))
+    return [s for s in segments if s]
+
+
+def _gradient_trend(ctx: RuleContext, direction: str) -> Iterator[Violation]:
+    limit = float(ctx.options["gradient-ratio"])
+    for grads in weight_gradients(ctx.recording):
+        if len(grads) < 2:
+            continue
+        (first_name, first), (last_name, last) = grads[0], grads[-1]
+        ratio = first / last
+        if direction == "vanishing" and ratio >= 1 / limit:
+            continue
+        if direction == "exploding" and ratio <= limit:
+            continue
+        per_layer = ratio ** (1 / (len(grads) - 1))
+        yield Violation(
+            first_name,
+            f"the first-step gradient RMS of the layer weights {'shrinks' if ratio < 1 else 'grows'} "
+            f"{max(ratio, 1 / ratio):.3g}x from the last layer ('{last_name}', {last:.3g}) back to the "
+            f"first ('{first_name}', {first:.3g}) over {len(grads)} layers, about {per_layer:.3g}x per "
+            "layer going backward: with one learning rate, the "
+            + ("first layers will barely move" if ratio < 1 else "first layers will take steps far too large"),
+            fix=None,
+            locations=[first_name, last_name],
+        )
+        return
+
+
+@rule(
+    "IA304",
+    "gradient-vanishing",
+    "warning",
+    "The weight-gradient RMS of the first layer is over 100x smaller than the last layer's.",
+    options={"gradient-ratio": 100.0},
+    needs="backward",
+)
+def gradient_vanishing(ctx: RuleContext) -> Iterator[Violation]:
+    yield from _gradient_trend(ctx, "vanishing")
+
+
+@rule(
+    "IA305",
+    "gradient-exploding",
+    "warning",
+    "The weight-gradient RMS of the first layer is over 100x larger than the last layer's.",
+    options={"gradient-ratio": 100.0},
+    needs="backward",
+)
+def gradient_exploding(ctx: RuleContext) -> Iterator[Violation]:
+    yield from _gradient_trend(ctx, "exploding")

@@ -1,0 +1,204 @@
+"""Rules on the measured forward signal: vanishing, exploding, dead, saturated, Jacobian gain."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, List, Optional, Tuple
+
+from initaudit.core import knowledge
+from initaudit.core.records import OutputRecord, Recording
+from initaudit.rules.registry import RuleContext, Violation, rule
+
+
+def layer_signal(recording: Recording) -> List[List[Tuple[str, float]]]:
+    """``(layer name, per-feature std across the batch)`` of every layer call, in forward order,
+    in segments split at average pooling.
+
+    The per-feature std is the input-dependent part of the output: a bias keeps the raw
+    RMS up while the input is lost, and does not raise this. Average pooling averages the
+    example's variation over a window by design (over random inputs, by the window's
+    size), so the layers after it are compared with each other, not with those before.
+    """
+    segments: List[List[Tuple[str, float]]] = [[]]
+    for index, name in enumerate(recording.call_order):
+        module = recording.module(name)
+        if module is None:
+            continue
+        if module.type in knowledge.AVERAGE_POOLS and segments[-1]:
+            segments.append([])
+            continue
+        out = recording.call_outputs[index]
+        if module.kind != knowledge.LAYER or out is None:
+            continue
+        if out.feature_std is not None and math.isfinite(out.feature_std):
+            segments[-1].append((name, out.feature_std))
+    return [s for s in segments if s]
+
+
+def _crossing(ctx: RuleContext, direction: str) -> Iterator[Violation]:
+    for signal in layer_signal(ctx.recording):
+        found = _segment_crossing(ctx, signal, direction)
+        if found is not None:
+            yield found
+            return
+
+
+def _segment_crossing(ctx: RuleContext, signal: List[Tuple[str, float]], direction: str) -> Optional[Violation]:
+    if len(signal) < 2 or signal[0][1] <= 0:
+        return None
+    first_name, first = signal[0]
+    if direction == "vanishing":
+        limit = 1 / float(ctx.options["signal-vanishing-ratio"])
+        crossed = next((i for i, (_, s) in enumerate(signal) if s < first * limit), None)
+    else:
+        limit = float(ctx.options["signal-exploding-ratio"])
+        crossed = next((i for i, (_, s) in enumerate(signal) if s > first * limit), None)
+    if crossed is None:
+        return None
+    last_name, last = signal[-1]
+    steps = len(signal) - 1
+    factor = (last / first) ** (1 / steps) if last > 0 else 0.0
+    name, value = signal[crossed]
+    word = f"below 1/{1 / limit:g} of" if direction == "vanishing" else f"above {limit:g}x"
+    return Violation(
+        name,
+        f"the signal {direction[:-3]}es along the depth: the per-feature std across the batch of the "
+        f"layer outputs goes from {first:.3g} at '{first_name}' to {value:.3g} at '{name}' "
+        f"(layer call {crossed + 1} of {len(signal)}), {word} the first layer's, and ends at "
+        f"{last:.3g} at '{last_name}'; "
+        + (f"about {factor:.3g}x per layer. " if factor > 0 else "the input-dependent signal is lost entirely. ")
+        + ("The output is losing its dependence on the input" if direction == "vanishing"
+           else "Activations will overflow or saturate"),
+        fix=None,
+        locations=[n for n, _ in signal[: crossed + 1]][-2:],
+    )
+
+
+@rule(
+    "IA202",
+    "signal-vanishing",
+    "warning",
+    "The input-dependent part of the layer outputs falls below 1/10 of the first layer's.",
+    options={"signal-vanishing-ratio": 10.0},
+    needs="forward",
+)
+def signal_vanishing(ctx: RuleContext) -> Iterator[Violation]:
+    yield from _crossing(ctx, "vanishing")
+
+
+@rule(
+    "IA203",
+    "signal-exploding",
+    "warning",
+    "The input-dependent part of the layer outputs rises above 10x the first layer's.",
+    options={"signal-exploding-ratio": 10.0},
+    needs="forward",
+)
+def signal_exploding(ctx: RuleContext) -> Iterator[Violation]:
+    yield from _crossing(ctx, "exploding")
+
+
+def _activation_calls(recording: Recording, names: Tuple[str, ...]) -> Iterator[Tuple[str, Optional[str], OutputRecord]]:
+    """``(activation name, the layer feeding it, output)`` for calls of the given nonlinearities."""
+    previous_layer: Optional[str] = None
+    for index, name in enumerate(recording.call_order):
+        module = recording.module(name)
+        if module is None or not module.leaf:
+            continue
+        if module.kind == knowledge.LAYER:
+            previous_layer = name
+        elif module.kind == knowledge.ACTIVATION and module.activation in names:
+            out = recording.call_outputs[index]
+            if out is not None:
+                yield name, previous_layer, out
+
+
+@rule(
+    "IA204",
+    "dead-units",
+    "warning",
+    "More than half of a ReLU layer's units are zero for every example in the batch.",
+    options={"dead-fraction": 0.5},
+    needs="forward",
+)
+def dead_units(ctx: RuleContext) -> Iterator[Violation]:
+    limit = float(ctx.options["dead-fraction"])
+    rec = ctx.recording
+    dead_layers: List[Tuple[str, str, float, str]] = []
+    for name, layer, out in _activation_calls(rec, ("relu",)):
+        layer_record = rec.module(layer) if layer else None
+        convolutional = layer_record is not None and layer_record.type.startswith("Conv")
+        dead = out.dead_channel if convolutional and out.dead_channel is not None else out.dead_last
+        where = layer or name
+        if dead is None or dead <= limit or any(d[0] == where for d in dead_layers):
+            continue
+        dead_layers.append((where, name, dead, "channels" if convolutional else "units"))
+    if not dead_layers:
+        return
+    # one finding for the model: a collapse usually kills units in many layers at once
+    where, name, dead, unit = dead_layers[0]
+    more = ""
+    if len(dead_layers) > 1:
+        listed = ", ".join(f"'{w}' {d:.0%}" for w, _, d, _ in dead_layers[1:9])
+        more = f"; also after {len(dead_layers) - 1} more layer(s): {listed}" + (" and others" if len(dead_layers) > 9 else "")
+    yield Violation(
+        where,
+        f"{dead:.0%} of the {unit} after '{where}' ({name}) are zero for every example in the "
+        f"batch{more}. A dead ReLU passes no gradient, so those units never recover (a negative "
+        "bias, or a weight scale far too small for the input)",
+        fix=None,
+        locations=[w for w, _, _, _ in dead_layers],
+    )
+
+
+@rule(
+    "IA205",
+    "saturated-units",
+    "warning",
+    "More than half of a tanh's outputs beyond |0.99|, or of a sigmoid's outside (0.01, 0.99).",
+    options={"saturated-fraction": 0.5},
+    needs="forward",
+)
+def saturated_units(ctx: RuleContext) -> Iterator[Violation]:
+    limit = float(ctx.options["saturated-fraction"])
+    reported = set()
+    for name, layer, out in _activation_calls(ctx.recording, ("tanh", "sigmoid")):
+        where = layer or name
+        if out.saturated is None or out.saturated <= limit or where in reported:
+            continue
+        reported.add(where)
+        module = ctx.recording.module(name)
+        bound = "|y| > 0.99" if module is not None and module.activation == "tanh" else "y outside (0.01, 0.99)"
+        yield Violation(
+            where,
+            f"{out.saturated:.0%} of the outputs of {name} after '{where}' are saturated ({bound}): "
+            "there the derivative is nearly zero, so little gradient passes back through them "
+            "(Glorot & Bengio 2010); the weight scale feeding it is too large",
+            fix=None,
+            locations=[where, name],
+        )
+
+
+@rule(
+    "IA206",
+    "jacobian-gain",
+    "warning",
+    "The input-output Jacobian's gain tr(J^T J) / min(m, n) is outside [0.1, 10].",
+    options={"jacobian-min": 0.1, "jacobian-max": 10.0},
+    needs="backward",
+)
+def jacobian_gain(ctx: RuleContext) -> Iterator[Violation]:
+    gain = ctx.recording.jacobian_gain
+    low, high = float(ctx.options["jacobian-min"]), float(ctx.options["jacobian-max"])
+    if gain is None or not math.isfinite(gain) or low <= gain <= high:
+        return
+    side = "below" if gain < low else "above"
+    yield Violation(
+        "(model)",
+        f"the end-to-end Jacobian gain tr(J^T J) / min(inputs, outputs) is {gain:.3g}, {side} "
+        f"[{low:g}, {high:g}]: a step on the input changes the output by about "
+        f"{math.sqrt(gain):.3g}x its size on average, so gradients reaching the first layers are "
+        "scaled alike; trainability tracks this staying near 1 (dynamical isometry, "
+        "Pennington et al. 2017)",
+        fix=None,
+    )

@@ -1,0 +1,231 @@
+"""Rules on parameter values alone: zero, constant, non-finite, garbage and cloned tensors."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, List, Optional, Set
+
+from initaudit.analysis.advice import reinit_call
+from initaudit.analysis.graph import accessor, consumers
+from initaudit.core.knowledge import NORM_TYPES
+from initaudit.core.records import TensorRecord
+from initaudit.rules.registry import RuleContext, Violation, rule
+
+_PATTERNS = {
+    "residual": "the last layer of a residual branch (its output is added to a skip: Fixup, "
+    "zero-init residual, ZerO)",
+    "lora": "the B matrix of a LoRA pair (its product with A is added to a frozen base layer)",
+}
+_NORMS = {t.__name__ for t in NORM_TYPES}
+
+
+def _elements(n: int) -> str:
+    return f"{n:,} elements"
+
+
+@rule(
+    "IA101",
+    "zero-weight",
+    "error",
+    "A weight of two or more dimensions is all zeros.",
+)
+def zero_weight(ctx: RuleContext) -> Iterator[Violation]:
+    rec = ctx.recording
+    uses = None
+    for t in rec.parameters:
+        if not t.floating or t.ndim < 2 or t.nonfinite or t.zero_fraction != 1.0:
+            continue
+        uses = uses if uses is not None else consumers(rec)
+        fix = reinit_call(t, uses)
+        module = rec.module(t.module)
+        pattern = module.residual if module is not None else None
+        if pattern in _PATTERNS:
+            yield Violation(
+                t.name,
+                f"weight of '{t.module}' ({t.module_type}) is all zeros, and it is {_PATTERNS[pattern]}: "
+                "a deliberate zero init that starts the block as the identity, reported for information",
+                fix=None,
+                severity="info",
+                locations=t.names,
+            )
+            continue
+        if t.module == rec.output_layer:
+            yield Violation(
+                t.name,
+                f"weight of the output layer '{t.module}' ({t.module_type}) is all zeros: "
+                "a zero-initialized head is a known good practice (the first step "
+                "trains it from the features), reported for information",
+                fix=None,
+                severity="info",
+                locations=t.names,
+            )
+            continue
+        yield Violation(
+            t.name,
+            f"weight of '{t.module}' ({t.module_type}, shape {list(t.shape)}) is all zeros: "
+            "its output no longer depends on its input, so every layer before it gets "
+            "zero gradient; with ReLU and a zero bias it and everything below stay dead",
+            fix=fix,
+            locations=t.names,
+        )
+
+
+@rule(
+    "IA102",
+    "constant-weight",
+    "error",
+    "A weight of two or more dimensions has all elements equal and non-zero.",
+)
+def constant_weight(ctx: RuleContext) -> Iterator[Violation]:
+    uses = None
+    for t in ctx.recording.parameters:
+        if not t.floating or t.ndim < 2 or t.numel < 2 or t.nonfinite:
+            continue
+        if t.min is None or t.min != t.max or t.min == 0:
+            continue
+        uses = uses if uses is not None else consumers(ctx.recording)
+        yield Violation(
+            t.name,
+            f"every element of '{t.name}' ({t.module_type}, shape {list(t.shape)}) is "
+            f"{t.min:g}: all units of the layer compute the same function, and while the layers "
+            "above treat them alike they get the same gradient and never become different",
+            fix=reinit_call(t, uses),
+            locations=t.names,
+        )
+
+
+@rule(
+    "IA103",
+    "non-finite-parameter",
+    "error",
+    "A parameter or buffer holds NaN or Inf.",
+)
+def non_finite_parameter(ctx: RuleContext) -> Iterator[Violation]:
+    uses = None
+    for t in ctx.recording.tensors:
+        if not t.floating or not t.nonfinite:
+            continue
+        uses = uses if uses is not None else consumers(ctx.recording)
+        yield Violation(
+            t.name,
+            f"{t.kind} '{t.name}' ({t.module_type}) holds {t.nonfinite:,} NaN or Inf value(s) "
+            f"out of {_elements(t.numel)}: they propagate into the outputs and gradients that touch it",
+            fix=reinit_call(t, uses),
+            locations=t.names,
+        )
+
+
+# the dtypes whose smallest normal number no sane init comes near; float16's (6e-5) it does
+_SUBNORMAL_DTYPES = {"float32", "float64", "bfloat16"}
+
+
+def expected_std(t: TensorRecord) -> float:
+    """A generous scale for an initialized tensor: ``1 / sqrt(fan_in)``, or 1 without a fan."""
+    fan = t.layer_fan_in or t.fan_in
+    return 1 / math.sqrt(fan) if fan else 1.0
+
+
+@rule(
+    "IA104",
+    "uninitialized-memory",
+    "error",
+    "Values that look like torch.empty garbage: huge magnitudes or subnormal numbers.",
+    options={"magnitude-factor": 1e6},
+)
+def uninitialized_memory(ctx: RuleContext) -> Iterator[Violation]:
+    factor = float(ctx.options["magnitude-factor"])
+    uses = None
+    for t in ctx.recording.parameters:
+        if not t.floating or t.nonfinite or t.min is None or t.numel == 0:
+            continue
+        largest = max(abs(t.min), abs(t.max))
+        limit = factor * expected_std(t)
+        subnormal = t.subnormal if t.dtype in _SUBNORMAL_DTYPES else 0
+        if largest <= limit and not subnormal:
+            continue
+        why = []
+        if largest > limit:
+            why.append(f"its largest magnitude {largest:.3g} is {largest / expected_std(t):.2g}x the expected scale {expected_std(t):.3g}")
+        if subnormal:
+            why.append(f"{subnormal:,} of its {t.numel:,} values are subnormal (below {t.dtype}'s smallest normal number)")
+        uses = uses if uses is not None else consumers(ctx.recording)
+        yield Violation(
+            t.name,
+            f"'{t.name}' ({t.module_type}) looks like uninitialized memory (torch.empty): "
+            + " and ".join(why)
+            + "; an init call was probably skipped",
+            fix=reinit_call(t, uses),
+            locations=t.names,
+        )
+
+
+@rule(
+    "IA105",
+    "cloned-init",
+    "warning",
+    "Distinct parameters hold bit-identical values.",
+)
+def cloned_init(ctx: RuleContext) -> Iterator[Violation]:
+    seen: Set[str] = set()
+    uses = None
+    by_name = {t.name: t for t in ctx.recording.parameters}
+    for t in ctx.recording.parameters:
+        if not t.clones or t.name in seen:
+            continue
+        group: List[TensorRecord] = [t] + [by_name[n] for n in t.clones if n in by_name]
+        seen.update(g.name for g in group)
+        uses = uses if uses is not None else consumers(ctx.recording)
+        names = [g.name for g in group]
+        listed = ", ".join(f"'{n}'" for n in names)
+        # each copy redrawn the way the first was drawn, so that only the values change
+        fixes = [_redraw(t, g, uses) for g in group[1:]]
+        yield Violation(
+            t.name,
+            f"{len(group)} distinct parameters hold bit-identical values ({listed}): they "
+            "receive the same gradients while their inputs agree, and start as copies of one "
+            "layer (copy.deepcopy of an initialized layer, as nn.TransformerEncoder does: "
+            "pytorch issue 86274); re-initialize each copy",
+            fix="\n".join(f for f in fixes if f) or None,
+            locations=names,
+        )
+
+
+def _redraw(template: TensorRecord, copy: TensorRecord, uses) -> Optional[str]:
+    target = accessor(copy.name)
+    if template.init_call:
+        return template.init_call.replace("{w}", target)
+    if copy.ndim < 2 and template.min is not None:
+        return f"nn.init.uniform_({target}, {template.min:.4g}, {template.max:.4g})"
+    return reinit_call(copy, uses)
+
+
+@rule(
+    "IA601",
+    "zero-norm-scale",
+    "warning",
+    "A normalization layer's scale (gain) is all zeros.",
+)
+def zero_norm_scale(ctx: RuleContext) -> Iterator[Violation]:
+    rec = ctx.recording
+    for t in rec.parameters:
+        if t.module_type not in _NORMS or t.attr != "weight" or not t.floating or t.zero_fraction != 1.0:
+            continue
+        module = rec.module(t.module)
+        if module is not None and module.residual is not None:
+            yield Violation(
+                t.name,
+                f"scale of '{t.module}' ({t.module_type}) is all zeros, and its output is added to "
+                "a skip connection: the zero-init residual pattern (Goyal et al. 2017; torchvision's "
+                "zero_init_residual), a deliberate choice, reported for information",
+                severity="info",
+                locations=t.names,
+            )
+            continue
+        yield Violation(
+            t.name,
+            f"scale of '{t.module}' ({t.module_type}) is all zeros: its output is its bias alone, "
+            "whatever the input, which silences everything after it. A common cause is the "
+            "generic loop `xavier_ if p.dim() > 1 else zeros_`, which also zeroes every norm gain",
+            fix=f"nn.init.ones_({accessor(t.name)})",
+            locations=t.names,
+        )

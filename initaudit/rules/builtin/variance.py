@@ -1,0 +1,128 @@
+"""IA201: the weight's scale does not fit the nonlinearity that consumes the layer."""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Iterator, List, Optional
+
+from initaudit.analysis import gains
+from initaudit.analysis.graph import LayerUse, accessor, layer_runs
+from initaudit.analysis.scales import Scale, recommended_std
+from initaudit.rules.registry import RuleContext, Violation, rule
+
+
+def _fix(scales: List[Scale]) -> Optional[str]:
+    """One line (a loop when several layers share the call) per distinct init call."""
+    by_call: Dict[str, List[str]] = {}
+    for s in scales:
+        if s.off_by <= 1.1:
+            continue
+        call = gains.init_call(s.use.activation, "model.get_submodule(name).weight", s.fan, s.use.weight.fan_in)
+        names = by_call.setdefault(call, [])
+        if s.use.module.name not in names:
+            names.append(s.use.module.name)
+    if not by_call:
+        return None
+    lines = []
+    for call, names in by_call.items():
+        if len(names) == 1:
+            lines.append(call.replace("model.get_submodule(name).weight", accessor(names[0] + ".weight")))
+        elif "math.sqrt(" in call:  # the fan differs per layer: one call each
+            for name in names:
+                s = next(x for x in scales if x.use.module.name == name)
+                lines.append(gains.init_call(s.use.activation, accessor(name + ".weight"), s.fan, s.use.weight.fan_in))
+        else:
+            lines.append(f"for name in {names!r}: {call}")
+    return "\n".join(lines)
+
+
+def _signal(run: List[LayerUse]) -> Optional[float]:
+    """Ratio of the per-feature std across the batch, last layer's output over first's."""
+    first = run[0].output
+    last = run[-1].output
+    if first is None or last is None or not first.feature_std or last.feature_std is None:
+        return None
+    if not (math.isfinite(first.feature_std) and math.isfinite(last.feature_std)):
+        return None
+    return last.feature_std / first.feature_std
+
+
+@rule(
+    "IA201",
+    "variance-mismatch",
+    "warning",
+    "A weight's std does not fit the nonlinearity that consumes the layer's output.",
+    options={
+        "variance-tolerance": 2.0,  # one layer off by more than this: mismatched
+        "compound-tolerance": 10.0,  # the run's product of r beyond this: mismatched
+        "severe-factor": 10.0,  # one layer off by more than this: warning
+        "signal-tolerance": 10.0,  # measured signal change confirming the product: warning
+    },
+    needs="forward",
+)
+def variance_mismatch(ctx: RuleContext) -> Iterator[Violation]:
+    tol = float(ctx.options["variance-tolerance"])
+    compound_tol = float(ctx.options["compound-tolerance"])
+    severe = float(ctx.options["severe-factor"])
+    signal_tol = float(ctx.options["signal-tolerance"])
+    for run in layer_runs(ctx.recording):
+        scales = [s for s in (recommended_std(u) for u in run) if s is not None]
+        if not scales:
+            continue
+        log_product = sum(math.log(s.ratio) for s in scales if s.ratio > 0)
+        product = math.exp(max(min(log_product, 700), -700))
+        # the first of the layers that are (within 5%) the furthest off, as the example
+        largest = max(s.off_by for s in scales)
+        worst = next(s for s in scales if s.off_by >= 0.95 * largest)
+        compounded = product > compound_tol or product < 1 / compound_tol
+        if worst.off_by <= tol and not compounded:
+            continue
+        signal = _signal(run) if len(run) > 1 else None
+        confirmed = signal is not None and (
+            (product < 1 and signal < 1 / signal_tol) or (product > 1 and signal > signal_tol)
+        )
+        normalized = run[-1].normalized
+        severity = "info"
+        if not normalized and (worst.off_by > severe or (compounded and confirmed)):
+            severity = "warning"
+        yield _violation(scales, worst, product, signal, normalized, severity)
+
+
+def _violation(
+    scales: List[Scale],
+    worst: Scale,
+    product: float,
+    signal: Optional[float],
+    normalized: Optional[str],
+    severity: str,
+) -> Violation:
+    names: List[str] = []
+    for s in scales:
+        if s.use.module.name not in names:
+            names.append(s.use.module.name)
+    w = worst.use
+    span = f"'{names[0]}'" if len(scales) == 1 else f"a run of {len(scales)} layer calls ('{names[0]}' to '{names[-1]}')"
+    direction = "small" if worst.ratio < 1 else "large"
+    message = (
+        f"weight scale does not fit the consuming nonlinearity in {span}: "
+        f"'{w.module.name}' feeds {w.activation.describe()} with weight std {worst.measured:.3g}, "
+        f"recommended {worst.recommended()} ({gains.init_name(w.activation)}, {worst.mode}={worst.fan}), "
+        f"{worst.off_by:.2g}x too {direction}"
+        + (f" (it looks like {w.weight.init.split(' / Keras')[0]})" if w.weight.init else "")
+    )
+    if len(scales) > 1:
+        message += f"; compounded over the run: {product:.2g}x"
+        if signal is not None:
+            message += (
+                f"; measured signal (per-feature std across the batch) changes {signal:.2g}x "
+                f"from '{names[0]}' to '{names[-1]}'"
+            )
+    if normalized:
+        message += f"; the run feeds '{normalized}', a normalization, so the forward signal does not depend on this scale"
+    return Violation(
+        location=names[0],
+        message=message,
+        fix=_fix(scales),
+        severity=severity,
+        locations=list(dict.fromkeys(s.use.weight.name for s in scales)),
+    )

@@ -1,0 +1,68 @@
+"""The rule engine: runs the selected rules on a recording and turns violations into findings."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Set
+
+from initaudit.core.options import SEVERITY_RANK
+from initaudit.core.records import Recording
+from initaudit.rules.registry import Rule, RuleContext, load_rules
+
+
+@dataclass
+class Finding:
+    code: str
+    rule: str
+    severity: str
+    location: str
+    message: str
+    fix: Optional[str] = None
+    locations: List[str] = field(default_factory=list)
+    suppressed_by: Optional[str] = None  # why it is suppressed, for suppressed findings only
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        if self.suppressed_by is None:
+            del d["suppressed_by"]
+        return d
+
+
+def rule_options(rules: Iterable[Rule], overrides: Optional[Mapping[str, Any]] = None) -> Dict[str, Dict[str, Any]]:
+    """Each rule's options: its defaults, with ``overrides`` (by option name) applied.
+
+    An override that no rule declares is an error, not silently ignored.
+    """
+    overrides = dict(overrides or {})
+    known = {key for r in load_rules().values() for key in r.options}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown rule option(s) {unknown}; known: {sorted(known)}")
+    return {r.code: {k: overrides.get(k, v) for k, v in r.options.items()} for r in rules}
+
+
+def run_rules(
+    recording: Recording,
+    rules: Sequence[Rule],
+    options: Optional[Mapping[str, Any]] = None,
+    tied: Optional[Set[FrozenSet[str]]] = None,
+) -> List[Finding]:
+    """Apply ``rules`` to a recording; findings most severe first, then by code."""
+    per_rule = rule_options(rules, options)
+    findings: List[Finding] = []
+    for r in rules:
+        ctx = RuleContext(recording=recording, options=per_rule[r.code], tied=set(tied or ()))
+        for v in r.check(ctx):
+            findings.append(
+                Finding(
+                    code=r.code,
+                    rule=r.name,
+                    severity=v.severity or r.severity,
+                    location=v.location,
+                    message=v.message,
+                    fix=v.fix,
+                    locations=list(v.locations) or [v.location],
+                )
+            )
+    findings.sort(key=lambda f: (-SEVERITY_RANK[f.severity], f.code))
+    return findings
