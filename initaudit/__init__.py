@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 # plugin in every project where initaudit is installed) must not cost a torch import
 _EXPORTS = {
     "audit": ".api",
-    "fix": ".fixing.fixer",
+    "fix": ".api",
     "FixResult": ".fixing.fixer",
     "ForwardError": ".core.errors",
     "InitauditError": ".core.errors",
@@ -25,9 +25,9 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
-    from initaudit.api import audit
+    from initaudit.api import audit, fix
     from initaudit.core.errors import ForwardError, InitauditError, InputError, LoadError
-    from initaudit.fixing.fixer import FixResult, fix
+    from initaudit.fixing.fixer import FixResult
     from initaudit.report.report import Report
     from initaudit.rules.engine import Finding
     from initaudit.rules.registry import Rule, RuleContext, Violation, load_rules, rule

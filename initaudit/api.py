@@ -6,6 +6,7 @@ import random
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from initaudit.core.errors import InputError
+from initaudit.fixing.fixer import needs_data, repair
 from initaudit.gate import suppress
 from initaudit.load import inputs, trace
 from initaudit.record.inspector import inspect
@@ -151,6 +153,31 @@ def materialize_lazy(model: nn.Module, example_input: Any) -> List[str]:
             "by a forward on the example input: their values are the lazy modules' own init"]
 
 
+@dataclass(frozen=True)
+class AuditRun:
+    """Everything an audit runs with but the model and its input.
+
+    One value holds them so that the audit after a fix runs with exactly the options of the
+    first (a model audited ``params_only`` because it is too large to run is not run by the
+    second audit either), and so that a new option cannot be forgotten on the way.
+    """
+
+    loss: Optional[Callable[[Any, Any], torch.Tensor]] = None
+    device: Union[str, torch.device, None] = None
+    select: Optional[Tuple[str, ...]] = None
+    ignore: Optional[Tuple[str, ...]] = None
+    seed: int = 0
+    tied: Optional[Tuple[Tie, ...]] = None
+    options: Optional[Mapping[str, Any]] = None
+    per_parameter_ignores: Optional[Mapping[str, Sequence[str]]] = None
+    input_shape: Optional[Sequence[int]] = None
+    batch_size: int = inputs.DEFAULT_BATCH
+    target: Optional[str] = None
+    params_only: bool = False
+    no_backward: bool = False
+    progress: Optional["Progress"] = None
+
+
 def audit(
     model: nn.Module,
     example_input: Any = None,
@@ -171,7 +198,7 @@ def audit(
     params_only: bool = False,
     no_backward: bool = False,
     progress: Optional["Progress"] = None,
-) -> Any:
+) -> Report:
     """Audit ``model``'s initialization and return a :class:`~initaudit.report.report.Report`.
 
     ``params_only=True`` runs no forward at all (the value rules only, no input needed);
@@ -179,8 +206,10 @@ def audit(
     rules were skipped.
 
     With ``fix=True``, repair the findings that have a safe fix in place (and, with
-    ``unsafe_fixes=True``, the structural ones), audit again, and return a
-    :class:`~initaudit.fixing.fixer.FixResult` holding both reports (``.before``, ``.after``).
+    ``unsafe_fixes=True``, the structural ones), audit again with exactly the same options,
+    and return the report of that second audit: the model as it is now. What the fix did is
+    ``report.fix``, a :class:`~initaudit.fixing.fixer.FixResult` (``.before`` is the first
+    audit's report, then the changes, the LSUV factors and what was not fixed).
 
     ``example_input`` is a tensor, a tuple (positional arguments) or a dict (keyword
     arguments); when ``None`` it is inferred from the first layer (or built with
@@ -195,25 +224,77 @@ def audit(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"audit() takes an nn.Module, not {type(model).__name__}")
+    run = AuditRun(
+        loss=loss, device=device, select=_tuple(select), ignore=_tuple(ignore), seed=seed, tied=_tuple(tied),
+        options=options, per_parameter_ignores=per_parameter_ignores, input_shape=input_shape,
+        batch_size=batch_size, target=target, params_only=params_only, no_backward=no_backward, progress=progress,
+    )
+    report, x = audit_once(model, example_input, run)
+    if not fix:
+        return report
+    return fix_and_audit(model, report, x, run, unsafe=unsafe_fixes)
+
+
+def fix(
+    model: nn.Module,
+    report: Report,
+    example_input: Any = None,
+    *,
+    unsafe: bool = False,
+    **audit_options: Any,
+) -> Report:
+    """Repair ``report``'s findings on ``model`` in place, then audit it again.
+
+    ``audit_options`` are :func:`audit`'s (without ``fix``); the audit after the repair runs
+    with them, on ``example_input`` (inferred when ``None``, unless ``params_only``). Returns
+    that audit's report, with what the repair did as ``report.fix``.
+    """
+    unknown = sorted(set(audit_options) - {f.name for f in fields(AuditRun)})
+    if unknown:
+        raise TypeError(f"fix() got unknown audit option(s) {unknown}")
+    for key in ("select", "ignore", "tied"):
+        audit_options[key] = _tuple(audit_options.get(key))
+    run = AuditRun(**audit_options)
+    x = example_input
+    if x is None and not run.params_only and needs_data(report):
+        x = inputs.make_input(model, run.input_shape, batch=run.batch_size, seed=run.seed)
+    return fix_and_audit(model, report, x, run, unsafe=unsafe)
+
+
+def fix_and_audit(model: nn.Module, report: Report, example_input: Any, run: AuditRun, *, unsafe: bool) -> Report:
+    """The fix, then the audit again with the same ``run``: the one loop both entry points use."""
+    model, _ = unwrap(model)
+    # the repair runs where the parameters live, so that it lasts: on their own device and dtype
+    x = inputs.to_device(example_input, inputs.model_device(model)) if example_input is not None else None
+    repaired = repair(model, report, x, unsafe=unsafe, seed=run.seed)
+    after, _ = audit_once(model, x, run)
+    after.target = report.target
+    after.fix = repaired
+    return after
+
+
+def audit_once(model: nn.Module, example_input: Any, run: AuditRun) -> Tuple[Report, Any]:
+    """One audit: record, run the rules, split off what is suppressed. Returns the report and
+    the input it ran on (on the audit's device; ``None`` when ``params_only``)."""
     started = time.perf_counter()
     model, notes = unwrap(model)
-    check_devices(model, device)
-    rules = resolve_selection(select, ignore)
-    available = {"values"} | ({"forward"} if not params_only else set()) | (
-        {"backward"} if not (params_only or no_backward) else set())
+    check_devices(model, run.device)
+    rules = resolve_selection(run.select, run.ignore)
+    available = {"values"} | ({"forward"} if not run.params_only else set()) | (
+        {"backward"} if not (run.params_only or run.no_backward) else set())
     skipped = [r.code for r in rules if r.needs not in available]
     rules = [r for r in rules if r.needs in available]
-    ties = parse_ties(tied)
-    rule_options(rules, options)  # reject unknown options before running anything
-    dev = resolve_device(device, model)
+    ties = parse_ties(run.tied)
+    rule_options(rules, run.options)  # reject unknown options before running anything
+    dev = resolve_device(run.device, model)
     if skipped:
-        what = "no forward (--params-only)" if params_only else "no backward (--no-backward)"
+        what = "no forward (--params-only)" if run.params_only else "no backward (--no-backward)"
         notes.append(f"{what}: skipped {', '.join(skipped)}")
     with on_device(model, dev), trace.traces_kept():
-        if params_only:
+        if run.params_only:
             x = None
-        elif example_input is None or input_shape is not None:
-            x = inputs.make_input(model, input_shape, batch=batch_size, seed=seed)
+        elif example_input is None or run.input_shape is not None:
+            x = inputs.make_input(model, run.input_shape, batch=run.batch_size, seed=run.seed)
         else:
             inputs.check_input(example_input)
             x = example_input
@@ -223,33 +304,32 @@ def audit(
             if materialized:
                 trace.forget_traces()
             notes += materialized
-        recording = inspect(model, x, loss=loss, seed=seed, run_forward=not params_only,
-                            run_backward=not (params_only or no_backward), progress=progress)
+        recording = inspect(model, x, loss=run.loss, seed=run.seed, run_forward=not run.params_only,
+                            run_backward=not (run.params_only or run.no_backward), progress=run.progress)
         notes += recording.notes
-    if progress is not None:
-        progress.phase("rules")
-    findings, suppressed = suppress.split(run_rules(recording, rules, options, ties), recording, per_parameter_ignores)
+    if run.progress is not None:
+        run.progress.phase("rules")
+    findings, suppressed = suppress.split(run_rules(recording, rules, run.options, ties), recording,
+                                          run.per_parameter_ignores)
     report = Report(
         notes=notes,
         findings=findings,
         suppressed=suppressed,
         recording=recording,
-        target=target,
+        target=run.target,
         device=str(dev),
         torch_version=torch.__version__,
         seconds=time.perf_counter() - started,
         rules=[r.code for r in rules],
     )
-    if not fix:
-        return report
-    from initaudit.fixing.fixer import fix as repair
+    return report, x
 
-    # the repair runs where the parameters live, so that it lasts: on their own device and dtype
-    return repair(
-        model, report, inputs.to_device(x, inputs.model_device(model)), unsafe=unsafe_fixes, seed=seed,
-        loss=loss, select=select, ignore=ignore, tied=tied, options=options,
-        per_parameter_ignores=per_parameter_ignores,
-    )
+
+def _tuple(values: Optional[Iterable[Any]]) -> Optional[Tuple[Any, ...]]:
+    """A selection or tie list as a tuple (a generator is read once, and a run is frozen)."""
+    if values is None:
+        return None
+    return (values,) if isinstance(values, str) else tuple(values)
 
 
 def audit_target(
@@ -265,7 +345,7 @@ def audit_target(
     params_only: bool = False,
     no_backward: bool = False,
     progress: Optional["Progress"] = None,
-) -> Any:
+) -> Report:
     """Build the model of ``path/to/file.py:factory`` (or ``pkg.mod:factory``) and audit it.
 
     The global RNGs are seeded with ``settings.seed`` before the factory runs, so that one
@@ -298,7 +378,7 @@ def audit_target(
         progress=progress,
         **{**settings.audit_options(), "device": None},
     )
-    for r in (report.before, report.after) if fix else (report,):
+    for r in (report, report.fix.before) if report.fix is not None else (report,):
         r.source, r.line = built.source, built.line
     return report
 

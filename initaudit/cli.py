@@ -22,7 +22,6 @@ from initaudit.core.errors import InitauditError, describe
 from initaudit.core.options import DEFAULT_BATCH, FAIL_LEVELS
 
 if TYPE_CHECKING:
-    from initaudit.fixing.fixer import FixResult
     from initaudit.gate.config import Settings
     from initaudit.report.report import Report
 
@@ -82,14 +81,16 @@ def settings_from(
     )
 
 
-def show_fix(result: "FixResult", emit_code: bool, machine_output: bool) -> None:
-    """The before/after tables. With --emit-code the code alone goes to stdout, and with a
-    machine format the report does: the tables then go to stderr."""
+def show_fix(after: "Report", emit_code: bool, machine_output: bool) -> None:
+    """The before/after tables of a fixed target (``after.fix`` says what was done). With
+    --emit-code the code alone goes to stdout, and with a machine format the report does:
+    the tables then go to stderr."""
+    result = after.fix
     to_stderr = emit_code or machine_output
     click.echo(f"Before the fix:\n{result.before.table()}\n", err=to_stderr)
     click.echo(f"Fixed:\n{result.table()}\n", err=to_stderr)
     if emit_code:
-        click.echo(f"After the fix:\n{result.after.table()}", err=True)
+        click.echo(f"After the fix:\n{after.table()}", err=True)
         click.echo(result.emit_code())
     else:
         click.echo("After the fix:", err=to_stderr)
@@ -219,14 +220,13 @@ def main(
                                   params_only=params_only, no_backward=no_backward, progress=progress)
             progress.done()
             if do_fix:
-                result, report = report, report.after
                 root = distributed.rank() == 0  # a factory may have joined a process group itself
                 if root:
-                    show_fix(result, emit_code, output_format != "table" and not output)
+                    show_fix(report, emit_code, output_format != "table" and not output)
                 if save and root:
                     from initaudit.fixing.fixer import save_state_dict
 
-                    save_state_dict(result.model, save, force=force)
+                    save_state_dict(report.fix.model, save, force=force)
                     click.echo(f"initaudit: saved the fixed state_dict to {save}", err=True)
         except (InitauditError, ValueError) as exc:
             progress.done()

@@ -114,7 +114,7 @@ def test_fix_on_cuda_stays_on_cuda(dtype):
     for module in (zero_hidden, lstm_forget):
         model = module.build().to("cuda", dtype)
         result = audit(model, fix=True)
-        assert result.before.findings and not [f for f in result.after.findings if f.severity != "info"]
+        assert result.fix.before.findings and not [f for f in result.findings if f.severity != "info"]
         assert all(p.device.type == "cuda" and p.dtype == dtype for p in model.parameters())
 
 

@@ -102,9 +102,9 @@ def test_safe_fix_repairs_only_what_it_names(code, dtype):
     x = x.to(dtype)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     result = audit(model, x, select=[code], fix=True, seed=1)
-    fixed = [f for f in result.before.findings if f.code == code]
+    fixed = [f for f in result.fix.before.findings if f.code == code]
     assert fixed, f"the case does not produce {code}"
-    assert code not in codes(result.after), result.after.table()
+    assert code not in codes(result), result.table()
     named = {n for f in fixed for n in [f.location, *f.locations]}
     after = model.state_dict()
     for k, v in before.items():
@@ -139,9 +139,9 @@ def test_lsuv_repairs_signal_findings_and_reports_factors():
     torch.manual_seed(0)
     model = mlp(20, width=128, inputs=64)
     result = audit(model, torch.randn(128, 64), fix=True)
-    assert {"IA202", "IA206"} <= set(codes(result.before))
-    assert not {"IA202", "IA203", "IA206"} & set(codes(result.after))
-    assert result.lsuv and all(f > 0 for f in result.lsuv.values())
+    assert {"IA202", "IA206"} <= set(codes(result.fix.before))
+    assert not {"IA202", "IA203", "IA206"} & set(codes(result))
+    assert result.fix.lsuv and all(f > 0 for f in result.fix.lsuv.values())
     # LSUV's target: each layer's output variance on the batch is 1 within 0.1
     outputs = []
     hooks = [m.register_forward_hook(lambda m, a, o: outputs.append(o.var().item())) for m in model if isinstance(m, nn.Linear)]
@@ -164,10 +164,10 @@ def test_findings_without_a_fix_say_why():
 
     model = WithUnused()
     result = audit(model, torch.randn(8, 4), select=["IA301"], fix=True)
-    entries = [u for u in result.unfixed if u[0].code == "IA301"]
+    entries = [u for u in result.fix.unfixed if u[0].code == "IA301"]
     assert [u[0].location for u in entries] == ["unused.weight", "unused.bias"]
     assert all("forward must use" in why for _, why in entries)
-    assert result.before.findings[0].fix is None
+    assert result.fix.before.findings[0].fix is None
 
 
 def test_unsafe_fix_unties_a_shared_layer_only_when_asked():
@@ -177,10 +177,10 @@ def test_unsafe_fix_unties_a_shared_layer_only_when_asked():
 
     model = shared()
     result = audit(model, torch.randn(8, 4), select=["IA401"], fix=True)
-    assert "IA401" in codes(result.after) and "unsafe" in result.unfixed[0][1]
+    assert "IA401" in codes(result) and "unsafe" in result.fix.unfixed[0][1]
     model = shared()
     result = audit(model, torch.randn(8, 4), select=["IA401"], fix=True, unsafe_fixes=True)
-    assert "IA401" not in codes(result.after)
+    assert "IA401" not in codes(result)
     assert model[2] is not model[4] and model[2].weight is not model[4].weight
 
 
@@ -249,7 +249,7 @@ def test_fixing_the_deep_relu_mlp_makes_it_train():
     fixed = demo.build()
     x, _ = demo.dataset()
     result = audit(fixed, x, fix=True)
-    assert "IA202" in codes(result.before)
+    assert "IA202" in codes(result.fix.before)
     # measured (torch 2.13, CPU): 0.996 with the original init, 0.098 after the fix
     plain_loss, fixed_loss = demo.train(plain), demo.train(fixed)
     assert plain_loss > 0.9  # the original init barely learns in 200 steps
@@ -263,3 +263,82 @@ def test_cli_fix_with_json_keeps_stdout_a_json_document():
     assert result.exit_code == 0
     doc = json.loads(result.stdout)  # the re-audit
     assert doc["findings"] == [] and "Before the fix:" in result.stderr
+
+
+# one audit loop: the audit after the fix runs with exactly the options of the first -------------
+
+class RefusesToRun(nn.Module):
+    """A model too large to run, as far as the audit can tell: its forward raises."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 2)
+        nn.init.zeros_(self.hidden.weight)
+
+    def forward(self, x):
+        raise RuntimeError("this model must not be run")
+
+
+def test_a_params_only_fix_never_runs_a_forward():
+    model = RefusesToRun()
+    result = audit(model, params_only=True, fix=True)
+    assert "IA101" in codes(result.fix.before) and "IA101" not in codes(result)
+    assert model.hidden.weight.abs().sum() > 0
+    assert result.rules == result.fix.before.rules and "IA202" not in result.rules
+    assert any("--params-only" in note for note in result.notes)
+
+
+class BackwardFails(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("this model must not be differentiated")
+
+
+def test_a_no_backward_fix_makes_no_backward():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+    nn.init.zeros_(model[2].weight)
+
+    class Guarded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, x):
+            return BackwardFails.apply(self.net(x))
+
+    result = audit(Guarded(), torch.randn(32, 8), no_backward=True, fix=True)
+    assert "IA101" in codes(result.fix.before) and "IA101" not in codes(result)
+    assert all(t.grad_status == "not-run" for t in result.parameters)
+
+
+def test_the_audit_after_a_fix_keeps_select_tied_and_device():
+    torch.manual_seed(0)
+    shared = nn.Linear(8, 8)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), shared, nn.ReLU(), shared, nn.ReLU(), nn.Linear(8, 8),
+                          nn.ReLU(), nn.Linear(8, 2))
+    nn.init.zeros_(model[6].weight)
+    tie = ["2.weight=4.weight", "2.bias=4.bias"]
+    result = audit(model, torch.randn(16, 4), select=["IA1", "IA4"], tied=tie, device="cpu", fix=True)
+    assert result.rules == result.fix.before.rules and all(c.startswith(("IA1", "IA4")) for c in result.rules)
+    assert "IA101" in codes(result.fix.before) and "IA101" not in codes(result)
+    # the shared layer is declared tied: neither audit reports it
+    assert "IA401" not in codes(result.fix.before) and "IA401" not in codes(result)
+    assert result.device == result.fix.before.device == "cpu"
+
+
+def test_initaudit_fix_repairs_a_report_and_audits_again_with_its_options():
+    import initaudit
+
+    model, x = case_ia101()
+    report = audit(model, x, select=["IA1"])
+    after = initaudit.fix(model, report, x, select=["IA1"])
+    assert after.fix.before is report and after.rules == report.rules
+    assert "IA101" in codes(report) and "IA101" not in codes(after)
+    with pytest.raises(TypeError, match="unknown audit option"):
+        initaudit.fix(model, report, x, selct=["IA1"])

@@ -22,7 +22,6 @@ from torch import nn
 
 from initaudit.analysis.graph import accessor
 from initaudit.core import knowledge
-from initaudit.load import inputs
 from initaudit.record import transfer
 from initaudit.record.hooks import CallRecorder
 from initaudit.record.state import RNGState, preserved, seed_torch
@@ -49,8 +48,9 @@ class Change:
 
 @dataclass
 class FixResult:
-    before: Report
-    after: Report
+    """What a fix did: the report it repaired, and each change."""
+
+    before: Report  # the audit before the fix (the audit after it is the report holding this)
     lines: List[str]  # the safe fixes and LSUV scales, as run on `model`
     changes: List[Change]
     lsuv: Dict[str, float] = field(default_factory=dict)  # layer -> total scale factor
@@ -107,7 +107,12 @@ def _std(model: nn.Module, name: str) -> Optional[float]:
     return float(t.detach().double().std(correction=0))
 
 
-def fix(
+def needs_data(report: Report) -> bool:
+    """Whether repairing ``report`` takes the example batch (LSUV for the signal findings)."""
+    return any(f.code in DATA for f in report.findings)
+
+
+def repair(
     model: nn.Module,
     report: Report,
     example_input: Any = None,
@@ -115,19 +120,15 @@ def fix(
     unsafe: bool = False,
     seed: int = 0,
     lsuv: bool = True,
-    **audit_options: Any,
 ) -> FixResult:
-    """Repair ``report``'s findings on ``model`` in place, then audit again.
+    """Repair ``report``'s findings on ``model`` in place; returns what was done.
 
     Runs under ``torch.no_grad()`` on each parameter's own device and dtype, with the RNG
     seeded by ``seed`` (and the caller's RNG state restored afterwards). Parameters that no
-    finding names are not touched. ``audit_options`` are passed to the re-audit.
+    finding names are not touched. The signal findings are repaired by LSUV on
+    ``example_input``; without one (an audit of the parameters alone) they are left unfixed.
+    Auditing the model again is the caller's (:func:`initaudit.api.audit`).
     """
-    from initaudit.api import audit
-
-    if example_input is None:
-        example_input = inputs.make_input(model, audit_options.get("input_shape"),
-                                          batch=audit_options.get("batch_size", inputs.DEFAULT_BATCH), seed=seed)
     lines: List[str] = []
     changes: List[Change] = []
     unfixed: List[Tuple[Finding, str]] = []
@@ -148,10 +149,13 @@ def fix(
                     structural.append(untie(model, f))
                 else:
                     unfixed.append((f, "a structural change: run with --unsafe-fixes to untie it"))
-            elif f.code not in DATA:
+            elif f.code in DATA:
+                if example_input is None:
+                    unfixed.append((f, "LSUV rescales the layers on the example batch, and there is none"))
+            else:
                 unfixed.append((f, "no automatic fix: " + _why(f)))
         factors: Dict[str, float] = {}
-        if lsuv and any(f.code in DATA for f in report.findings):
+        if lsuv and example_input is not None and needs_data(report):
             old = {}
             for layer in _layers(model):
                 old[layer] = _std(model, layer + ".weight")
@@ -161,10 +165,7 @@ def fix(
                 changes.append(Change(layer + ".weight", "LSUV", old.get(layer), _std(model, layer + ".weight")))
     finally:
         rng.restore()
-    options = {k: v for k, v in audit_options.items() if k not in ("input_shape", "batch_size")}
-    after = audit(model, example_input, seed=seed, **options)
-    after.target = report.target
-    return FixResult(report, after, lines, changes, factors, structural, unfixed, model)
+    return FixResult(report, lines, changes, factors, structural, unfixed, model)
 
 
 def _why(f: Finding) -> str:

@@ -44,6 +44,8 @@ class Report:
     suppressed: List[Finding] = field(default_factory=list)  # by source or configuration
     notes: List[str] = field(default_factory=list)  # what the audit did that a user should know
     baselined: List[Finding] = field(default_factory=list)  # already in the baseline
+    # what a fix did before this audit (an initaudit.fixing.fixer.FixResult), or None
+    fix: Any = None
 
     @property
     def parameters(self) -> List[TensorRecord]:
