@@ -26,6 +26,7 @@ from typing import (
 import torch
 from torch import nn
 
+from initaudit.analysis.model import analyze
 from initaudit.core.errors import InputError
 from initaudit.fixing.fixer import needs_data, repair
 from initaudit.gate import suppress
@@ -309,7 +310,8 @@ def audit_once(model: nn.Module, example_input: Any, run: AuditRun) -> Tuple[Rep
         notes += recording.notes
     if run.progress is not None:
         run.progress.phase("rules")
-    findings, suppressed = suppress.split(run_rules(recording, rules, run.options, ties), recording,
+    analysis = analyze(recording)
+    findings, suppressed = suppress.split(run_rules(recording, rules, run.options, ties, analysis), recording,
                                           run.per_parameter_ignores)
     report = Report(
         notes=notes,
@@ -321,6 +323,7 @@ def audit_once(model: nn.Module, example_input: Any, run: AuditRun) -> Tuple[Rep
         torch_version=torch.__version__,
         seconds=time.perf_counter() - started,
         rules=[r.code for r in rules],
+        analysis=analysis,
     )
     return report, x
 

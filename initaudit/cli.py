@@ -262,12 +262,12 @@ def main(
             click.echo("\n\n".join(r.stats_table() for r in reports) + "\n")
         if show_profile and (output or output_format == "table"):
             for r in reports:
-                click.echo(f"Depth profile of {r.target}:\n{profile_table(depth_profile(r.recording))}\n")
+                click.echo(f"Depth profile of {r.target}:\n{profile_table(depth_profile(r.analysis))}\n")
         if plot:
             try:
                 for i, r in enumerate(reports):
                     path = plot if len(reports) == 1 else f"{os.path.splitext(plot)[0]}-{i}{os.path.splitext(plot)[1]}"
-                    draw_profile(depth_profile(r.recording), path, title=r.target or "")
+                    draw_profile(depth_profile(r.analysis), path, title=r.target or "")
             except InitauditError as exc:
                 error(str(exc), exc, verbose)
                 status = EXIT_ERROR

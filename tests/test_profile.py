@@ -11,7 +11,7 @@ from initaudit.cli import main
 
 
 def test_profile_rows_follow_the_forward_order_and_show_the_collapse():
-    rows = depth_profile(audit(mlp(30)).recording)
+    rows = depth_profile(audit(mlp(30)).analysis)
     assert [r.layer for r in rows] == [str(i) for i in range(0, 60, 2)]
     assert rows[0].consumer == "relu" and rows[-1].consumer == "linear"
     # default init is 1/sqrt(6) of He under ReLU: the ratio column says so for every hidden layer

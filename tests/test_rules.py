@@ -349,7 +349,7 @@ def test_ia101_head_is_found_when_the_root_holds_a_parameter():
             return self.head(torch.relu(self.body(x)))
 
     rep = audit(WithToken(), torch.randn(4, 5, 16))
-    assert rep.recording.output_layer == "head"
+    assert rep.analysis.output_layer == "head"
     (f,) = findings(rep, "IA101")
     assert f.severity == "info"
 

@@ -450,3 +450,18 @@ def test_sequential_with_a_custom_module_is_traced_for_real():
     assert trace.Chain.of(nn.Sequential(nn.Linear(4, 4), Scale())) is None
     flows, _ = flow.analyze(nn.Sequential(nn.Linear(4, 4), Scale()))
     assert flows["0"].describe().startswith("relu")  # seen inside Scale by the real trace
+
+
+def test_ia105_leaves_copies_of_a_two_valued_pattern_alone_though_they_are_recorded_as_clones():
+    """Bit-identical identity matrices are a deliberate pattern, not a copied random draw: the
+    recording states the fact (clones), the rule judges it (no IA105)."""
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+    nn.init.eye_(model[0].weight)
+    nn.init.eye_(model[2].weight)
+    rep = audit(model, torch.randn(32, 16))
+    by_name = {t.name: t for t in rep.recording.tensors}
+    assert by_name["0.weight"].clones == ["2.weight"]
+    assert "IA105" not in {f.code for f in rep.findings}
+    nn.init.normal_(model[2].weight)
+    model[0].weight.data.copy_(model[2].weight.data)  # a random draw copied: reported
+    assert "IA105" in {f.code for f in audit(model, torch.randn(32, 16)).findings}

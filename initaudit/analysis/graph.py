@@ -46,15 +46,9 @@ def _weights(recording: Recording) -> Dict[str, TensorRecord]:
 def layer_runs(recording: Recording) -> List[List[LayerUse]]:
     """Runs of layer calls in forward order, each with its consumers resolved.
 
-    Derived once per recording and kept with it: several rules and the profile read it.
+    :func:`initaudit.analysis.model.analyze` derives them once per recording; rules and the
+    profile read them there.
     """
-    cached = recording.__dict__.get("_layer_runs")
-    if cached is None:
-        cached = recording.__dict__["_layer_runs"] = _build_runs(recording)
-    return cached
-
-
-def _build_runs(recording: Recording) -> List[List[LayerUse]]:
     weights = _weights(recording)
     runs: List[List[LayerUse]] = []
     current: List[LayerUse] = []
@@ -96,15 +90,6 @@ def _build_runs(recording: Recording) -> List[List[LayerUse]]:
             close()
     close()
     return runs
-
-
-def consumers(recording: Recording) -> Dict[str, LayerUse]:
-    """First call of every layer, by module name, with its consumer."""
-    found: Dict[str, LayerUse] = {}
-    for run in layer_runs(recording):
-        for use in run:
-            found.setdefault(use.module.name, use)
-    return found
 
 
 def accessor(qualified_name: str, root: str = "model") -> str:

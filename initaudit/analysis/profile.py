@@ -12,9 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import List, Optional
 
-from initaudit.analysis.graph import layer_runs
+from initaudit.analysis.model import Analysis
 from initaudit.analysis.scales import recommended_std
-from initaudit.core.records import Recording
 
 
 @dataclass
@@ -36,9 +35,10 @@ class ProfileRow:
         return self.weight_std / self.recommended_std
 
 
-def depth_profile(recording: Recording) -> List[ProfileRow]:
+def depth_profile(analysis: Analysis) -> List[ProfileRow]:
     rows = []
-    for run in layer_runs(recording):
+    recording = analysis.recording
+    for run in analysis.runs:
         for use in run:
             out = use.output
             scale = recommended_std(use)

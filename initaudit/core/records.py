@@ -56,8 +56,6 @@ class TensorRecord:
     kurtosis: Optional[float] = None
     ortho_offdiag: Optional[float] = None
     ortho_spread: Optional[float] = None
-    init: Optional[str] = None  # the init that most likely produced it (fingerprint.identify)
-    init_call: Optional[str] = None  # that init as a call on "{w}", to redraw it the same way
     clones: List[str] = field(default_factory=list)  # distinct parameters with identical values
     aliases: List[str] = field(default_factory=list)  # distinct parameters sharing its memory
     notes: List[str] = field(default_factory=list)
@@ -149,7 +147,6 @@ class Recording:
     modules: List[ModuleRecord]
     call_order: List[str]  # module names, each call, in the order the calls returned
     call_outputs: List[Optional[OutputRecord]]  # output statistics of each of those calls
-    output_layer: Optional[str]  # the model's head (see inspector.output_layer)
     declared_ties: Set[FrozenSet[str]]  # parameter-name sets the model itself declares tied
     backward: bool  # whether a backward was made
     loss: Optional[float] = None
@@ -159,6 +156,10 @@ class Recording:
     traced: List[str] = field(default_factory=list)  # modules torch.fx traced ("" = the model)
     unobserved: List[str] = field(default_factory=list)  # parameterized modules no hook saw
     notes: List[str] = field(default_factory=list)  # what the inspector could not do, and why
+    # each module (by its first name) once, in the order its forward first started: a module
+    # starts before the modules it calls, and the last to start is nearest the output
+    start_order: List[str] = field(default_factory=list)
+    _module_index: Optional[Dict[str, ModuleRecord]] = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def parameters(self) -> List[TensorRecord]:
@@ -167,8 +168,6 @@ class Recording:
 
     def module(self, name: str) -> Optional[ModuleRecord]:
         """The module reachable as ``name``."""
-        index = self.__dict__.get("_module_index")
-        if index is None:
-            index = {n: m for m in self.modules for n in m.names}
-            self.__dict__["_module_index"] = index
-        return index.get(name)
+        if self._module_index is None:
+            self._module_index = {n: m for m in self.modules for n in m.names}
+        return self._module_index.get(name)

@@ -23,7 +23,7 @@ from initaudit.record import distributed, factored, flow, transfer
 from initaudit.record.backward import first_step_gradients, gradient_status
 from initaudit.record.hooks import CallRecorder, forward_with_hooks
 from initaudit.record.ignores import declared_ignores
-from initaudit.record.modules import declared_ties, module_records, output_layer, output_record
+from initaudit.record.modules import declared_ties, module_records, output_record
 from initaudit.record.probe import LossFn, compute_loss, jacobian_gain, probe_input, random_projection_loss
 from initaudit.record.resolve import resolve
 from initaudit.record.state import preserved, seed_torch
@@ -109,13 +109,13 @@ def inspect(
         modules=modules,
         call_order=recorder.calls,
         call_outputs=[output_record(recorder, values, i) for i in range(len(recorder.calls))],
-        output_layer=output_layer(model, module_names, recorder),
         declared_ties=declared_ties(model),
         backward=backward,
         loss=values["loss"][0] if "loss" in values else None,
         jacobian_gain=values["jacobian"][0] if "jacobian" in values else None,
         jacobian_note=gain_note,
         traced=traced,
+        start_order=[module_names[key][1][0] for key in sorted(recorder.started, key=recorder.started.get)],
         unobserved=[m.name for m in modules if m.has_parameters and m.calls == 0] if run_forward else [],
         notes=["a TorchScript module takes no forward hooks: parameters and gradients are audited, "
                "module outputs (and the signal rules) are not"] if recorder.scripted else [],

@@ -83,20 +83,3 @@ def output_record(recorder: CallRecorder, values: Dict[Any, List[float]], index:
     extra = ([None, None, None] if nonlinearity is None
              else stats.activation_from_counts(row[stats.OUTPUT_MOMENTS:], shape, nonlinearity))
     return OutputRecord(shape, dtype, *stats.output_from_moments(row, shape), *extra)
-
-
-def output_layer(model: nn.Module, module_names: "OrderedDict[int, Tuple[Any, List[str]]]", recorder: CallRecorder) -> Optional[str]:
-    """The model's head: of the modules holding a weight of 2+ dimensions of their own, the
-    one whose forward started last. The root counts only when it is a single layer (a model
-    holding a class token directly is not its own head)."""
-    best: Optional[Tuple[int, str]] = None
-    for key, (module, names) in module_names.items():
-        if key not in recorder.started:
-            continue
-        if module is model and next(module.children(), None) is not None:
-            continue
-        if not any(p.dim() >= 2 for p in module.parameters(recurse=False)):
-            continue
-        if best is None or recorder.started[key] > best[0]:
-            best = (recorder.started[key], names[0])
-    return best[1] if best else None

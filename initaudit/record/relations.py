@@ -45,7 +45,7 @@ def relate(
             else:
                 classes.append([key])
         for members in classes:
-            if len(members) < 2 or _two_valued(by_key[members[0]]):
+            if len(members) < 2:
                 continue
             for a in members:
                 by_key[a].clones += [by_key[b].name for b in members if b != a and (a, b) not in aliased]
@@ -57,19 +57,6 @@ def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
         return distributed.is_sharded(a) and distributed.is_sharded(b) and distributed.all_equal(a, b)
     a, b = distributed.local(a), distributed.local(b)
     return a.device == b.device and torch.equal(a, b)
-
-
-def _two_valued(record: TensorRecord) -> bool:
-    """Whether a tensor holds only its min and max: a deliberate pattern (a forget-gate slice
-    of ones among zeros), not a random draw that was copied.
-
-    By the Bhatia-Davis inequality ``Var <= (max - mean)(mean - min)``, with equality exactly
-    when every value is ``min`` or ``max``; read from the recorded summary, no pass needed.
-    """
-    if record.std is None or record.mean is None or record.min is None or record.max is None:
-        return False
-    bound = (record.max - record.mean) * (record.mean - record.min)
-    return bound > 0 and record.std ** 2 >= bound * (1 - 1e-4)
 
 
 def _byte_span(t: torch.Tensor) -> Optional[Tuple[int, int]]:

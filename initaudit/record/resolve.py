@@ -7,7 +7,6 @@ from collections import OrderedDict
 from typing import Any, Dict, List, Tuple
 
 from initaudit import stats
-from initaudit.analysis import fingerprint
 from initaudit.core.records import GradientRecord, TensorRecord
 from initaudit.record import distributed, factored, transfer
 from initaudit.record.relations import relate
@@ -128,9 +127,6 @@ def _fill(record: TensorRecord, values: Dict[Any, List[float]], key: int) -> Non
         record.subnormal = int(subnormal)
     if ("shape", key) in values:
         record.kurtosis, record.ortho_offdiag, record.ortho_spread = values[("shape", key)]
-        found = fingerprint.identify(record)
-        record.init = found.describe() if found is not None else None
-        record.init_call = found.call("{w}") if found is not None and found.family != "constant" else None
     if ("sv", key) in values:
         record.gate_singular_values = values[("sv", key)]
     if ("rho", key) in values:

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional
 
 from tabulate import tabulate
 
+from initaudit.analysis.model import Analysis, analyze
 from initaudit.core.numbers import finite_or_none
 from initaudit.core.options import FAIL_LEVELS, SEVERITY_RANK
 from initaudit.core.records import ModuleRecord, Recording, TensorRecord
@@ -46,6 +47,12 @@ class Report:
     baselined: List[Finding] = field(default_factory=list)  # already in the baseline
     # what a fix did before this audit (an initaudit.fixing.fixer.FixResult), or None
     fix: Any = None
+    # what the recording means (fingerprints, layer runs, the head); made from it when not given
+    analysis: Optional[Analysis] = None
+
+    def __post_init__(self) -> None:
+        if self.analysis is None:
+            self.analysis = analyze(self.recording)
 
     @property
     def parameters(self) -> List[TensorRecord]:
@@ -89,8 +96,8 @@ class Report:
             "torch": self.torch_version,
             "findings": [f.to_dict() for f in self.findings],
             "suppressed": [f.to_dict() for f in self.suppressed],
-            "parameters": [t.to_dict() for t in self.parameters],
-            "buffers": [t.to_dict() for t in self.buffers],
+            "parameters": [self._tensor_dict(t) for t in self.parameters],
+            "buffers": [self._tensor_dict(t) for t in self.buffers],
             "modules": [m.to_dict() for m in self.modules],
             "rules": list(self.rules),
             "notes": list(self.notes),
@@ -102,6 +109,20 @@ class Report:
             "loss": finite_or_none(self.recording.loss),
             "summary": self.summary(),
         }
+
+    def _tensor_dict(self, t: TensorRecord) -> Dict[str, Any]:
+        """A tensor's record with the init the analysis recognised (``init``: the call and its
+        Keras name; ``init_call``: that call on ``{w}``), after its shape statistics."""
+        recorded = t.to_dict()
+        found = self.analysis.fingerprint(t)
+        interpreted = {"init": found.describe() if found is not None else None,
+                       "init_call": self.analysis.init_call(t, "{w}")}
+        d: Dict[str, Any] = {}
+        for key, value in recorded.items():
+            d[key] = value
+            if key == "ortho_spread":
+                d.update(interpreted)
+        return d
 
     def to_json(self, indent: Optional[int] = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
@@ -150,7 +171,7 @@ class Report:
                     t.fan_in if t.fan_in is not None else "",
                     t.fan_out if t.fan_out is not None else "",
                     _num(grad) if isinstance(grad, float) else grad,
-                    t.init or "",
+                    self.analysis.fingerprint(t).describe() if self.analysis.fingerprint(t) else "",
                     "; ".join(t.notes),
                 ]
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Set
 
+from initaudit.analysis.model import Analysis, analyze
 from initaudit.core.options import SEVERITY_RANK
 from initaudit.core.records import Recording
 from initaudit.rules.registry import Rule, RuleContext, load_rules
@@ -46,12 +47,17 @@ def run_rules(
     rules: Sequence[Rule],
     options: Optional[Mapping[str, Any]] = None,
     tied: Optional[Set[FrozenSet[str]]] = None,
+    analysis: Optional[Analysis] = None,
 ) -> List[Finding]:
-    """Apply ``rules`` to a recording; findings most severe first, then by code."""
+    """Apply ``rules`` to a recording; findings most severe first, then by code.
+
+    ``analysis`` is the recording's interpretation (:func:`~initaudit.analysis.model.analyze`),
+    made here when not given; every rule reads the same one."""
     per_rule = rule_options(rules, options)
+    analysis = analysis or analyze(recording)
     findings: List[Finding] = []
     for r in rules:
-        ctx = RuleContext(recording=recording, options=per_rule[r.code], tied=set(tied or ()))
+        ctx = RuleContext(recording=recording, options=per_rule[r.code], tied=set(tied or ()), analysis=analysis)
         for v in r.check(ctx):
             findings.append(
                 Finding(

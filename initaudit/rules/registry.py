@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Set
 
+from initaudit.analysis.model import Analysis, analyze
 from initaudit.core.options import CODE_PATTERN, SEVERITIES
 from initaudit.core.records import Recording
 
@@ -37,11 +38,17 @@ class Violation:
 
 @dataclass
 class RuleContext:
-    """What a rule may look at: the recording, its options and the user's declarations."""
+    """What a rule may look at: the recording, what it means (the analysis), the rule's
+    options and the user's declarations."""
 
     recording: Recording
     options: Dict[str, Any] = field(default_factory=dict)
     tied: Set[FrozenSet[str]] = field(default_factory=set)
+    analysis: Optional[Analysis] = None  # filled from the recording when not given
+
+    def __post_init__(self) -> None:
+        if self.analysis is None:
+            self.analysis = analyze(self.recording)
 
 
 @dataclass(frozen=True)

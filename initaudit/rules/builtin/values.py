@@ -6,7 +6,7 @@ import math
 from typing import Iterator, List, Optional, Set
 
 from initaudit.analysis.advice import reinit_call
-from initaudit.analysis.graph import accessor, consumers
+from initaudit.analysis.graph import accessor
 from initaudit.core.knowledge import NORM_TYPES
 from initaudit.core.records import TensorRecord
 from initaudit.rules.registry import RuleContext, Violation, rule
@@ -31,11 +31,10 @@ def _elements(n: int) -> str:
 )
 def zero_weight(ctx: RuleContext) -> Iterator[Violation]:
     rec = ctx.recording
-    uses = None
     for t in rec.parameters:
         if not t.floating or t.ndim < 2 or t.nonfinite or t.zero_fraction != 1.0:
             continue
-        uses = uses if uses is not None else consumers(rec)
+        uses = ctx.analysis.consumers
         fix = reinit_call(t, uses)
         module = rec.module(t.module)
         pattern = module.residual if module is not None else None
@@ -49,7 +48,7 @@ def zero_weight(ctx: RuleContext) -> Iterator[Violation]:
                 locations=t.names,
             )
             continue
-        if t.module == rec.output_layer:
+        if t.module == ctx.analysis.output_layer:
             yield Violation(
                 t.name,
                 f"weight of the output layer '{t.module}' ({t.module_type}) is all zeros: "
@@ -77,13 +76,12 @@ def zero_weight(ctx: RuleContext) -> Iterator[Violation]:
     "A weight of two or more dimensions has all elements equal and non-zero.",
 )
 def constant_weight(ctx: RuleContext) -> Iterator[Violation]:
-    uses = None
     for t in ctx.recording.parameters:
         if not t.floating or t.ndim < 2 or t.numel < 2 or t.nonfinite:
             continue
         if t.min is None or t.min != t.max or t.min == 0:
             continue
-        uses = uses if uses is not None else consumers(ctx.recording)
+        uses = ctx.analysis.consumers
         yield Violation(
             t.name,
             f"every element of '{t.name}' ({t.module_type}, shape {list(t.shape)}) is "
@@ -101,11 +99,10 @@ def constant_weight(ctx: RuleContext) -> Iterator[Violation]:
     "A parameter or buffer holds NaN or Inf.",
 )
 def non_finite_parameter(ctx: RuleContext) -> Iterator[Violation]:
-    uses = None
     for t in ctx.recording.tensors:
         if not t.floating or not t.nonfinite:
             continue
-        uses = uses if uses is not None else consumers(ctx.recording)
+        uses = ctx.analysis.consumers
         yield Violation(
             t.name,
             f"{t.kind} '{t.name}' ({t.module_type}) holds {t.nonfinite:,} NaN or Inf value(s) "
@@ -134,7 +131,6 @@ def expected_std(t: TensorRecord) -> float:
 )
 def uninitialized_memory(ctx: RuleContext) -> Iterator[Violation]:
     factor = float(ctx.options["magnitude-factor"])
-    uses = None
     for t in ctx.recording.parameters:
         if not t.floating or t.nonfinite or t.min is None or t.numel == 0:
             continue
@@ -148,7 +144,7 @@ def uninitialized_memory(ctx: RuleContext) -> Iterator[Violation]:
             why.append(f"its largest magnitude {largest:.3g} is {largest / expected_std(t):.2g}x the expected scale {expected_std(t):.3g}")
         if subnormal:
             why.append(f"{subnormal:,} of its {t.numel:,} values are subnormal (below {t.dtype}'s smallest normal number)")
-        uses = uses if uses is not None else consumers(ctx.recording)
+        uses = ctx.analysis.consumers
         yield Violation(
             t.name,
             f"'{t.name}' ({t.module_type}) looks like uninitialized memory (torch.empty): "
@@ -167,18 +163,19 @@ def uninitialized_memory(ctx: RuleContext) -> Iterator[Violation]:
 )
 def cloned_init(ctx: RuleContext) -> Iterator[Violation]:
     seen: Set[str] = set()
-    uses = None
     by_name = {t.name: t for t in ctx.recording.parameters}
     for t in ctx.recording.parameters:
         if not t.clones or t.name in seen:
             continue
         group: List[TensorRecord] = [t] + [by_name[n] for n in t.clones if n in by_name]
         seen.update(g.name for g in group)
-        uses = uses if uses is not None else consumers(ctx.recording)
+        if _two_valued(t):
+            continue
+        uses = ctx.analysis.consumers
         names = [g.name for g in group]
         listed = ", ".join(f"'{n}'" for n in names)
         # each copy redrawn the way the first was drawn, so that only the values change
-        fixes = [_redraw(t, g, uses) for g in group[1:]]
+        fixes = [_redraw(t, g, ctx.analysis.init_call(t, accessor(g.name)), uses) for g in group[1:]]
         yield Violation(
             t.name,
             f"{len(group)} distinct parameters hold bit-identical values ({listed}): they "
@@ -190,10 +187,12 @@ def cloned_init(ctx: RuleContext) -> Iterator[Violation]:
         )
 
 
-def _redraw(template: TensorRecord, copy: TensorRecord, uses) -> Optional[str]:
+def _redraw(template: TensorRecord, copy: TensorRecord, same_init: Optional[str], uses) -> Optional[str]:
+    """The call that redraws ``copy``: the template's own init (``same_init``, a call on the
+    copy) when the fingerprint named one, else a uniform over its range or a fresh init."""
     target = accessor(copy.name)
-    if template.init_call:
-        return template.init_call.replace("{w}", target)
+    if same_init:
+        return same_init
     if copy.ndim < 2 and template.min is not None:
         return f"nn.init.uniform_({target}, {template.min:.4g}, {template.max:.4g})"
     return reinit_call(copy, uses)
@@ -229,3 +228,16 @@ def zero_norm_scale(ctx: RuleContext) -> Iterator[Violation]:
             fix=f"nn.init.ones_({accessor(t.name)})",
             locations=t.names,
         )
+
+
+def _two_valued(record: TensorRecord) -> bool:
+    """Whether a tensor holds only its min and max: a deliberate pattern (a forget-gate slice
+    of ones among zeros), not a random draw that was copied: IA105 leaves such copies alone.
+
+    By the Bhatia-Davis inequality ``Var <= (max - mean)(mean - min)``, with equality exactly
+    when every value is ``min`` or ``max``; read from the recorded summary, no pass needed.
+    """
+    if record.std is None or record.mean is None or record.min is None or record.max is None:
+        return False
+    bound = (record.max - record.mean) * (record.mean - record.min)
+    return bound > 0 and record.std ** 2 >= bound * (1 - 1e-4)

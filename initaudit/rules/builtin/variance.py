@@ -6,7 +6,8 @@ import math
 from typing import Dict, Iterator, List, Optional
 
 from initaudit.analysis import gains
-from initaudit.analysis.graph import LayerUse, accessor, layer_runs
+from initaudit.analysis.fingerprint import Fingerprint
+from initaudit.analysis.graph import LayerUse, accessor
 from initaudit.analysis.scales import Scale, recommended_std
 from initaudit.rules.registry import RuleContext, Violation, rule
 
@@ -65,7 +66,7 @@ def variance_mismatch(ctx: RuleContext) -> Iterator[Violation]:
     compound_tol = float(ctx.options["compound-tolerance"])
     severe = float(ctx.options["severe-factor"])
     signal_tol = float(ctx.options["signal-tolerance"])
-    for run in layer_runs(ctx.recording):
+    for run in ctx.analysis.runs:
         scales = [s for s in (recommended_std(u) for u in run) if s is not None]
         if not scales:
             continue
@@ -85,7 +86,8 @@ def variance_mismatch(ctx: RuleContext) -> Iterator[Violation]:
         severity = "info"
         if not normalized and (worst.off_by > severe or (compounded and confirmed)):
             severity = "warning"
-        yield _violation(scales, worst, product, signal, normalized, severity)
+        init = ctx.analysis.fingerprint(worst.use.weight)
+        yield _violation(scales, worst, product, signal, normalized, severity, init)
 
 
 def _violation(
@@ -95,6 +97,7 @@ def _violation(
     signal: Optional[float],
     normalized: Optional[str],
     severity: str,
+    init: Optional[Fingerprint],
 ) -> Violation:
     names: List[str] = []
     for s in scales:
@@ -108,7 +111,7 @@ def _violation(
         f"'{w.module.name}' feeds {w.activation.describe()} with weight std {worst.measured:.3g}, "
         f"recommended {worst.recommended()} ({gains.init_name(w.activation)}, {worst.mode}={worst.fan}), "
         f"{worst.off_by:.2g}x too {direction}"
-        + (f" (it looks like {w.weight.init.split(' / Keras')[0]})" if w.weight.init else "")
+        + (f" (it looks like {init.torch_call})" if init is not None else "")
     )
     if len(scales) > 1:
         message += f"; compounded over the run: {product:.2g}x"
