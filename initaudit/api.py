@@ -230,6 +230,7 @@ def audit(
         progress.phase("rules")
     findings, suppressed = suppress.split(run_rules(recording, rules, options, ties), recording, per_parameter_ignores)
     report = Report(
+        options=dict(options or {}),  # the rule options it ran with, for the rule descriptions
         notes=notes,
         findings=findings,
         suppressed=suppressed,

