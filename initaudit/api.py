@@ -314,6 +314,7 @@ def audit_once(model: nn.Module, example_input: Any, run: AuditRun) -> Tuple[Rep
     findings, suppressed = suppress.split(run_rules(recording, rules, run.options, ties, analysis), recording,
                                           run.per_parameter_ignores)
     report = Report(
+        options=dict(run.options or {}),  # the rule options it ran with, for the rule descriptions
         notes=notes,
         findings=findings,
         suppressed=suppressed,

@@ -4,6 +4,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from typing import List, Tuple
 
 import pytest
 from conftest import ROOT
@@ -43,12 +44,71 @@ def test_page_shape_matches_the_registry(code):
         assert "Options" not in headings
 
 
-def test_rules_index_and_readme_list_every_rule():
-    index = (PAGES / "README.md").read_text()
-    readme = (ROOT / "README.md").read_text()
-    for rule in load_rules().values():
-        page = f"{rule.code}-{rule.name}.md"
-        assert page in index and f"rules/{page}" in readme, rule.code
+def table_rows(text: str, header: str) -> List[List[str]]:
+    """The body rows of the markdown table whose header row starts with ``header``, as cells
+    (stripped, escaped ``\\|`` read as ``|``)."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = re.split(r"(?<!\\)\|", line)[1:-1]
+        rows.append([cell.strip().replace("\\|", "|") for cell in cells])
+    return rows
+
+
+def rule_row(cells: List[str], link_prefix: str) -> Tuple[str, List[str]]:
+    """``(code, the other cells)`` of a table row whose first cell links the rule's page."""
+    match = re.fullmatch(r"\[(\w+)\]\((.+)\)", cells[0])
+    assert match, cells[0]
+    code = match.group(1)
+    rule = load_rules().get(code)
+    assert rule is not None, f"the table lists {code}, which no rule has"
+    assert match.group(2) == f"{link_prefix}{rule.code}-{rule.name}.md", cells[0]
+    return code, cells[1:]
+
+
+def test_rules_index_table_is_the_registry():
+    """rules/README.md's table: every rule, in code order, with its name, default severity,
+    fix safety and summary (rendered with the default options)."""
+    rows = table_rows((PAGES / "README.md").read_text(), "| code | name | default severity | fix | summary |")
+    listed = [rule_row(cells, "") for cells in rows]
+    assert [code for code, _ in listed] == sorted(load_rules())
+    for code, cells in listed:
+        rule = load_rules()[code]
+        assert cells == [rule.name, rule.severity, rule.fix, rule.describe()], code
+
+
+def test_readme_table_lists_every_rule_with_name_and_severity():
+    """README.md's table: every rule, in code order, with its name and default severity (the
+    last column is prose, written for people)."""
+    rows = table_rows((ROOT / "README.md").read_text(), "| code | name | default severity | what it finds |")
+    listed = [rule_row(cells, "rules/") for cells in rows]
+    assert [code for code, _ in listed] == sorted(load_rules())
+    for code, cells in listed:
+        rule = load_rules()[code]
+        assert cells[:2] == [rule.name, rule.severity], code
+        assert cells[2], code
+
+
+# what each page's "Fix safety" says, by the rule's declared fix safety
+FIX_SAFETY_PHRASES = {
+    "safe": "safe to apply",
+    "data": "LSUV",
+    "unsafe": "--unsafe-fixes",
+    "none": "Findings of this rule have no fix",
+}
+
+
+@pytest.mark.parametrize("code", sorted(load_rules()))
+def test_fix_safety_section_says_the_declared_fix_safety(code):
+    """The page's "Fix safety" section uses its category's phrase, and no other category's."""
+    rule = load_rules()[code]
+    text = (PAGES / f"{rule.code}-{rule.name}.md").read_text()
+    section = text.split("\n## Fix safety\n", 1)[1].split("\n## ", 1)[0]
+    said = {safety for safety, phrase in FIX_SAFETY_PHRASES.items() if phrase in section}
+    assert said == {rule.fix}, (rule.fix, said)
 
 
 def test_codes_are_stable_and_well_formed():
@@ -59,11 +119,22 @@ def test_codes_are_stable_and_well_formed():
 
 
 def test_selection_by_prefix_and_ignore():
-    assert [r.code for r in resolve_selection(["IA1"])] == ["IA101", "IA102", "IA103", "IA104", "IA105"]
-    assert [r.code for r in resolve_selection(["ALL"], ["IA1", "IA2", "IA3", "IA5"])] == ["IA401", "IA402", "IA601"]
-    assert [r.code for r in resolve_selection(["ia30"], ["IA301"])] == ["IA302", "IA303", "IA304", "IA305"]
-    with pytest.raises(ValueError, match="IA9"):
-        resolve_selection(["IA9"])
+    """Expectations come from the registry: a family (``IA1``) is every code that starts with it."""
+    every = sorted(load_rules())
+    families = sorted({code[:3] for code in every})
+    assert len(families) >= 2, families  # ignoring one family must leave others to select
+    for family in families:
+        members = [code for code in every if code.startswith(family)]
+        assert [r.code for r in resolve_selection([family])] == members
+        assert [r.code for r in resolve_selection(["ALL"], [family])] == [c for c in every if c not in members]
+    members = next(m for f in families if len(m := [c for c in every if c.startswith(f)]) >= 2)
+    first, rest = members[0], members[1:]
+    assert [r.code for r in resolve_selection([first[:4].lower()], [first])] == [
+        c for c in rest if c.startswith(first[:4])]
+    assert [r.code for r in resolve_selection([rest[-1], first])] == [first, rest[-1]]
+    unused = next(f"IA{digit}" for digit in "987654321" if f"IA{digit}" not in families)
+    with pytest.raises(ValueError, match=unused):
+        resolve_selection([unused])
     with pytest.raises(ValueError, match="--ignore"):
         resolve_selection(None, ["XX1"])
 

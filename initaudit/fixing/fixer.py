@@ -1,11 +1,14 @@
 """Fix in place: repair what the audit found, then audit again.
 
-Every safe fix is the finding's own ``fix``: Python on ``model`` that changes values only
-(``torch.nn.init`` calls, slices of gate biases). The fixer runs exactly those lines, so
-``--emit-code`` prints what was applied. Signal findings (IA202, IA203, IA206) are then
-repaired with data: LSUV (Mishkin & Matas 2016) rescales each layer, in forward order, until
-its output variance on the example batch is 1, and the factors are written out as explicit
-scales. Structural fixes (IA401: untie a shared parameter) run only when asked for.
+What the fixer does with a finding is its rule's declared fix safety (``@rule(fix=...)``,
+:attr:`~initaudit.rules.registry.Rule.fix`). Every safe fix is the finding's own ``fix``:
+Python on ``model`` that changes values only (``torch.nn.init`` calls, slices of gate
+biases). The fixer runs exactly those lines, so ``--emit-code`` prints what was applied.
+Findings of data rules (the signal rules IA202, IA203, IA206) are then repaired with data:
+LSUV (Mishkin & Matas 2016) rescales each layer, in forward order, until its output variance
+on the example batch is 1, and the factors are written out as explicit scales. Unsafe,
+structural fixes (IA401: untie a shared parameter) run only when asked for. Every other
+finding is listed as unfixed, with its rule's reason.
 """
 
 from __future__ import annotations
@@ -28,10 +31,8 @@ from initaudit.record.state import RNGState, preserved, seed_torch
 from initaudit.record.walk import call_model, names_by_id
 from initaudit.report.report import Report
 from initaudit.rules.engine import Finding
+from initaudit.rules.registry import DEFAULT_WHY_NO_FIX, Rule, load_rules
 
-SAFE = {"IA101", "IA102", "IA103", "IA104", "IA105", "IA201", "IA501", "IA502", "IA503", "IA601"}
-DATA = {"IA202", "IA203", "IA206"}
-UNSAFE = {"IA401"}
 LSUV_TOLERANCE = 0.1
 LSUV_ITERATIONS = 10
 
@@ -109,7 +110,8 @@ def _std(model: nn.Module, name: str) -> Optional[float]:
 
 def needs_data(report: Report) -> bool:
     """Whether repairing ``report`` takes the example batch (LSUV for the signal findings)."""
-    return any(f.code in DATA for f in report.findings)
+    rules = load_rules()
+    return any(fix_safety(rules, f.code)[0] == "data" for f in report.findings)
 
 
 def repair(
@@ -133,27 +135,28 @@ def repair(
     changes: List[Change] = []
     unfixed: List[Tuple[Finding, str]] = []
     structural: List[str] = []
+    rules = load_rules()
     rng = RNGState()
     try:
         seed_torch(seed)
         for f in report.findings:
-            if f.code in SAFE and f.fix:
+            safety, why = fix_safety(rules, f.code)
+            if safety == "safe" and f.fix:
                 names = [n for n in dict.fromkeys([f.location, *f.locations])]
                 before = {n: _std(model, n) for n in names}
-                with torch.no_grad():
-                    exec(compile(f.fix, f"<fix {f.code} {f.location}>", "exec"), _namespace(model))  # noqa: S102
+                run_fix_line(model, f)
                 lines.append(f"# {f.code} {f.rule}: {f.location}\n{f.fix}")
                 changes += [Change(n, f.code, before[n], _std(model, n)) for n in names if _std(model, n) != before[n]]
-            elif f.code in UNSAFE:
+            elif safety == "unsafe":
                 if unsafe:
-                    structural.append(untie(model, f))
+                    structural.append(structural_fix(model, f))
                 else:
-                    unfixed.append((f, "a structural change: run with --unsafe-fixes to untie it"))
-            elif f.code in DATA:
+                    unfixed.append((f, why))
+            elif safety == "data":
                 if example_input is None:
                     unfixed.append((f, "LSUV rescales the layers on the example batch, and there is none"))
             else:
-                unfixed.append((f, "no automatic fix: " + _why(f)))
+                unfixed.append((f, "no automatic fix: " + why))
         factors: Dict[str, float] = {}
         if lsuv and example_input is not None and needs_data(report):
             old = {}
@@ -168,17 +171,29 @@ def repair(
     return FixResult(report, lines, changes, factors, structural, unfixed, model)
 
 
-def _why(f: Finding) -> str:
-    return {
-        "IA301": "the forward must use the parameter (or it should be frozen or removed)",
-        "IA302": "a consequence of another finding (a zero weight or dead units above it)",
-        "IA303": "follows from the forward's arithmetic; fix the values that produce it",
-        "IA204": "dead units come from the weights and biases feeding them; fix those findings",
-        "IA205": "saturation comes from the weight scale feeding it; fix that finding",
-        "IA304": "a consequence of the layers' scales; fix the variance findings",
-        "IA305": "a consequence of the layers' scales; fix the variance findings",
-        "IA402": "memory shared by two Parameters is a structural choice; clone one of them",
-    }.get(f.code, "the finding says what to change")
+def fix_safety(rules: Dict[str, Rule], code: str) -> Tuple[str, str]:
+    """``(fix safety, why no fix)`` that the rule of ``code`` declares; a code no rule has
+    (a finding from a report made with a plugin not loaded here) gets no fix."""
+    rule = rules.get(code)
+    if rule is None:
+        return "none", DEFAULT_WHY_NO_FIX
+    return rule.fix, rule.why_no_fix
+
+
+def structural_fix(model: nn.Module, finding: Finding) -> str:
+    """Make the structural change of an unsafe finding: its own ``fix`` line when it has one,
+    otherwise give each name it lists its own parameter (:func:`untie`, IA401's repair).
+    Returns what was done."""
+    if not finding.fix:
+        return untie(model, finding)
+    run_fix_line(model, finding)
+    return f"{finding.code} {finding.location}: {finding.fix}"
+
+
+def run_fix_line(model: nn.Module, finding: Finding) -> None:
+    """Run the finding's ``fix`` line on ``model`` under ``torch.no_grad()``."""
+    with torch.no_grad():
+        exec(compile(finding.fix, f"<fix {finding.code} {finding.location}>", "exec"), _namespace(model))  # noqa: S102
 
 
 def _layers(model: nn.Module) -> List[str]:

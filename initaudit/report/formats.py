@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from initaudit import __version__
 from initaudit.report.report import Report
 from initaudit.rules.engine import Finding
-from initaudit.rules.registry import load_rules
+from initaudit.rules.registry import Rule, load_rules
 
 SARIF_VERSION = "2.1.0"
 SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
@@ -71,6 +71,20 @@ def _sarif_result(report: Report, finding: Finding, rule_index: Dict[str, int], 
     return result
 
 
+def sarif_rule(rule: Rule, options: Mapping[str, Any]) -> Dict[str, Any]:
+    """The SARIF reporting descriptor of ``rule``: its description says the thresholds the
+    audit ran with (``options``: the user's overrides), its properties how ``--fix`` treats it."""
+    description = rule.describe(options)
+    return {
+        "id": rule.code,
+        "name": rule.name,
+        "shortDescription": {"text": description},
+        "help": {"text": f"{description} See rules/{rule.code}-{rule.name}.md in initaudit."},
+        "defaultConfiguration": {"level": SARIF_LEVEL[rule.severity]},
+        "properties": {"fix": rule.fix},
+    }
+
+
 def sarif_run(report: Report, baseline_used: bool = False) -> Dict[str, Any]:
     """One SARIF run for one audited target."""
     rules = load_rules()
@@ -78,17 +92,8 @@ def sarif_run(report: Report, baseline_used: bool = False) -> Dict[str, Any]:
     descriptors = []
     for code in codes:
         rule = rules.get(code)
-        if rule is None:
-            continue
-        descriptors.append(
-            {
-                "id": rule.code,
-                "name": rule.name,
-                "shortDescription": {"text": rule.summary},
-                "help": {"text": f"{rule.summary} See rules/{rule.code}-{rule.name}.md in initaudit."},
-                "defaultConfiguration": {"level": SARIF_LEVEL[rule.severity]},
-            }
-        )
+        if rule is not None:
+            descriptors.append(sarif_rule(rule, report.options))
     rule_index = {d["id"]: i for i, d in enumerate(descriptors)}
     results = [
         _sarif_result(report, f, rule_index, "new" if baseline_used else None) for f in report.findings

@@ -45,6 +45,8 @@ class Report:
     suppressed: List[Finding] = field(default_factory=list)  # by source or configuration
     notes: List[str] = field(default_factory=list)  # what the audit did that a user should know
     baselined: List[Finding] = field(default_factory=list)  # already in the baseline
+    # the rule options the user overrode, by option key (the rules' defaults hold for the rest)
+    options: Dict[str, Any] = field(default_factory=dict)
     # what a fix did before this audit (an initaudit.fixing.fixer.FixResult), or None
     fix: Any = None
     # what the recording means (fingerprints, layer runs, the head); made from it when not given

@@ -15,14 +15,20 @@ import importlib
 import pkgutil
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Set
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 from initaudit.analysis.model import Analysis, analyze
 from initaudit.core.options import CODE_PATTERN, SEVERITIES
 from initaudit.core.records import Recording
+from initaudit.rules import templates
 
 NEEDS = ("values", "forward", "backward")
 ENTRY_POINT_GROUP = "initaudit.rules"
+
+# how the fixer repairs a rule's findings (see :func:`rule`)
+FIX_SAFETIES = ("safe", "data", "unsafe", "none")
+# why a finding gets no automatic fix, when its rule says nothing more precise
+DEFAULT_WHY_NO_FIX = "the finding says what to change"
 
 
 @dataclass
@@ -53,13 +59,25 @@ class RuleContext:
 
 @dataclass(frozen=True)
 class Rule:
+    """A registered rule and what the tools around the engine need to know about it."""
+
     code: str
     name: str
     severity: str
-    summary: str
+    summary: str  # a template: {option-key} placeholders, filled by describe()
     check: Callable[[RuleContext], Iterable[Violation]]
     options: Mapping[str, Any] = field(default_factory=dict)
     needs: str = "values"  # what it reads: "values" only, the "forward", or the "backward" too
+    fix: str = "none"  # how the fixer repairs its findings: one of FIX_SAFETIES
+    why_no_fix: str = DEFAULT_WHY_NO_FIX  # why a finding is not repaired, or how it is instead
+
+    def describe(self, options: Optional[Mapping[str, Any]] = None) -> str:
+        """The summary with its placeholders filled: the values in ``options`` (overrides by
+        option key, as ``audit(options=...)`` takes them; keys of other rules are ignored),
+        this rule's defaults for the rest."""
+        overrides = options or {}
+        values = {key: overrides.get(key, default) for key, default in self.options.items()}
+        return templates.render(self.summary, values)
 
 
 _RULES: Dict[str, Rule] = {}
@@ -73,12 +91,26 @@ def rule(
     summary: str,
     options: Optional[Mapping[str, Any]] = None,
     needs: str = "values",
+    fix: Optional[str] = None,
+    why_no_fix: Optional[str] = None,
 ) -> Callable[[Callable[[RuleContext], Iterable[Violation]]], Callable[[RuleContext], Iterable[Violation]]]:
     """Register the decorated function as rule ``code``.
+
+    ``summary`` is one sentence; it may name the rule's options as ``{option-key}`` (or
+    ``{option-key:share}`` for a fraction in words), filled by :meth:`Rule.describe` with
+    the values an audit runs with.
 
     ``needs`` says what the rule reads: parameter ``"values"`` alone, the ``"forward"``
     (module outputs), or the ``"backward"`` (gradients); an audit that skips the forward
     (``params_only``) or the backward (``no_backward``) skips the rules that need it.
+
+    ``fix`` says how ``--fix`` repairs the rule's findings: ``"safe"``, the finding's own
+    ``fix`` line, which changes values only, is run; ``"data"``, LSUV rescales the layers on
+    the example batch; ``"unsafe"``, a structural change, made only with ``--unsafe-fixes``;
+    ``"none"``, no automatic fix. ``why_no_fix`` says why a finding is not repaired (for
+    ``"safe"``: one that carries no fix line), or for ``"data"`` and ``"unsafe"`` what
+    happens instead; it is required with an explicit ``fix="none"``, ``"data"`` or
+    ``"unsafe"``. A rule that declares no ``fix`` has none, for the default reason.
     """
     if needs not in NEEDS:
         raise ValueError(f"rule {code}: needs must be one of {NEEDS}")
@@ -86,16 +118,32 @@ def rule(
         raise ValueError(f"rule code {code!r} must be letters followed by three digits")
     if severity not in SEVERITIES:
         raise ValueError(f"rule {code}: severity must be one of {SEVERITIES}")
+    fix_safety, reason = _fix_metadata(code, fix, why_no_fix)
+    try:
+        templates.check(summary, options or {})
+    except ValueError as error:
+        raise ValueError(f"rule {code}: {error}") from None
 
     def register(check: Callable[[RuleContext], Iterable[Violation]]) -> Callable[[RuleContext], Iterable[Violation]]:
         existing = _RULES.get(code)
         # re-importing a rule module registers the same function again; another one is a clash
         if existing is not None and existing.check.__qualname__ != check.__qualname__:
             raise ValueError(f"rule code {code} is registered twice")
-        _RULES[code] = Rule(code, name, severity, summary, check, dict(options or {}), needs)
+        _RULES[code] = Rule(code, name, severity, summary, check, dict(options or {}), needs, fix_safety, reason)
         return check
 
     return register
+
+
+def _fix_metadata(code: str, fix: Optional[str], why_no_fix: Optional[str]) -> Tuple[str, str]:
+    """``(fix safety, why no fix)`` as declared, checked; an undeclared fix is ``"none"``."""
+    if fix is None:
+        return "none", why_no_fix or DEFAULT_WHY_NO_FIX
+    if fix not in FIX_SAFETIES:
+        raise ValueError(f"rule {code}: fix must be one of {FIX_SAFETIES}")
+    if fix != "safe" and not why_no_fix:
+        raise ValueError(f"rule {code}: fix={fix!r} needs why_no_fix, the reason the fixer gives (or what it does)")
+    return fix, why_no_fix or DEFAULT_WHY_NO_FIX
 
 
 def load_rules() -> Dict[str, Rule]:

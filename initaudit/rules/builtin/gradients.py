@@ -16,6 +16,8 @@ from initaudit.rules.registry import RuleContext, Violation, rule
     "error",
     "A trainable parameter received no gradient in the first backward.",
     needs="backward",
+    fix="none",
+    why_no_fix="the forward must use the parameter (or it should be frozen or removed)",
 )
 def no_gradient(ctx: RuleContext) -> Iterator[Violation]:
     rec = ctx.recording
@@ -42,6 +44,8 @@ def no_gradient(ctx: RuleContext) -> Iterator[Violation]:
     "error",
     "A first-step gradient holds NaN or Inf.",
     needs="backward",
+    fix="none",
+    why_no_fix="follows from the forward's arithmetic; fix the values that produce it",
 )
 def non_finite_gradient(ctx: RuleContext) -> Iterator[Violation]:
     for t in ctx.recording.parameters:
@@ -62,6 +66,8 @@ def non_finite_gradient(ctx: RuleContext) -> Iterator[Violation]:
     "warning",
     "A trainable parameter's first-step gradient is identically zero.",
     needs="backward",
+    fix="none",
+    why_no_fix="a consequence of another finding (a zero weight or dead units above it)",
 )
 def zero_gradient(ctx: RuleContext) -> Iterator[Violation]:
     zero = [t for t in ctx.recording.parameters if t.grad is not None and t.grad.norm == 0 and not t.grad.nonfinite]
@@ -136,9 +142,11 @@ def _gradient_trend(ctx: RuleContext, direction: str) -> Iterator[Violation]:
     "IA304",
     "gradient-vanishing",
     "warning",
-    "The weight-gradient RMS of the first layer is over 100x smaller than the last layer's.",
+    "The weight-gradient RMS of the first layer is over {gradient-ratio}x smaller than the last layer's.",
     options={"gradient-ratio": 100.0},
     needs="backward",
+    fix="none",
+    why_no_fix="a consequence of the layers' scales; fix the variance findings",
 )
 def gradient_vanishing(ctx: RuleContext) -> Iterator[Violation]:
     yield from _gradient_trend(ctx, "vanishing")
@@ -148,9 +156,11 @@ def gradient_vanishing(ctx: RuleContext) -> Iterator[Violation]:
     "IA305",
     "gradient-exploding",
     "warning",
-    "The weight-gradient RMS of the first layer is over 100x larger than the last layer's.",
+    "The weight-gradient RMS of the first layer is over {gradient-ratio}x larger than the last layer's.",
     options={"gradient-ratio": 100.0},
     needs="backward",
+    fix="none",
+    why_no_fix="a consequence of the layers' scales; fix the variance findings",
 )
 def gradient_exploding(ctx: RuleContext) -> Iterator[Violation]:
     yield from _gradient_trend(ctx, "exploding")

@@ -15,8 +15,9 @@ FORGET = 1  # PyTorch orders LSTM gates i, f, g, o along dimension 0
     "IA501",
     "forget-bias-unset",
     "warning",
-    "An LSTM's forget-gate bias (bias_ih + bias_hh, slice [H:2H]) has mean below 0.5.",
+    "An LSTM's forget-gate bias (bias_ih + bias_hh, slice [H:2H]) has mean below {forget-bias-min}.",
     options={"forget-bias-min": 0.5},
+    fix="safe",
 )
 def forget_bias_unset(ctx: RuleContext) -> Iterator[Violation]:
     minimum = float(ctx.options["forget-bias-min"])
@@ -65,6 +66,7 @@ GATE_NAMES = {"LSTM": "ifgo", "LSTMCell": "ifgo", "GRU": "rzn", "GRUCell": "rzn"
     "info",
     "A recurrent weight_hh gate block is far from orthogonal (singular values spread).",
     options={"orthogonal-spread": 2.0},
+    fix="safe",
 )
 def recurrent_not_orthogonal(ctx: RuleContext) -> Iterator[Violation]:
     limit = float(ctx.options["orthogonal-spread"])
@@ -101,8 +103,10 @@ def recurrent_not_orthogonal(ctx: RuleContext) -> Iterator[Violation]:
     "IA503",
     "recurrent-spectral-radius",
     "warning",
-    "A vanilla RNN's recurrent matrix has spectral radius above 1.2, or below 0.5 with tanh.",
+    "A vanilla RNN's recurrent matrix has spectral radius above {spectral-radius-max}, "
+    "or below {spectral-radius-min} with tanh.",
     options={"spectral-radius-max": 1.2, "spectral-radius-min": 0.5},
+    fix="safe",
 )
 def recurrent_spectral_radius(ctx: RuleContext) -> Iterator[Violation]:
     high = float(ctx.options["spectral-radius-max"])

@@ -31,6 +31,8 @@ def _owners(t: TensorRecord) -> Tuple[str, ...]:
     "shared-parameter",
     "warning",
     "One Parameter object is reachable under two or more names.",
+    fix="unsafe",
+    why_no_fix="a structural change: run with --unsafe-fixes to untie it",
 )
 def shared_parameter(ctx: RuleContext) -> Iterator[Violation]:
     rec = ctx.recording
@@ -78,6 +80,8 @@ def shared_parameter(ctx: RuleContext) -> Iterator[Violation]:
     "aliased-storage",
     "warning",
     "Distinct Parameters share memory.",
+    fix="none",
+    why_no_fix="memory shared by two Parameters is a structural choice; clone one of them",
 )
 def aliased_storage(ctx: RuleContext) -> Iterator[Violation]:
     seen: Set[str] = set()

@@ -78,9 +78,12 @@ def _segment_crossing(ctx: RuleContext, signal: List[Tuple[str, float]], directi
     "IA202",
     "signal-vanishing",
     "warning",
-    "The input-dependent part of the layer outputs falls below 1/10 of the first layer's.",
+    "The input-dependent part of the layer outputs falls below 1/{signal-vanishing-ratio} of the first layer's.",
     options={"signal-vanishing-ratio": 10.0},
     needs="forward",
+    fix="data",
+    why_no_fix="repaired with data: LSUV rescales each layer, in forward order, until its output variance "
+    "on the example batch is 1",
 )
 def signal_vanishing(ctx: RuleContext) -> Iterator[Violation]:
     yield from _crossing(ctx, "vanishing")
@@ -90,9 +93,12 @@ def signal_vanishing(ctx: RuleContext) -> Iterator[Violation]:
     "IA203",
     "signal-exploding",
     "warning",
-    "The input-dependent part of the layer outputs rises above 10x the first layer's.",
+    "The input-dependent part of the layer outputs rises above {signal-exploding-ratio}x the first layer's.",
     options={"signal-exploding-ratio": 10.0},
     needs="forward",
+    fix="data",
+    why_no_fix="repaired with data: LSUV rescales each layer, in forward order, until its output variance "
+    "on the example batch is 1",
 )
 def signal_exploding(ctx: RuleContext) -> Iterator[Violation]:
     yield from _crossing(ctx, "exploding")
@@ -117,9 +123,11 @@ def _activation_calls(recording: Recording, names: Tuple[str, ...]) -> Iterator[
     "IA204",
     "dead-units",
     "warning",
-    "More than half of a ReLU layer's units are zero for every example in the batch.",
+    "More than {dead-fraction:share} of a ReLU layer's units are zero for every example in the batch.",
     options={"dead-fraction": 0.5},
     needs="forward",
+    fix="none",
+    why_no_fix="dead units come from the weights and biases feeding them; fix those findings",
 )
 def dead_units(ctx: RuleContext) -> Iterator[Violation]:
     limit = float(ctx.options["dead-fraction"])
@@ -155,9 +163,11 @@ def dead_units(ctx: RuleContext) -> Iterator[Violation]:
     "IA205",
     "saturated-units",
     "warning",
-    "More than half of a tanh's outputs beyond |0.99|, or of a sigmoid's outside (0.01, 0.99).",
+    "More than {saturated-fraction:share} of a tanh's outputs beyond |0.99|, or of a sigmoid's outside (0.01, 0.99).",
     options={"saturated-fraction": 0.5},
     needs="forward",
+    fix="none",
+    why_no_fix="saturation comes from the weight scale feeding it; fix that finding",
 )
 def saturated_units(ctx: RuleContext) -> Iterator[Violation]:
     limit = float(ctx.options["saturated-fraction"])
@@ -183,9 +193,12 @@ def saturated_units(ctx: RuleContext) -> Iterator[Violation]:
     "IA206",
     "jacobian-gain",
     "warning",
-    "The input-output Jacobian's gain tr(J^T J) / min(m, n) is outside [0.1, 10].",
+    "The input-output Jacobian's gain tr(J^T J) / min(m, n) is outside [{jacobian-min}, {jacobian-max}].",
     options={"jacobian-min": 0.1, "jacobian-max": 10.0},
     needs="backward",
+    fix="data",
+    why_no_fix="repaired with data: LSUV rescales each layer, in forward order, until its output variance "
+    "on the example batch is 1",
 )
 def jacobian_gain(ctx: RuleContext) -> Iterator[Violation]:
     gain = ctx.recording.jacobian_gain

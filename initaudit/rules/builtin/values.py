@@ -28,6 +28,7 @@ def _elements(n: int) -> str:
     "zero-weight",
     "error",
     "A weight of two or more dimensions is all zeros.",
+    fix="safe",
 )
 def zero_weight(ctx: RuleContext) -> Iterator[Violation]:
     rec = ctx.recording
@@ -74,6 +75,7 @@ def zero_weight(ctx: RuleContext) -> Iterator[Violation]:
     "constant-weight",
     "error",
     "A weight of two or more dimensions has all elements equal and non-zero.",
+    fix="safe",
 )
 def constant_weight(ctx: RuleContext) -> Iterator[Violation]:
     for t in ctx.recording.parameters:
@@ -97,6 +99,7 @@ def constant_weight(ctx: RuleContext) -> Iterator[Violation]:
     "non-finite-parameter",
     "error",
     "A parameter or buffer holds NaN or Inf.",
+    fix="safe",
 )
 def non_finite_parameter(ctx: RuleContext) -> Iterator[Violation]:
     for t in ctx.recording.tensors:
@@ -128,6 +131,7 @@ def expected_std(t: TensorRecord) -> float:
     "error",
     "Values that look like torch.empty garbage: huge magnitudes or subnormal numbers.",
     options={"magnitude-factor": 1e6},
+    fix="safe",
 )
 def uninitialized_memory(ctx: RuleContext) -> Iterator[Violation]:
     factor = float(ctx.options["magnitude-factor"])
@@ -160,6 +164,7 @@ def uninitialized_memory(ctx: RuleContext) -> Iterator[Violation]:
     "cloned-init",
     "warning",
     "Distinct parameters hold bit-identical values.",
+    fix="safe",
 )
 def cloned_init(ctx: RuleContext) -> Iterator[Violation]:
     seen: Set[str] = set()
@@ -203,6 +208,7 @@ def _redraw(template: TensorRecord, copy: TensorRecord, same_init: Optional[str]
     "zero-norm-scale",
     "warning",
     "A normalization layer's scale (gain) is all zeros.",
+    fix="safe",
 )
 def zero_norm_scale(ctx: RuleContext) -> Iterator[Violation]:
     rec = ctx.recording

@@ -60,6 +60,7 @@ def _signal(run: List[LayerUse]) -> Optional[float]:
         "signal-tolerance": 10.0,  # measured signal change confirming the product: warning
     },
     needs="forward",
+    fix="safe",
 )
 def variance_mismatch(ctx: RuleContext) -> Iterator[Violation]:
     tol = float(ctx.options["variance-tolerance"])
