@@ -31,8 +31,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from initaudit import audit, stats
-from initaudit.record import inspector, queue, transfer
+from initaudit import audit
+from initaudit.record import inspector, resolve
 from initaudit.record.probe import random_projection_loss
 
 MB = 1 << 20
@@ -155,25 +155,12 @@ def parameter_pass(model: nn.Module) -> None:
 
 def summary_pass(model: nn.Module) -> None:
     """The summary statistics alone, as the inspector computes them (mean, std, min, max,
-    zeros, non-finite, subnormal): ``queue.queue_summaries`` of every parameter (the call the
-    inspector makes) in one transfer, completed where ``needs_exact`` or ``needs_counts``
-    say so in one more. This is what issue 7's target of 5x one read is about; the
+    zeros, non-finite, subnormal): ``resolve.summarize``, the inspector's own queueing of
+    every parameter's summary in one transfer, completed where ``needs_exact`` or
+    ``needs_counts`` say so in one more. This is what issue 7's target of 5x one read is about; the
     parameter pass adds the fingerprint statistics, the recurrent gates' singular values
     and the clone check."""
-    params = list({id(p): p for p in model.parameters()}.values())
-    first = transfer.Deferred()
-    queue.queue_summaries([(i, p, False) for i, p in enumerate(params)], first)
-    values = first.resolve()
-    redo = transfer.Deferred()
-    for i, p in enumerate(params):
-        if ("fast", i) not in values:
-            continue  # summarized exactly with the small tensors
-        fast = stats.combine_fast(p.numel(), values[("fast", i)])
-        if stats.needs_exact(fast):
-            redo.add(i, stats.tensor_summary(p))
-        elif stats.needs_counts(fast, p.dtype):
-            redo.add(i, stats.small_counts(p))
-    redo.resolve()
+    resolve.summarize(list({id(p): p for p in model.parameters()}.values()))
 
 
 def read_floor(model: nn.Module) -> None:

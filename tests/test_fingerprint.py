@@ -113,11 +113,11 @@ def test_batched_statistics_equal_each_weights_own(monkeypatch):
     tall = [nn.init.orthogonal_(torch.empty(300, 20)), torch.randn(300, 20)]
     conv = [torch.randn(8, 4, 3, 3), torch.zeros(8, 4, 3, 3).uniform_()]
     monkeypatch.setattr(shape, "_BATCH_ELEMENTS", 3 * (32768 + 32 * 512))  # chunks of 3 and 1
-    items = [(i, w) for i, w in enumerate(big + tall + conv)]
+    items = [(transfer.TensorValues(), w) for w in big + tall + conv]
     deferred = transfer.Deferred()
     queue.queue_shape_stats(items, deferred)
-    values = deferred.resolve()
-    for key, w in items:
+    deferred.resolve()
+    for key, (values, w) in enumerate(items):
         own = []
         # by hand, the definitions: kurtosis over the sample, Gram of the first 32 rows (columns if tall)
         flat = w.reshape(-1)
@@ -130,4 +130,4 @@ def test_batched_statistics_equal_each_weights_own(monkeypatch):
         d = g.diagonal()
         own.append((g - torch.diag(d)).abs().max().item() / d.mean().item())
         own.append((d.max() - d.min()).item() / d.mean().item())
-        assert values[("shape", key)] == pytest.approx(own, rel=1e-4, abs=1e-5), key
+        assert values.shape == pytest.approx(own, rel=1e-4, abs=1e-5), key

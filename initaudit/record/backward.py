@@ -10,8 +10,8 @@ import torch
 
 from initaudit import stats
 from initaudit.core.errors import ForwardError, describe, user_frame
-from initaudit.core.records import TensorRecord
 from initaudit.record import distributed, factored, transfer
+from initaudit.record.tensors import Tracked
 
 
 def first_step_gradients(
@@ -81,13 +81,15 @@ def _accumulated_gradients(loss_value: torch.Tensor, wrt: List[torch.Tensor]) ->
 
 
 def gradient_status(
-    records: List[Tuple[int, TensorRecord]],
+    records: List[Tracked],
     grads: Dict[int, Any],
     backward: bool,
     deferred: transfer.Deferred,
     partials: distributed.Partials,
 ) -> None:
-    for key, record in records:
+    """Set each parameter's ``grad_status`` and queue the sums of its gradient (or its
+    factored row) for its values to hold."""
+    for key, record, values in records:
         if record.kind != "parameter":
             continue
         if not record.floating:
@@ -102,10 +104,10 @@ def gradient_status(
             record.grad_status = "ok"
             grad = grads[key]
             if isinstance(grad, Factored):
-                deferred.add(("gradfactored", key), grad.row)
+                deferred.put(values, "grad_row", grad.row)
                 continue
             fast = stats.gradient_fast(distributed.local(grad))
             if distributed.is_sharded(grad):
-                partials.add(("gradfast", key), grad, fast, fast.new_zeros(0))
+                partials.put(values, "grad_sums", grad, fast, fast.new_zeros(0))
             else:
-                deferred.add(("gradfast", key), fast)
+                deferred.put(values, "grad_sums", fast)

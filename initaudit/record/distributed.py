@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import gc
 import os
-from typing import Any, Dict, Hashable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Hashable, List, Optional, Tuple
 
 import torch
 
 from initaudit.core.knowledge import is_dtensor, type_name  # noqa: F401  (used here and by its callers)
+from initaudit.record.transfer import Slot
 
 
 def active() -> bool:
@@ -82,7 +83,16 @@ class Partials:
                 i += s.numel()
                 j += m.numel()
         self._items.clear()
+        for key, (sums, mins) in resolved.items():
+            if isinstance(key, Slot):  # holder.field = decode(sums, mins)
+                setattr(key.holder, key.field, key.decode(sums, mins) if key.decode is not None else sums)
         return resolved
+
+    def put(self, holder: Any, field: str, t: torch.Tensor, sums: torch.Tensor, mins: torch.Tensor,
+            combine: Optional[Callable[[List[float], List[float]], Any]] = None) -> None:
+        """Queue a piece's partials for ``holder.field``, ``combine(sums, mins)`` once combined
+        across ranks (the combined sums themselves without one)."""
+        self.add(Slot(holder, field, combine), t, sums, mins)
 
 
 def all_equal(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -121,7 +121,7 @@ def gradient_row(
 CANCELLATION = {"float32": 1e-3, "float64": 1e-9}
 
 
-def gradient_from_row(numel: int, row: Sequence[float], dtype: str = "float32") -> List[float]:
+def gradient_from_row(numel: int, row: Sequence[float], dtype: str = "float32") -> stats.GradientSummary:
     """``[norm, std, nonfinite]`` (:func:`~initaudit.stats.gradient_summary`'s layout) from
     :func:`gradient_row`: ``norm = sqrt(||G||^2)``, ``std = sqrt(||G||^2 / n - mean^2)``.
 
@@ -132,12 +132,12 @@ def gradient_from_row(numel: int, row: Sequence[float], dtype: str = "float32") 
     """
     total, squares, nonfinite = row
     if nonfinite or not (math.isfinite(total) and math.isfinite(squares)):
-        return [math.nan, math.nan, nonfinite]
+        return stats.GradientSummary(math.nan, math.nan, nonfinite)
     mean, second = total / max(numel, 1), squares / max(numel, 1)
     variance = second - mean * mean
     if second > 0 and variance < CANCELLATION.get(dtype, 1e-3) * second:
-        return [math.sqrt(squares), math.nan, nonfinite]
-    return [math.sqrt(max(squares, 0.0)), math.sqrt(max(variance, 0.0)), nonfinite]
+        return stats.GradientSummary(math.sqrt(squares), math.nan, nonfinite)
+    return stats.GradientSummary(math.sqrt(max(squares, 0.0)), math.sqrt(max(variance, 0.0)), nonfinite)
 
 
 def plain_linear(module: nn.Module) -> bool:

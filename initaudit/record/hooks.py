@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
@@ -13,6 +13,16 @@ from initaudit.core import knowledge
 from initaudit.core.errors import ForwardError, describe, user_frame
 from initaudit.record import distributed, factored, moments, transfer
 from initaudit.record.walk import call_model, floating_tensors
+
+
+class CallOutput(NamedTuple):
+    """A module call's floating output: its shape and dtype, the nonlinearity of the
+    activation that made it (``None`` for other modules), and its moments once on the host."""
+
+    shape: Tuple[int, ...]
+    dtype: str
+    nonlinearity: Optional[str]
+    values: transfer.CallValues
 
 
 class CallRecorder:
@@ -37,7 +47,7 @@ class CallRecorder:
         self.counts: Dict[int, int] = {}
         self.first_call: Dict[int, int] = {}
         self.started: Dict[int, int] = {}  # order in which modules first started their forward
-        self.call_outputs: List[Optional[Tuple[Tuple[int, ...], str]]] = []
+        self.call_outputs: List[Optional[CallOutput]] = []  # by call index; None: no floating output
         # average pooling divides the Jacobian's squared norm by the window: undo it in the gain
         self.pooling = 1.0
         self.running: List[int] = []
@@ -45,7 +55,6 @@ class CallRecorder:
         self.scripted = False
         # nonlinearity of each activation module, whose outputs also get dead/saturated counts
         self.nonlinearity: Dict[int, str] = {}
-        self.call_nonlinearity: Dict[int, str] = {}  # by call index, for the calls of activations
         # the last output reduced, as (weak reference, version, handle of its queued moments),
         # so that a container passing on its last child's output unchanged does not reduce it again
         self.last_output: Optional[Tuple[Any, int, torch.Tensor]] = None
@@ -90,20 +99,20 @@ class CallRecorder:
             first = next(floating_tensors(args), None)
             if first is not None and out.numel():
                 self.pooling *= first.numel() / out.numel()
-        self.call_outputs.append((tuple(out.shape), str(out.dtype).replace("torch.", "")))
         nonlinearity = self.nonlinearity.get(key)
+        call = CallOutput(tuple(out.shape), str(out.dtype).replace("torch.", ""), nonlinearity, transfer.CallValues())
+        self.call_outputs.append(call)
+        slot = transfer.Slot(call.values, "moments")
         identity = _identity(out)
         last = self.last_output
         # compared by identity: weak references to tensors compare their values
         if nonlinearity is None and identity is not None and last is not None and last[0]() is out \
                 and last[1] == identity[1]:
             handle = last[2]  # the same tensor, unchanged since: its moments lead the row already queued
-            self.moments.alias(handle, ("call", index))
+            self.moments.alias(handle, slot)
         else:
-            handle = self.moments.add(("call", index), out, nonlinearity)
+            handle = self.moments.add(slot, out, nonlinearity)
         self.last_output = (*identity, handle) if identity is not None else None
-        if nonlinearity is not None:
-            self.call_nonlinearity[index] = nonlinearity
 
     def failing_module(self) -> str:
         """`` in module 'name' (Type)`` for the innermost module still running, or ``""``."""

@@ -61,6 +61,7 @@ def inspect(
     # a malformed suppression is the user's error: say so before running anything
     ignores = {key: declared_ignores(m) for key, (m, _) in module_names.items()}
     deferred = transfer.Deferred()
+    scalars = transfer.RunValues()  # the loss and the Jacobian gain, once on the host
     linear_grads = factored.LinearGradients() if run_forward and run_backward else None
     recorder = CallRecorder(module_names, deferred, linear_grads)
     # values as the user left them, before a training-mode forward can touch a buffer
@@ -91,28 +92,28 @@ def inspect(
                     input_grads = probed if probed is not None else input_grads
                     gain, gain_note = jacobian_gain(output, input_grads, sum(t.numel() for t in leaves))
             if gain is not None:
-                deferred.add("jacobian", (gain * recorder.pooling).reshape(1))
+                deferred.put(scalars, "jacobian_gain", (gain * recorder.pooling).reshape(1), transfer.first)
                 if recorder.pooling != 1.0:
                     gain_note = f"corrected for average pooling over {recorder.pooling:g} elements"
         if not run_backward:
             gain_note = "no backward was made"
         gradient_status(tensors, grads, backward, deferred, partials)
         if loss_value is not None:
-            deferred.add("loss", loss_value.detach().reshape(1).double())
-        values = resolve(deferred, partials, tensors, param_names, buffer_names, grads)
+            deferred.put(scalars, "loss", loss_value.detach().reshape(1).double(), transfer.first)
+        resolve(deferred, partials, tensors, param_names, buffer_names, grads)
 
-    modules = module_records(module_names, recorder, values, ignores, flows)
+    modules = module_records(module_names, recorder, ignores, flows)
     if run_forward:
         note_unjudged(tensors, set(recorder.calls))
     return Recording(
-        tensors=[r for _, r in tensors],
+        tensors=[t.record for t in tensors],
         modules=modules,
         call_order=recorder.calls,
-        call_outputs=[output_record(recorder, values, i) for i in range(len(recorder.calls))],
+        call_outputs=[output_record(recorder, i) for i in range(len(recorder.calls))],
         declared_ties=declared_ties(model),
         backward=backward,
-        loss=values["loss"][0] if "loss" in values else None,
-        jacobian_gain=values["jacobian"][0] if "jacobian" in values else None,
+        loss=scalars.loss,
+        jacobian_gain=scalars.jacobian_gain,
         jacobian_note=gain_note,
         traced=traced,
         start_order=[module_names[key][1][0] for key in sorted(recorder.started, key=recorder.started.get)],
@@ -135,4 +136,4 @@ def parameter_statistics(model: nn.Module) -> List[TensorRecord]:
     deferred, partials = transfer.Deferred(), distributed.Partials()
     tensors = tensor_records(param_names, buffer_names, module_names, deferred, partials)
     resolve(deferred, partials, tensors, param_names, buffer_names, {})
-    return [record for _, record in tensors]
+    return [t.record for t in tensors]

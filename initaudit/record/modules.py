@@ -36,7 +36,6 @@ def declared_ties(model: nn.Module) -> Set[FrozenSet[str]]:
 def module_records(
     module_names: "OrderedDict[int, Tuple[Any, List[str]]]",
     recorder: CallRecorder,
-    values: Dict[Any, List[float]],
     ignores: Dict[int, Dict[str, str]],
     flows: Dict[str, "flow.Flow"],
 ) -> List[ModuleRecord]:
@@ -57,7 +56,7 @@ def module_records(
             ignore=ignores.get(key, {}),
         )
         if record.first_call is not None:
-            record.output = output_record(recorder, values, record.first_call)
+            record.output = output_record(recorder, record.first_call)
         if isinstance(module, (nn.RNN, nn.RNNCell)):
             record.activation = module.nonlinearity
         found = flows.get(names[0])
@@ -73,13 +72,12 @@ def module_records(
     return records
 
 
-def output_record(recorder: CallRecorder, values: Dict[Any, List[float]], index: int) -> Optional[OutputRecord]:
-    meta = recorder.call_outputs[index]
-    if meta is None:
+def output_record(recorder: CallRecorder, index: int) -> Optional[OutputRecord]:
+    """The statistics of call ``index``'s output, from its moments (``None``: no floating output)."""
+    call = recorder.call_outputs[index]
+    if call is None:
         return None
-    shape, dtype = meta
-    row = values[("call", index)]
-    nonlinearity = recorder.call_nonlinearity.get(index)
-    extra = ([None, None, None] if nonlinearity is None
-             else stats.activation_from_counts(row[stats.OUTPUT_MOMENTS:], shape, nonlinearity))
-    return OutputRecord(shape, dtype, *stats.output_from_moments(row, shape), *extra)
+    row = call.values.moments
+    extra = ([None, None, None] if call.nonlinearity is None
+             else stats.activation_from_counts(row[stats.OUTPUT_MOMENTS:], call.shape, call.nonlinearity))
+    return OutputRecord(call.shape, call.dtype, *stats.output_from_moments(row, call.shape), *extra)

@@ -4,47 +4,47 @@ small tensors together, weights of one shape batched.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Hashable, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 
-from initaudit.record.transfer import Deferred
-from initaudit.stats.shape import shape_stats_batch
-from initaudit.stats.summaries import SMALL, fast_summary, probe, small_summaries
+from initaudit.record.transfer import Deferred, TensorValues
+from initaudit.stats.shape import ShapeStats, shape_stats_batch
+from initaudit.stats.summaries import SMALL, Summary, fast_summary, probe, small_summaries
 
 
-def queue_summaries(items: Sequence[Tuple[Hashable, torch.Tensor, bool]], deferred: "Deferred") -> None:
-    """Queue the summary of each ``(key, tensor, probed)`` on ``deferred``, and its
-    :func:`probe` where ``probed``.
+def queue_summaries(items: Sequence[Tuple[TensorValues, torch.Tensor, bool]], deferred: Deferred) -> None:
+    """Queue the summary of each ``(values, tensor, probed)`` on ``deferred``, and its
+    :func:`probe` where ``probed``, for ``values`` to hold.
 
     CPU tensors of at most :data:`SMALL` elements are summarized together and exactly
-    (:func:`small_summaries`), under ``("param", key)`` in :func:`tensor_summary`'s layout;
-    the others get :func:`fast_summary` rows under ``("fast", key)``, which
-    :func:`combine_fast` turns into a summary that :func:`needs_exact` and
-    :func:`needs_counts` say whether to complete.
+    (:func:`small_summaries`) into ``values.summary``; the others get :func:`fast_summary`
+    rows in ``values.fast_rows``, which :func:`combine_fast` turns into a summary that
+    :func:`needs_exact` and :func:`needs_counts` say whether to complete.
     """
     small = []
-    for key, t, probed in items:
+    for values, t, probed in items:
         if t.device.type == "cpu" and 0 < t.numel() <= SMALL:
-            small.append((key, t, probed))
+            small.append((values, t, probed))
             continue
-        deferred.add(("fast", key), fast_summary(t))
+        deferred.put(values, "fast_rows", fast_summary(t))
         if probed:
-            deferred.add(("probe", key), probe(t))
+            deferred.put(values, "probe", probe(t))
     if small:
         summaries, probes = small_summaries([t for _, t, _ in small])
-        for (key, _, probed), summary, points in zip(small, summaries, probes):
-            deferred.add(("param", key), summary)
+        for (values, _, probed), summary, points in zip(small, summaries, probes):
+            deferred.put(values, "summary", summary, Summary._make)
             if probed:
-                deferred.add(("probe", key), points)
+                deferred.put(values, "probe", points)
 
 
-def queue_shape_stats(items: List[Tuple[Hashable, torch.Tensor]], deferred: Deferred) -> None:
-    """Queue ``("shape", key)`` of each ``(key, weight)`` on ``deferred``, batched by shape,
-    dtype and device (:func:`shape_stats_batch`)."""
-    groups: Dict[Tuple[Any, ...], List[Tuple[Hashable, torch.Tensor]]] = {}
-    for key, t in items:
-        groups.setdefault((tuple(t.shape), t.dtype, t.device), []).append((key, t))
+def queue_shape_stats(items: List[Tuple[TensorValues, torch.Tensor]], deferred: Deferred) -> None:
+    """Queue the :class:`~initaudit.stats.ShapeStats` of each ``(values, weight)`` on
+    ``deferred`` for ``values.shape``, batched by shape, dtype and device
+    (:func:`shape_stats_batch`)."""
+    groups: Dict[Tuple[Any, ...], List[Tuple[TensorValues, torch.Tensor]]] = {}
+    for values, t in items:
+        groups.setdefault((tuple(t.shape), t.dtype, t.device), []).append((values, t))
     for group in groups.values():
-        for (key, _), row in zip(group, shape_stats_batch([t for _, t in group])):
-            deferred.add(("shape", key), row)
+        for (values, _), row in zip(group, shape_stats_batch([t for _, t in group])):
+            deferred.put(values, "shape", row, ShapeStats._make)

@@ -9,27 +9,25 @@ import torch
 
 from initaudit.core.records import TensorRecord
 from initaudit.record import distributed
+from initaudit.record.tensors import Tracked
 
 
-def relate(
-    records: List[Tuple[int, TensorRecord]],
-    param_names: "OrderedDict[int, Tuple[Any, List[str]]]",
-    values: Dict[Any, List[float]],
-) -> None:
+def relate(records: List[Tracked], param_names: "OrderedDict[int, Tuple[Any, List[str]]]") -> None:
     """Fill ``clones`` (bit-identical values) and ``aliases`` (shared memory) of parameters.
 
     Clones are bucketed by shape, dtype, mean, std and a few probed elements, and only
     tensors in one bucket are compared element by element, so the cost stays linear in
     the bytes. Constant tensors (zero biases, unit gains) are not clones of each other.
     """
-    by_key = {key: record for key, record in records if record.kind == "parameter"}
+    by_key = {key: record for key, record, _ in records if record.kind == "parameter"}
+    probes = {key: values.probe for key, _, values in records}
     aliased = _aliases(by_key, param_names)
     buckets: Dict[Tuple[Any, ...], List[int]] = {}
     for key, record in by_key.items():
-        probe = values.get(("probe", key))
+        probe = probes.get(key)
         if probe is None or record.min is None or record.min == record.max or record.nonfinite:
             continue
-        bucket = (record.shape, record.dtype, values[("param", key)][0], values[("param", key)][1], *probe)
+        bucket = (record.shape, record.dtype, record.mean, record.std, *probe)
         buckets.setdefault(bucket, []).append(key)
     for keys in buckets.values():
         # each tensor is compared with one member of each set of equal tensors found so far:

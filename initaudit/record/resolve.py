@@ -4,55 +4,43 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
 
 from initaudit import stats
 from initaudit.core.records import GradientRecord, TensorRecord
-from initaudit.record import distributed, factored, transfer
+from initaudit.record import distributed, factored, queue, transfer
 from initaudit.record.relations import relate
+from initaudit.record.tensors import Tracked
 
 
 def resolve(
     deferred: transfer.Deferred,
     partials: distributed.Partials,
-    tensors: List[Tuple[Any, TensorRecord]],
-    param_names: "OrderedDict[int, Tuple[Any, List[str]]]",
-    buffer_names: "OrderedDict[int, Tuple[Any, List[str]]]",
-    grads: Dict[int, Any],
-) -> Dict[Any, List[float]]:
-    """Bring every statistic to the host (one transfer, plus one for the few that need
-    completing), fill the tensor records with them and relate clones and aliases."""
-    values = deferred.resolve()
-    _combine(values, partials)
-    _exact_where_needed(values, tensors, param_names, buffer_names, grads)
-    for key, record in tensors:
-        _fill(record, values, key)
-    relate(tensors, param_names, values)
-    return values
-
-
-def _combine(values: Dict[Any, List[float]], partials: distributed.Partials) -> None:
-    """Put the combined statistics of sharded tensors among ``values``, in the local layouts."""
-    for (what, key), (sums, mins) in partials.resolve().items():
-        if what == "fast":
-            values[("fast", key)] = stats.from_partial_fast(sums, mins)
-        elif what == "probe":
-            values[("probe", key)] = sums
-        elif what == "moments":
-            values[("shape", key)] = [stats.kurtosis_from_moments(sums), None, None]
-        elif what == "gradfast":
-            values[("gradfast", key)] = sums
-
-
-def _exact_where_needed(
-    values: Dict[Any, List[float]],
-    tensors: List[Tuple[Any, TensorRecord]],
+    tensors: List[Tracked],
     param_names: "OrderedDict[int, Tuple[Any, List[str]]]",
     buffer_names: "OrderedDict[int, Tuple[Any, List[str]]]",
     grads: Dict[int, Any],
 ) -> None:
-    """Turn fast summaries into ``("param", key)`` and ``("grad", key)`` values, completing
-    the few that need it, in one more transfer for all of them.
+    """Bring every statistic to the host (one transfer, plus one for the few that need
+    completing), fill the tensor records with them and relate clones and aliases."""
+    deferred.resolve()
+    partials.resolve()
+    _exact_where_needed(tensors, param_names, buffer_names, grads)
+    for _, record, values in tensors:
+        _fill(record, values)
+    relate(tensors, param_names)
+
+
+def _exact_where_needed(
+    tensors: List[Tracked],
+    param_names: "OrderedDict[int, Tuple[Any, List[str]]]",
+    buffer_names: "OrderedDict[int, Tuple[Any, List[str]]]",
+    grads: Dict[int, Any],
+) -> None:
+    """Turn each tensor's fast sums into its ``summary`` and ``grad``, completing the few that
+    need it, in one more transfer for all of them.
 
     Tensors with NaN or Inf, or whose variance cancels (a large mean, or a constant such as
     a norm gain), get the exact two-pass summary; tensors that may hold zeros or subnormals
@@ -61,79 +49,102 @@ def _exact_where_needed(
     """
     redo = transfer.Deferred()
     partials = distributed.Partials()
-    counted: Dict[Any, List[float]] = {}
-    exact: Dict[Any, Tuple[float, float]] = {}
-    for key, record in tensors:
-        rows = values.pop(("fast", key), None)
-        if rows is not None:
+    counted: List[Tuple[transfer.TensorValues, stats.Fast]] = []
+    for key, record, values in tensors:
+        if values.fast_rows is not None:
             tensor = (param_names.get(key) or buffer_names.get(key))[0]
-            fast = stats.combine_fast(tensor.numel(), rows)
-            sharded = distributed.is_sharded(tensor)
-            piece = distributed.local(tensor)
-            if stats.needs_exact(fast):
-                if sharded:
-                    exact[key] = (float(tensor.numel()), fast[0])
-                    partials.add(("param", key), tensor, *stats.partial_exact(piece, fast[0]))
-                else:
-                    redo.add(("param", key), stats.tensor_summary(piece))
-            elif stats.needs_counts(fast, tensor.dtype):
-                counted[key] = fast
-                if sharded:
-                    partials.add(("counts", key), tensor, *stats.partial_counts(piece))
-                else:
-                    redo.add(("counts", key), stats.small_counts(piece))
-            else:
-                values[("param", key)] = stats.from_fast(fast)
-        row = values.pop(("gradfactored", key), None)
-        if row is not None:
-            values[("grad", key)] = factored.gradient_from_row(record.numel, row, record.dtype)
-        sums = values.pop(("gradfast", key), None)
-        if sums is None:
+            fast = complete_summary(values, tensor, redo, partials)
+            if fast is not None:
+                counted.append((values, fast))
+        if values.grad_row is not None:
+            values.grad = factored.gradient_from_row(record.numel, values.grad_row, record.dtype)
+        if values.grad_sums is None:
             continue
         grad = grads[key]
         n = grad.numel()  # of the whole, also for a sharded gradient
-        summary = stats.gradient_from_fast(n, sums)
+        summary = stats.gradient_from_fast(n, values.grad_sums)
         if summary is not None:
-            values[("grad", key)] = summary
+            values.grad = summary
         elif distributed.is_sharded(grad):
-            mean = sums[0] / max(n, 1)
-            exact[("grad", key)] = (n, mean)
-            partials.add(("grad", key), grad, *stats.partial_gradient_exact(distributed.local(grad), mean))
+            mean = values.grad_sums[0] / max(n, 1)
+            partials.put(values, "grad", grad, *stats.partial_gradient_exact(distributed.local(grad), mean),
+                         combine=lambda sums, mins, n=n: _sharded_gradient(n, sums))
         else:
-            redo.add(("grad", key), stats.gradient_summary(distributed.local(grad)))
-    done = redo.resolve()
-    for (what, key), (sums, mins) in partials.resolve().items():
-        if what == "param":
-            n, mean = exact[key]
-            done[("param", key)] = stats.from_partial_exact(n, mean, sums, mins)
-        elif what == "counts":
-            done[("counts", key)] = sums
-        else:
-            n, _ = exact[("grad", key)]
-            squares, centred, nonfinite = sums
-            done[("grad", key)] = [math.sqrt(squares), math.sqrt(centred / max(n, 1)), nonfinite]
-    for key, fast in counted.items():
-        values[("param", key)] = stats.from_fast(fast, done.pop(("counts", key)))
-    values.update(done)
+            redo.put(values, "grad", stats.gradient_summary(distributed.local(grad)), stats.GradientSummary._make)
+    redo.resolve()
+    partials.resolve()
+    for values, fast in counted:
+        values.summary = stats.from_fast(fast, values.counts)
 
 
-def _fill(record: TensorRecord, values: Dict[Any, List[float]], key: int) -> None:
-    summary = values.get(("param", key))
+def complete_summary(values: transfer.TensorValues, tensor: torch.Tensor, redo: transfer.Deferred,
+                     partials: distributed.Partials) -> Optional[stats.Fast]:
+    """Make ``values.summary`` from ``values.fast_rows`` where the fast sums are exact, or
+    queue what completes it: the exact two-pass summary (NaN or Inf, or a variance that
+    cancels) or the zero and subnormal counts, on ``redo`` (``partials`` for a sharded
+    tensor). Returns the fast summary when the counts were queued: once they are on the host,
+    ``stats.from_fast(fast, values.counts)`` is the summary."""
+    fast = stats.combine_fast(tensor.numel(), values.fast_rows)
+    sharded = distributed.is_sharded(tensor)
+    piece = distributed.local(tensor)
+    if stats.needs_exact(fast):
+        if sharded:
+            n, mean = float(tensor.numel()), fast.mean
+            partials.put(values, "summary", tensor, *stats.partial_exact(piece, mean),
+                         combine=lambda sums, mins: stats.from_partial_exact(n, mean, sums, mins))
+        else:
+            redo.put(values, "summary", stats.tensor_summary(piece), stats.Summary._make)
+    elif stats.needs_counts(fast, tensor.dtype):
+        if sharded:
+            partials.put(values, "counts", tensor, *stats.partial_counts(piece))
+        else:
+            redo.put(values, "counts", stats.small_counts(piece))
+        return fast
+    else:
+        values.summary = stats.from_fast(fast)
+    return None
+
+
+def summarize(tensors: Sequence[torch.Tensor]) -> List[stats.Summary]:
+    """The summary of each tensor exactly as the parameter pass makes it (queued, brought over
+    in one transfer, completed where it must be in one more), without the rest of the pass:
+    what ``benchmarks/`` times against one read of the parameters."""
+    held = [transfer.TensorValues() for _ in tensors]
+    first = transfer.Deferred()
+    queue.queue_summaries([(values, t, False) for values, t in zip(held, tensors)], first)
+    first.resolve()
+    redo, partials = transfer.Deferred(), distributed.Partials()
+    counted = [(values, complete_summary(values, t, redo, partials)) for values, t in zip(held, tensors)
+               if values.fast_rows is not None]
+    redo.resolve()
+    partials.resolve()
+    for values, fast in counted:
+        if fast is not None:
+            values.summary = stats.from_fast(fast, values.counts)
+    return [values.summary for values in held]
+
+
+def _sharded_gradient(n: float, sums: List[float]) -> stats.GradientSummary:
+    """A sharded gradient's exact summary from its pieces' combined
+    :func:`~initaudit.stats.partial_gradient_exact` sums ``[sum g^2, sum (g - mean)^2, nonfinite]``."""
+    squares, centred, nonfinite = sums
+    return stats.GradientSummary(math.sqrt(squares), math.sqrt(centred / max(n, 1)), nonfinite)
+
+
+def _fill(record: TensorRecord, values: transfer.TensorValues) -> None:
+    summary = values.summary
     if summary is not None:
-        mean, std, lo, hi, zeros, nonfinite, subnormal = summary
-        record.mean, record.std, record.min, record.max = mean, std, lo, hi
-        record.zero_fraction = zeros / record.numel if record.numel else None
-        record.nonfinite = int(nonfinite)
-        record.subnormal = int(subnormal)
-    if ("shape", key) in values:
-        record.kurtosis, record.ortho_offdiag, record.ortho_spread = values[("shape", key)]
-    if ("sv", key) in values:
-        record.gate_singular_values = values[("sv", key)]
-    if ("rho", key) in values:
-        record.spectral_radius = values[("rho", key)][0]
-    gates = values.get(("gates", key))
-    if gates is not None:
-        record.gate_means = gates
-    grad = values.get(("grad", key))
-    if grad is not None:
-        record.grad = GradientRecord(norm=grad[0], std=grad[1], nonfinite=int(grad[2]))
+        record.mean, record.std, record.min, record.max = summary.mean, summary.std, summary.min, summary.max
+        record.zero_fraction = summary.zeros / record.numel if record.numel else None
+        record.nonfinite = int(summary.nonfinite)
+        record.subnormal = int(summary.subnormal)
+    if values.shape is not None:
+        record.kurtosis, record.ortho_offdiag, record.ortho_spread = values.shape
+    if values.gate_singular_values is not None:
+        record.gate_singular_values = values.gate_singular_values
+    if values.spectral_radius is not None:
+        record.spectral_radius = values.spectral_radius
+    if values.gate_means is not None:
+        record.gate_means = values.gate_means
+    if values.grad is not None:
+        record.grad = GradientRecord(norm=values.grad.norm, std=values.grad.std, nonfinite=int(values.grad.nonfinite))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Any, Dict, List, Set, Tuple
+from typing import Any, Dict, Hashable, List, NamedTuple, Set, Tuple
 
 import torch
 from torch import nn
@@ -29,9 +29,19 @@ _RECURRENT_BLOCKS: Dict[type, int] = {**_GATES, nn.RNN: 1, nn.RNNCell: 1}
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
-def note_unjudged(tensors: List[Tuple[int, TensorRecord]], called: Set[str]) -> None:
+class Tracked(NamedTuple):
+    """A parameter or floating buffer being recorded: its key (the id of the tensor, or
+    ``("effective", name)`` for a parametrization's computed weight), its record, and its
+    statistics as they arrive on the host."""
+
+    key: Hashable
+    record: TensorRecord
+    values: transfer.TensorValues
+
+
+def note_unjudged(tensors: List[Tracked], called: Set[str]) -> None:
     """Say in each parameter's notes why a rule could not judge it."""
-    for _, record in tensors:
+    for _, record, _ in tensors:
         if record.kind != "parameter":
             continue
         if not record.floating:
@@ -48,14 +58,17 @@ def tensor_records(
     module_names: "OrderedDict[int, Tuple[Any, List[str]]]",
     deferred: transfer.Deferred,
     partials: distributed.Partials,
-) -> List[Tuple[int, TensorRecord]]:
+) -> List[Tracked]:
+    """A :class:`Tracked` record for every parameter and floating buffer (and the effective
+    weight of every parametrized module), its statistics queued on ``deferred`` (or, for a
+    sharded tensor, on ``partials``)."""
     modules_by_name = {}
     for module, names in module_names.values():
         for n in names:
             modules_by_name[n] = module
     records = []
-    summarize: List[Tuple[int, torch.Tensor, bool]] = []  # (key, tensor, probed), queued after the loop
-    shaped: List[Tuple[int, torch.Tensor]] = []  # weights whose fingerprint statistics are queued after it
+    summarize: List[Tuple[transfer.TensorValues, torch.Tensor, bool]] = []  # (values, tensor, probed), queued after the loop
+    shaped: List[Tuple[transfer.TensorValues, torch.Tensor]] = []  # weights whose fingerprint statistics are queued after it
     for kind, table in (("parameter", param_names), ("buffer", buffer_names)):
         for key, (t, names) in table.items():
             floating = t.is_floating_point()
@@ -84,50 +97,58 @@ def tensor_records(
                 record.layer_fan_in = owner.in_channels // owner.groups * (fans[0] // t.shape[1])
             else:
                 record.layer_fan_in = record.fan_in
+            values = transfer.TensorValues()
             if floating and distributed.is_sharded(t):
-                sharded_records(key, t, kind, record, partials)
+                sharded_records(t, kind, record, values, partials)
             elif floating:
                 t = distributed.local(t)  # a replicated DTensor is whole on every rank
-                summarize.append((key, t, kind == "parameter" and t.numel() > 1))
+                summarize.append((values, t, kind == "parameter" and t.numel() > 1))
                 if kind == "parameter" and t.dim() >= 2 and t.numel() > 1:
-                    shaped.append((key, t))
+                    shaped.append((values, t))
                 gates = _GATES.get(type(owner)) if owner is not None else None
                 if gates and attr.startswith(_GATED_PREFIXES) and t.shape[0] % gates == 0:
-                    deferred.add(("gates", key), stats.chunk_means(t, gates))
+                    deferred.put(values, "gate_means", stats.chunk_means(t, gates))
                 recurrent = _RECURRENT_BLOCKS.get(type(owner)) if owner is not None else None
                 if recurrent and attr.startswith("weight_hh") and t.dim() == 2 and t.shape[0] % recurrent == 0:
-                    deferred.add(("sv", key), stats.block_singular_values(t, recurrent))
+                    deferred.put(values, "gate_singular_values", stats.block_singular_values(t, recurrent))
                     if recurrent == 1 and t.shape[0] == t.shape[1]:
-                        deferred.add(("rho", key), stats.spectral_radius(t).reshape(1))
-            records.append((key, record))
+                        deferred.put(values, "spectral_radius", stats.spectral_radius(t).reshape(1), transfer.first)
+            records.append(Tracked(key, record, values))
     queue.queue_summaries(summarize, deferred)
     queue.queue_shape_stats(shaped, deferred)
     records += effective_records(module_names, deferred)
     return records
 
 
-def sharded_records(key: int, t: torch.Tensor, kind: str, record: TensorRecord, partials: distributed.Partials) -> None:
+def sharded_records(t: torch.Tensor, kind: str, record: TensorRecord, values: transfer.TensorValues,
+                    partials: distributed.Partials) -> None:
     """File the partial statistics of a sharded tensor's local piece, to be combined across ranks.
 
     The kurtosis is combined from power sums; the orthogonality test and the recurrent
     statistics need whole rows or blocks, which no rank holds, and are not computed.
     """
     piece = distributed.local(t)
-    partials.add(("fast", key), t, *stats.partial_fast(piece))
+    partials.put(values, "fast_rows", t, *stats.partial_fast(piece), combine=stats.from_partial_fast)
     if kind == "parameter" and t.numel() > 1:
-        partials.add(("probe", key), t, stats.probe(piece), torch.zeros(0, device=piece.device))
+        partials.put(values, "probe", t, stats.probe(piece), torch.zeros(0, device=piece.device))
     if kind == "parameter" and t.dim() >= 2 and t.numel() > 1:
-        partials.add(("moments", key), t, *stats.partial_moments(piece, t.numel()))
+        partials.put(values, "shape", t, *stats.partial_moments(piece, t.numel()), combine=_kurtosis_only)
     groups = distributed.shard_groups(t)
     ranks = math.prod(torch.distributed.get_world_size(g) for g in groups)
     record.notes.append(f"sharded over {ranks} ranks ({', '.join(str(p) for p in t.placements)}): statistics "
                         "combined across ranks; orthogonality and recurrent-gate statistics not computed")
 
 
+def _kurtosis_only(sums: List[float], mins: List[float]) -> stats.ShapeStats:
+    """A sharded weight's shape statistics: the kurtosis from the combined power sums; the
+    orthogonality test needs whole rows, which no rank holds."""
+    return stats.ShapeStats(stats.kurtosis_from_moments(sums), None, None)
+
+
 def effective_records(
     module_names: "OrderedDict[int, Tuple[Any, List[str]]]",
     deferred: transfer.Deferred,
-) -> List[Tuple[int, TensorRecord]]:
+) -> List[Tracked]:
     """The effective tensors of parametrized modules (``parametrize``, ``weight_norm``,
     ``spectral_norm``): what the layer computes with, named as the layer uses it, with a
     note naming the trainable originals. The value rules and IA201 judge these."""
@@ -161,10 +182,10 @@ def effective_records(
                 f"effective {attr} of a parametrization ({', '.join(type(p).__name__ for p in plist)}); "
                 f"trainable original(s): {', '.join(originals)}"
             )
-            key = ("effective", name)
+            values = transfer.TensorValues()
             if record.floating:
-                deferred.add(("param", key), stats.tensor_summary(value))  # small and rare: exact
+                deferred.put(values, "summary", stats.tensor_summary(value), stats.Summary._make)  # small and rare: exact
                 if value.dim() >= 2 and value.numel() > 1:
-                    deferred.add(("shape", key), stats.shape_stats(value))
-            records.append((key, record))
+                    deferred.put(values, "shape", stats.shape_stats(value), stats.ShapeStats._make)
+            records.append(Tracked(("effective", name), record, values))
     return records

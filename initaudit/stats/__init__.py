@@ -15,9 +15,11 @@ concern, every public name re-exported here so that callers read ``stats.tensor_
 """
 
 from initaudit.stats.fans import fan_in_and_fan_out
-from initaudit.stats.gradients import gradient_fast, gradient_from_fast, gradient_summary
+from initaudit.stats.gradients import GradientSummary, gradient_fast, gradient_from_fast, gradient_summary
 from initaudit.stats.outputs import (
     OUTPUT_MOMENTS,
+    ActivationCounts,
+    OutputSummary,
     activation_counts,
     activation_from_counts,
     activation_summary,
@@ -34,6 +36,7 @@ from initaudit.stats.shape import (
     ORTHO_SAMPLE,
     SAMPLE_BLOCKS,
     SAMPLE_RUN,
+    ShapeStats,
     block_singular_values,
     chunk_means,
     kurtosis_from_moments,
@@ -53,6 +56,8 @@ from initaudit.stats.sharded import (
 )
 from initaudit.stats.summaries import (
     SMALL,
+    Fast,
+    Summary,
     combine_fast,
     fast_summary,
     from_fast,
@@ -66,6 +71,7 @@ from initaudit.stats.summaries import (
 )
 
 __all__ = [
+    "ActivationCounts", "Fast", "GradientSummary", "OutputSummary", "ShapeStats", "Summary",
     "CANCELLATION", "KURTOSIS_SAMPLE", "ORTHO_SAMPLE", "OUTPUT_MOMENTS", "SAMPLE_BLOCKS", "SAMPLE_RUN", "SMALL",
     "accumulation_dtype", "activation_counts", "activation_from_counts", "activation_summary", "block_singular_values",
     "chunk_means", "column_passes", "combine_fast", "dense", "fan_in_and_fan_out", "fast_summary", "feature_spread",

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence
 
 import torch
 
 from initaudit.stats.reduce import CANCELLATION, accumulation_dtype, added, buffered_slices, dense
+
+
+class GradientSummary(NamedTuple):
+    """A first-step gradient's summary on the host: :func:`gradient_summary`'s row, by name."""
+
+    norm: float  # sqrt(sum(g^2))
+    std: float  # population std
+    nonfinite: float  # element count
 
 
 def gradient_summary(g: torch.Tensor) -> torch.Tensor:
@@ -56,4 +64,4 @@ def gradient_from_fast(n: int, sums: Sequence[float]) -> Optional[List[float]]:
     variance = second - mean * mean
     if second > 0 and variance < CANCELLATION * second:
         return None
-    return [math.sqrt(dot), math.sqrt(max(variance, 0.0)), 0.0]
+    return GradientSummary(math.sqrt(dot), math.sqrt(max(variance, 0.0)), 0.0)

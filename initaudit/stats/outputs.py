@@ -5,11 +5,29 @@ and saturated counts.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence
 
 import torch
 
 from initaudit.stats.reduce import accumulation_dtype, scratch_buffer, slice_size
+
+
+class OutputSummary(NamedTuple):
+    """A module output's statistics on the host (:func:`output_from_moments`)."""
+
+    mean: float
+    std: float
+    zero_fraction: float
+    feature_std: float  # per-feature std across the batch, averaged over features
+
+
+class ActivationCounts(NamedTuple):
+    """An activation output's fractions (:func:`activation_from_counts`), NaN where one does
+    not apply."""
+
+    dead_last: float  # units along the last dim zero for every example
+    dead_channel: float  # channels (dim 1) zero for every example
+    saturated: float  # tanh beyond |0.99|, sigmoid outside (0.01, 0.99)
 
 
 def feature_std(out: torch.Tensor) -> float:
@@ -145,7 +163,7 @@ def activation_counts(x: torch.Tensor, nonlinearity: str, column_zero: torch.Ten
     return counts
 
 
-def activation_from_counts(counts: Sequence[float], shape: Sequence[int], nonlinearity: str) -> List[float]:
+def activation_from_counts(counts: Sequence[float], shape: Sequence[int], nonlinearity: str) -> ActivationCounts:
     """``[dead_last, dead_channel, saturated]`` fractions from :func:`activation_counts`, NaN
     where a count does not apply (fewer dimensions, or a nonlinearity that cannot saturate)."""
     numel = math.prod(shape)
@@ -157,10 +175,10 @@ def activation_from_counts(counts: Sequence[float], shape: Sequence[int], nonlin
             dead_channel = left.pop(0) / shape[1]
     if nonlinearity in ("tanh", "sigmoid") and numel:
         saturated = left.pop(0) / numel
-    return [dead_last, dead_channel, saturated]
+    return ActivationCounts(dead_last, dead_channel, saturated)
 
 
-def activation_summary(out: torch.Tensor, nonlinearity: str) -> List[float]:
+def activation_summary(out: torch.Tensor, nonlinearity: str) -> ActivationCounts:
     """One activation output's ``[dead_last, dead_channel, saturated]`` fractions."""
     values = output_moments(out, nonlinearity).tolist()
     return activation_from_counts(values[OUTPUT_MOMENTS:], out.shape, nonlinearity)
@@ -170,7 +188,7 @@ def activation_summary(out: torch.Tensor, nonlinearity: str) -> List[float]:
 OUTPUT_MOMENTS = 5
 
 
-def output_from_moments(moments: Sequence[float], shape: Sequence[int]) -> List[float]:
+def output_from_moments(moments: Sequence[float], shape: Sequence[int]) -> OutputSummary:
     """``[mean, std, zero_fraction, feature_std]`` of an output of ``shape`` from its
     :func:`output_moments`.
 
@@ -182,7 +200,7 @@ def output_from_moments(moments: Sequence[float], shape: Sequence[int]) -> List[
     """
     numel = math.prod(shape)
     if numel == 0:
-        return [math.nan] * 4
+        return OutputSummary(*[math.nan] * 4)
     total, squares, roots, nonzero, spread = moments[:OUTPUT_MOMENTS]
     batch = shape[0] if len(shape) else 1
     features = numel // batch
@@ -190,11 +208,11 @@ def output_from_moments(moments: Sequence[float], shape: Sequence[int]) -> List[
     variance = squares / numel + spread / (features * batch * batch)
     # sign(NaN) is 0, so the zeros of an output holding NaN are not known: NaN (its mean is NaN)
     zero_fraction = 1 - nonzero / numel if not math.isnan(mean) else math.nan
-    return [mean, math.sqrt(max(variance, 0.0)), zero_fraction,
-            roots / (features * math.sqrt(batch)) if batch >= 2 else math.nan]
+    return OutputSummary(mean, math.sqrt(max(variance, 0.0)), zero_fraction,
+            roots / (features * math.sqrt(batch)) if batch >= 2 else math.nan)
 
 
-def output_summary(out: torch.Tensor) -> List[float]:
+def output_summary(out: torch.Tensor) -> OutputSummary:
     """``[mean, std, zero_fraction, feature_std]`` of one output (:func:`output_moments`,
     finished by :func:`output_from_moments`)."""
     return output_from_moments(output_moments(out).tolist(), out.shape)

@@ -6,11 +6,21 @@ values and the spectral radius of recurrent weights.
 from __future__ import annotations
 
 import math
-from typing import List, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 
 from initaudit.stats.reduce import accumulation_dtype
+
+
+class ShapeStats(NamedTuple):
+    """A weight's distribution shape on the host (:func:`shape_stats`), the init fingerprint's
+    inputs; the orthogonality figures are ``None`` where they were not computed (a sharded
+    weight, whose rows no rank holds whole)."""
+
+    kurtosis: float
+    ortho_offdiag: Optional[float]  # max |G_ij| / mean G_ii off the diagonal of sampled rows' Gram G
+    ortho_spread: Optional[float]  # (max G_ii - min G_ii) / mean G_ii
 
 
 def kurtosis_sample(flat: torch.Tensor, blocks: int = 0) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 
 from initaudit.stats.reduce import accumulation_dtype, dense
 from initaudit.stats.shape import KURTOSIS_SAMPLE, SAMPLE_BLOCKS, kurtosis_sample
-from initaudit.stats.summaries import fast_summary, small_counts
+from initaudit.stats.summaries import Summary, fast_summary, small_counts
 
 
 def partial_fast(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -53,11 +53,11 @@ def partial_exact(x: torch.Tensor, mean: float) -> Tuple[torch.Tensor, torch.Ten
     return torch.cat([centred, counts]), torch.stack([lo.double(), -hi.double()])
 
 
-def from_partial_exact(n: float, mean: float, sums: List[float], mins: List[float]) -> List[float]:
+def from_partial_exact(n: float, mean: float, sums: List[float], mins: List[float]) -> Summary:
     """:func:`tensor_summary`'s layout from combined :func:`partial_exact` pieces."""
     centred, zeros, nonfinite, subnormal, nans = sums
     lo, hi = (math.nan, math.nan) if nans else (mins[0], -mins[1])
-    return [mean, math.sqrt(centred / n) if n else math.nan, lo, hi, zeros, nonfinite, subnormal]
+    return Summary(mean, math.sqrt(centred / n) if n else math.nan, lo, hi, zeros, nonfinite, subnormal)
 
 
 def partial_counts(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -5,7 +5,7 @@ subnormal elements, by a fast one-read pass completed exactly only where it must
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -19,6 +19,30 @@ from initaudit.stats.reduce import (
     slice_size,
     slices,
 )
+
+
+class Summary(NamedTuple):
+    """A tensor's summary on the host: :func:`tensor_summary`'s row, by name."""
+
+    mean: float
+    std: float  # population std
+    min: float
+    max: float
+    zeros: float  # element counts
+    nonfinite: float
+    subnormal: float  # 0 < |x| < finfo.tiny
+
+
+class Fast(NamedTuple):
+    """A fast summary combined on the host (:func:`combine_fast`): the moments, not yet known
+    to be exact."""
+
+    mean: float
+    variance: float  # x.x / n - mean^2: a small difference of large numbers when the mean is large
+    min: float
+    max: float
+    min_abs: float  # no element is zero or subnormal when it is at least finfo.tiny
+    second_moment: float  # x.x / n
 
 
 def tensor_summary(t: torch.Tensor) -> torch.Tensor:
@@ -98,7 +122,7 @@ def _slice_row(part: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
     return torch.stack([total, torch.dot(magnitude, magnitude), lo, hi, smallest])
 
 
-def combine_fast(n: int, rows: Sequence[float]) -> List[float]:
+def combine_fast(n: int, rows: Sequence[float]) -> Fast:
     """``[mean, variance, min, max, min_abs, second_moment]`` of ``n`` elements from
     :func:`fast_summary`'s rows (or one combined row of a sharded tensor's pieces).
 
@@ -110,12 +134,12 @@ def combine_fast(n: int, rows: Sequence[float]) -> List[float]:
     and :func:`tensor_summary` or :func:`small_counts` then complete it.
     """
     if n == 0:
-        return [math.nan] * 6
+        return Fast(*[math.nan] * 6)
     total = math.fsum(rows[0::5])
     dot = math.fsum(rows[1::5])
     mean, second = total / n, dot / n
     # a NaN in any slice makes its sum NaN, which needs_exact sees whatever min() keeps
-    return [mean, second - mean * mean, min(rows[2::5]), max(rows[3::5]), min(rows[4::5]), second]
+    return Fast(mean, second - mean * mean, min(rows[2::5]), max(rows[3::5]), min(rows[4::5]), second)
 
 
 # tensors of up to this many elements are summarized together (:func:`small_summaries`):
@@ -169,7 +193,7 @@ def small_summaries(tensors: List[torch.Tensor], points: int = 4) -> Tuple[torch
     return summaries, flat[torch.tensor(index)].reshape(k, points)
 
 
-def needs_exact(fast: List[float]) -> bool:
+def needs_exact(fast: Fast) -> bool:
     """Whether a :func:`fast_summary` must be redone with :func:`tensor_summary`."""
     mean, variance, lo, hi, smallest, second = fast
     if not all(math.isfinite(v) for v in (mean, lo, hi, second)):
@@ -177,7 +201,7 @@ def needs_exact(fast: List[float]) -> bool:
     return second > 0 and variance < CANCELLATION * second
 
 
-def needs_counts(fast: List[float], dtype: torch.dtype) -> bool:
+def needs_counts(fast: Fast, dtype: torch.dtype) -> bool:
     """Whether a tensor may hold zeros or subnormals, which :func:`small_counts` then counts."""
     return not fast[4] >= torch.finfo(dtype).tiny
 
@@ -220,14 +244,14 @@ def small_counts(t: torch.Tensor) -> torch.Tensor:
     return torch.stack([zeros, below - zeros])
 
 
-def from_fast(fast: List[float], counts: Optional[List[float]] = None) -> List[float]:
+def from_fast(fast: Fast, counts: Optional[Sequence[float]] = None) -> Summary:
     """A :func:`fast_summary` in :func:`tensor_summary`'s layout (when it needs no redo).
 
     ``counts`` are the :func:`small_counts` of a tensor that may hold zeros or subnormals.
     """
     mean, variance, lo, hi, _, _ = fast
     zeros, subnormal = counts if counts is not None else (0.0, 0.0)
-    return [mean, math.sqrt(max(variance, 0.0)), lo, hi, zeros, 0.0, subnormal]
+    return Summary(mean, math.sqrt(max(variance, 0.0)), lo, hi, zeros, 0.0, subnormal)
 
 
 def probe_step(n: int, points: int = 4) -> int:
