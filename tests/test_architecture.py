@@ -113,3 +113,14 @@ def test_a_backward_import_is_caught():
     assert not backward_imports("from initaudit.record import staging\nfrom initaudit.stats import dense\n",
                                 "initaudit.record.moments")
     assert not backward_imports("from initaudit import __version__\n", "initaudit.report.formats")
+
+
+def test_the_recording_contract_imports_no_torch():
+    """Records are plain data: the contract between the recorder and the rules (and what a
+    report is made of) can be read and built without torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, initaudit.core.records, initaudit.core.options, initaudit.core.numbers; "
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:3]")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
