@@ -181,7 +181,7 @@ def _why(f: Finding) -> str:
 
 
 def _layers(model: nn.Module) -> List[str]:
-    return [name for name, m in model.named_modules() if isinstance(m, knowledge.LAYER_TYPES)]
+    return [name for name, m in model.named_modules() if knowledge.is_layer(m)]
 
 
 def lsuv_scale(model: nn.Module, example_input: Any, tolerance: float = LSUV_TOLERANCE,
@@ -206,7 +206,7 @@ def lsuv_scale(model: nn.Module, example_input: Any, tolerance: float = LSUV_TOL
         finally:
             recorder.detach()
         for name in recorder.calls:
-            if name not in order and isinstance(modules.get(name), knowledge.LAYER_TYPES):
+            if name not in order and knowledge.is_layer(modules.get(name)):
                 order.append(name)
         factors: Dict[str, float] = {}
         for name in order:

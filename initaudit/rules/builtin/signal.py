@@ -127,7 +127,7 @@ def dead_units(ctx: RuleContext) -> Iterator[Violation]:
     dead_layers: List[Tuple[str, str, float, str]] = []
     for name, layer, out in _activation_calls(rec, ("relu",)):
         layer_record = rec.module(layer) if layer else None
-        convolutional = layer_record is not None and layer_record.type.startswith("Conv")
+        convolutional = layer_record is not None and layer_record.type in knowledge.CONV_NAMES
         dead = out.dead_channel if convolutional and out.dead_channel is not None else out.dead_last
         where = layer or name
         if dead is None or dead <= limit or any(d[0] == where for d in dead_layers):

@@ -1,0 +1,127 @@
+"""The one module of model knowledge, checked against what PyTorch's modules really do;
+and the shared pieces beside it: the forward's calls, the number cells, atomic writes."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from initaudit import audit, stats
+from initaudit.core import knowledge
+
+RECURRENT = [nn.LSTM, nn.LSTMCell, nn.GRU, nn.GRUCell, nn.RNN, nn.RNNCell]
+
+
+# families --------------------------------------------------------------------------------------
+
+def test_layer_types_are_linear_and_the_convolutions():
+    assert knowledge.LAYER_TYPES == (
+        nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+    )
+    assert knowledge.is_layer(nn.Conv2d(3, 4, 3)) and knowledge.is_layer(nn.LazyLinear(4))
+    assert not knowledge.is_layer(nn.Embedding(5, 3)) and not knowledge.is_layer(nn.LSTM(3, 4))
+    assert not knowledge.is_layer(None)
+
+
+def test_family_names_are_the_class_names():
+    assert knowledge.CONV_NAMES == {
+        "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
+    }
+    assert {"BatchNorm2d", "LayerNorm", "GroupNorm", "SyncBatchNorm"} <= knowledge.NORM_NAMES
+    assert "Linear" not in knowledge.NORM_NAMES and "Linear" not in knowledge.CONV_NAMES
+    assert knowledge.EMBEDDING_NAMES == {"Embedding", "EmbeddingBag"}
+    assert knowledge.RECURRENT_NAMES == {"RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"}
+    # a name is a family member only as the class itself: no prefix matching
+    assert "ConvBlock" not in knowledge.CONV_NAMES and "LSTMStack" not in knowledge.RECURRENT_NAMES
+
+
+@pytest.mark.parametrize("module, dims", [
+    (nn.Conv1d(2, 3, 3), 1), (nn.Conv3d(2, 3, 3), 3), (nn.ConvTranspose2d(2, 3, 3), 2),
+    (nn.BatchNorm2d(4), 2), (nn.BatchNorm3d(4), 3), (nn.Linear(2, 3), None), (nn.LayerNorm(4), None),
+])
+def test_spatial_dims_are_what_the_module_convolves_over(module, dims):
+    assert knowledge.spatial_dims(module) == dims
+    if dims is not None:
+        channels = getattr(module, "in_channels", None) or module.num_features
+        module.eval()(torch.ones((1, channels) + (5,) * dims))  # an input of that many spatial dims is accepted
+        with pytest.raises((RuntimeError, ValueError)):
+            module(torch.ones((1, channels) + (5,) * (dims + 1)))  # one more is not
+
+
+# recurrent gates -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cls", RECURRENT)
+def test_gate_count_is_how_pytorch_stacks_the_weights(cls):
+    hidden = 5
+    module = cls(3, hidden)
+    stacked = [name for name, _ in module.named_parameters() if knowledge.is_gate_stacked(name)]
+    assert stacked and len(stacked) == len(list(module.parameters()))
+    for name in stacked:
+        assert getattr(module, name).shape[0] == knowledge.gate_count(cls) * hidden
+    # the class and the recorded type name agree
+    assert knowledge.gate_names(cls) == knowledge.gate_names(cls.__name__) != ""
+
+
+def test_gate_names_of_other_modules_and_subclasses_are_empty():
+    class MyLSTM(nn.LSTM):
+        pass
+
+    assert knowledge.gate_names(nn.Linear) == "" and knowledge.gate_count("Linear") == 0
+    assert knowledge.gate_count(MyLSTM) == 0  # by the exact class: a subclass may lay its weights out otherwise
+    assert knowledge.gate_count(type(None)) == 0
+    assert [knowledge.gate_names(c) for c in (nn.LSTM, nn.GRU, nn.RNN)] == ["ifgo", "rzn", "h"]
+
+
+def test_forget_gate_index_is_the_block_that_gates_the_cell_state():
+    # zero weights, and a very negative bias on the block said to be the forget gate: the cell
+    # state is then forgotten (c' = f c + i g = 0 c + 0.5 tanh(0) = 0); on any other block it stays
+    hidden = 4
+    cell = nn.LSTMCell(3, hidden)
+    forget = knowledge.forget_gate(nn.LSTMCell)
+    assert forget == knowledge.forget_gate("LSTM") == 1
+    with torch.no_grad():
+        for p in cell.parameters():
+            p.zero_()
+        cell.bias_ih[forget * hidden:(forget + 1) * hidden] = -100.0
+    c0 = torch.ones(1, hidden)
+    _, c1 = cell(torch.zeros(1, 3), (torch.zeros(1, hidden), c0))
+    assert torch.allclose(c1, torch.zeros(1, hidden))
+    assert knowledge.forget_gate("GRU") is None and knowledge.forget_gate(nn.RNN) is None
+    assert knowledge.forget_gate("Linear") is None
+
+
+def test_gate_stacked_attributes():
+    for attr in ("weight_ih", "weight_hh_l0", "bias_ih_l1_reverse", "bias_hh"):
+        assert knowledge.is_gate_stacked(attr)
+    for attr in ("weight", "bias", "weight_hr_l0"):  # an LSTM's projection is one block
+        assert not knowledge.is_gate_stacked(attr)
+
+
+def test_recurrent_nonlinearity():
+    assert knowledge.recurrent_nonlinearity(nn.RNN(3, 4, nonlinearity="relu")) == "relu"
+    assert knowledge.recurrent_nonlinearity(nn.RNNCell(3, 4)) == "tanh"
+    assert knowledge.recurrent_nonlinearity(nn.LSTM(3, 4)) is None
+    assert knowledge.recurrent_nonlinearity(nn.Tanh()) is None
+
+
+# fans of a transposed convolution --------------------------------------------------------------
+
+@pytest.mark.parametrize("in_channels, out_channels, kernel, groups", [(6, 4, 3, 2), (5, 2, 3, 1), (8, 8, (2, 3), 4)])
+def test_transposed_conv_fan_in_counts_the_inputs_each_output_sums(in_channels, out_channels, kernel, groups):
+    conv = nn.ConvTranspose2d(in_channels, out_channels, kernel, groups=groups, bias=False)
+    nn.init.ones_(conv.weight)
+    out = conv(torch.ones(1, in_channels, 9, 9))
+    # an output away from the border sums every (input channel of its group, kernel tap) pair once
+    expected = knowledge.transposed_conv_fan_in(in_channels, groups, conv.weight.shape)
+    assert out.amax().item() == expected
+    # what torch.nn.init reads from the weight's shape is another number
+    kernel_taps = math.prod(conv.kernel_size)
+    assert stats.fan_in_and_fan_out(conv.weight.shape)[0] == out_channels // groups * kernel_taps
+    assert expected == in_channels // groups * kernel_taps
+
+
+def test_audit_records_the_transposed_conv_fan():
+    model = nn.Sequential(nn.ConvTranspose2d(64, 3, 4))
+    (weight,) = [t for t in audit(model, torch.randn(2, 64, 5, 5)).recording.parameters if t.attr == "weight"]
+    assert weight.fan_in == 48 and weight.layer_fan_in == 64 * 16
