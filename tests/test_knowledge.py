@@ -125,3 +125,18 @@ def test_audit_records_the_transposed_conv_fan():
     model = nn.Sequential(nn.ConvTranspose2d(64, 3, 4))
     (weight,) = [t for t in audit(model, torch.randn(2, 64, 5, 5)).recording.parameters if t.attr == "weight"]
     assert weight.fan_in == 48 and weight.layer_fan_in == 64 * 16
+
+
+# cancellation ----------------------------------------------------------------------------------
+
+def test_cancelled_variance():
+    assert stats.cancelled(1e-4, 1.0)  # the mean's square took all but 1e-4 of the second moment
+    assert not stats.cancelled(0.5, 1.0)
+    assert not stats.cancelled(0.0, 0.0)  # all zeros: the variance 0 is exact
+    assert stats.cancelled(1e-6, 1.0, limit=1e-3) and not stats.cancelled(1e-6, 1.0, limit=1e-9)
+    # a float32 tensor far from zero with a small spread is redone exactly
+    def fast(x):
+        return stats.combine_fast(x.numel(), stats.fast_summary(x).tolist())
+
+    x = 1000 + torch.randn(4096, generator=torch.Generator().manual_seed(0)) * 1e-2
+    assert stats.needs_exact(fast(x)) and not stats.needs_exact(fast(x - 1000))
