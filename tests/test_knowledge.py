@@ -9,6 +9,7 @@ from torch import nn
 
 from initaudit import audit, stats
 from initaudit.core import knowledge
+from initaudit.core.numbers import short_number
 
 RECURRENT = [nn.LSTM, nn.LSTMCell, nn.GRU, nn.GRUCell, nn.RNN, nn.RNNCell]
 
@@ -140,3 +141,21 @@ def test_cancelled_variance():
 
     x = 1000 + torch.randn(4096, generator=torch.Generator().manual_seed(0)) * 1e-2
     assert stats.needs_exact(fast(x)) and not stats.needs_exact(fast(x - 1000))
+
+
+# number cells ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", [None, 0.0, 1.0, -2.5, 1234.5678, 1e-7, 123456789.0, math.nan, math.inf, -math.inf])
+def test_short_number_matches_each_table_format(value):
+    report = "" if value is None else f"{value:.4g}"  # the tensor table: NaN and Inf shown
+    table = "" if value is None or not math.isfinite(value) else f"{value:.4g}"  # the fixer's
+    profile = "" if value is None or not math.isfinite(value) else f"{value:.3g}"  # the profile's
+    assert short_number(value, 4, non_finite=True) == report
+    assert short_number(value) == table
+    assert short_number(value, 3) == profile
+
+
+def test_short_number_examples():
+    assert short_number(1234.5678) == "1235" and short_number(1234.5678, 3) == "1.23e+03"
+    assert short_number(math.nan) == "" and short_number(math.nan, non_finite=True) == "nan"
+    assert short_number(-math.inf, non_finite=True) == "-inf" and short_number(None, non_finite=True) == ""

@@ -11,6 +11,7 @@ scales. Structural fixes (IA401: untie a shared parameter) run only when asked f
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 import tempfile
@@ -22,6 +23,7 @@ from torch import nn
 
 from initaudit.analysis.graph import accessor
 from initaudit.core import knowledge
+from initaudit.core.numbers import short_number
 from initaudit.load import inputs
 from initaudit.record import transfer
 from initaudit.record.hooks import CallRecorder
@@ -86,8 +88,8 @@ class FixResult:
         )
 
 
-def _num(v: Optional[float]) -> str:
-    return "" if v is None or not math.isfinite(v) else f"{v:.4g}"
+# a std that is missing or not finite leaves its cell empty
+_num = functools.partial(short_number, digits=4)
 
 
 def _namespace(model: nn.Module) -> Dict[str, Any]:
