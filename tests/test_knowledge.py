@@ -2,6 +2,7 @@
 and the shared pieces beside it: the forward's calls, the number cells, atomic writes."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -9,7 +10,9 @@ from torch import nn
 
 from initaudit import audit, stats
 from initaudit.core import knowledge
+from initaudit.core.files import write_atomically, write_text_atomically
 from initaudit.core.numbers import short_number
+from initaudit.fixing.fixer import save_state_dict
 
 RECURRENT = [nn.LSTM, nn.LSTMCell, nn.GRU, nn.GRUCell, nn.RNN, nn.RNNCell]
 
@@ -159,3 +162,56 @@ def test_short_number_examples():
     assert short_number(1234.5678) == "1235" and short_number(1234.5678, 3) == "1.23e+03"
     assert short_number(math.nan) == "" and short_number(math.nan, non_finite=True) == "nan"
     assert short_number(-math.inf, non_finite=True) == "-inf" and short_number(None, non_finite=True) == ""
+
+
+# atomic writes ---------------------------------------------------------------------------------
+
+def test_write_text_atomically_replaces_the_file(tmp_path):
+    path = tmp_path / "report.txt"
+    path.write_text("old\n")
+    write_text_atomically(str(path), "new é\n")
+    assert path.read_text(encoding="utf-8") == "new é\n"
+    assert os.listdir(tmp_path) == ["report.txt"]
+
+
+def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"old")
+    seen = []
+
+    def half_then_fail(tmp):
+        seen.append(tmp)
+        with open(tmp, "wb") as handle:
+            handle.write(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_atomically(str(path), half_then_fail)
+    assert path.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["model.pt"]
+    assert os.path.dirname(seen[0]) == str(tmp_path)  # beside the target: the rename stays on one file system
+
+
+def test_interrupted_write_of_a_new_file_leaves_nothing(tmp_path):
+    def interrupted(tmp):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(str(tmp_path / "new.txt"), interrupted)
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_state_dict_refuses_to_overwrite_unless_forced(tmp_path):
+    model = nn.Linear(3, 2)
+    path = tmp_path / "fixed.pt"
+    save_state_dict(model, str(path))
+    loaded = torch.load(path)
+    assert torch.equal(loaded["weight"], model.weight)
+    with torch.no_grad():
+        model.weight.zero_()
+    with pytest.raises(FileExistsError):
+        save_state_dict(model, str(path))
+    assert not torch.equal(torch.load(path)["weight"], model.weight)  # untouched
+    save_state_dict(model, str(path), force=True)
+    assert torch.equal(torch.load(path)["weight"], model.weight)
+    assert os.listdir(tmp_path) == ["fixed.pt"]

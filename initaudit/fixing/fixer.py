@@ -14,7 +14,6 @@ import copy
 import functools
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -23,6 +22,7 @@ from torch import nn
 
 from initaudit.analysis.graph import accessor
 from initaudit.core import knowledge
+from initaudit.core.files import write_atomically
 from initaudit.core.numbers import short_number
 from initaudit.load import inputs
 from initaudit.record import transfer
@@ -264,13 +264,6 @@ def save_state_dict(model: nn.Module, path: str, force: bool = False) -> None:
     """``torch.save`` the state dict through a temporary file and a rename."""
     if os.path.exists(path) and not force:
         raise FileExistsError(f"{path} exists; pass --force to overwrite it")
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".initaudit-", suffix=".pt")
-    os.close(fd)
-    try:
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    # torch.save names the archive's folder after the file's name up to its last dot: without
+    # a suffix, ".initaudit-x" gives an empty one, which it refuses
+    write_atomically(path, lambda tmp: torch.save(model.state_dict(), tmp), suffix=".pt")
