@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from initaudit import audit, stats
+from initaudit.analysis.graph import forward_calls, forward_layers, split_at_average_pools
 from initaudit.core import knowledge
 from initaudit.core.files import write_atomically, write_text_atomically
 from initaudit.core.numbers import short_number
@@ -215,3 +216,20 @@ def test_save_state_dict_refuses_to_overwrite_unless_forced(tmp_path):
     save_state_dict(model, str(path), force=True)
     assert torch.equal(torch.load(path)["weight"], model.weight)
     assert os.listdir(tmp_path) == ["fixed.pt"]
+
+# the forward's calls ---------------------------------------------------------------------------
+
+def test_forward_layers_in_order_split_at_average_pooling():
+    shared = nn.Linear(8, 8)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), shared, nn.Tanh(), shared)
+    rec = audit(model, torch.randn(16, 4)).recording
+    assert [c.name for c in forward_layers(rec)] == ["0", "2", "2"]  # one entry a call
+    assert [c.name for c in forward_calls(rec)] == ["0", "1", "2", "3", "2", ""]
+    assert all(c.output is rec.call_outputs[c.index] for c in forward_calls(rec))
+
+    pooled = nn.Sequential(nn.Conv1d(2, 4, 3), nn.ReLU(), nn.AvgPool1d(2), nn.Conv1d(4, 4, 3), nn.ReLU())
+    rec = audit(pooled, torch.randn(8, 2, 20)).recording
+    calls = [(c.index, c.name) for c in forward_layers(rec)]
+    assert split_at_average_pools(rec, calls) == [["0"], ["3"]]
+    assert split_at_average_pools(rec, calls[1:]) == [["3"]]  # no empty segment before it
+    assert split_at_average_pools(rec, []) == []

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import List, Optional
 
-from initaudit.analysis.graph import layer_runs
+from initaudit.analysis.graph import forward_layers, layer_runs
 from initaudit.analysis.scales import recommended_std
 from initaudit.core.records import Recording
 
@@ -57,6 +57,7 @@ def depth_profile(recording: Recording) -> List[ProfileRow]:
                     recommended_std=(scale.measured / scale.ratio) if scale is not None and scale.ratio else None,
                 )
             )
-    order = {name: i for i, name in enumerate(recording.call_order)}
-    rows.sort(key=lambda r: order.get(r.layer, 0))
+    # by each layer's last call: a layer called several times is shown after its last use
+    last_call = {call.name: call.index for call in forward_layers(recording)}
+    rows.sort(key=lambda r: last_call.get(r.layer, 0))
     return rows
