@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import traceback
 from typing import TYPE_CHECKING, List, Optional, Sequence
 
@@ -19,6 +18,7 @@ import click
 # torch; the rest is imported once an audit is about to run
 from initaudit import __version__
 from initaudit.core.errors import InitauditError, describe
+from initaudit.core.files import write_text_atomically
 from initaudit.core.options import DEFAULT_BATCH, FAIL_LEVELS
 
 if TYPE_CHECKING:
@@ -44,11 +44,7 @@ def error(message: str, exc: Optional[BaseException] = None, verbose: bool = Fal
 
 def write_file(path: str, text: str) -> None:
     """Write through a temporary file and a rename, so a reader never sees half a report."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".initaudit-")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text if text.endswith("\n") else text + "\n")
-    os.replace(tmp, path)
+    write_text_atomically(path, text if text.endswith("\n") else text + "\n")
 
 
 def settings_from(

@@ -10,10 +10,6 @@ from initaudit.analysis.graph import LayerUse, accessor
 from initaudit.core import knowledge
 from initaudit.core.records import TensorRecord
 
-_RECURRENT = {"LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"}
-_NORMS = {t.__name__ for t in knowledge.NORM_TYPES}
-_GATES = {"LSTM": 4, "LSTMCell": 4, "GRU": 3, "GRUCell": 3, "RNN": 1, "RNNCell": 1}
-
 
 def reinit_call(t: TensorRecord, uses: Dict[str, LayerUse]) -> Optional[str]:
     """``torch.nn.init`` call (or module method) that re-initializes ``t`` sensibly.
@@ -25,21 +21,21 @@ def reinit_call(t: TensorRecord, uses: Dict[str, LayerUse]) -> Optional[str]:
     target = accessor(t.name)
     if t.kind == "buffer":
         module = accessor(t.module)
-        if t.module_type in _NORMS:
+        if t.module_type in knowledge.NORM_NAMES:
             return f"{module}.reset_running_stats()"
         return None
-    if t.module_type in _RECURRENT:
+    if t.module_type in knowledge.RECURRENT_NAMES:
         # PyTorch draws every recurrent tensor from U(+-1/sqrt(hidden_size))
         if t.attr.startswith("weight_hr"):
             hidden = t.shape[1]  # (proj_size, hidden_size)
         else:
-            hidden = t.shape[0] // _GATES[t.module_type] if t.shape else 1
+            hidden = t.shape[0] // knowledge.gate_count(t.module_type) if t.shape else 1
         return f"nn.init.uniform_({target}, -{1 / math.sqrt(max(hidden, 1)):.4g}, {1 / math.sqrt(max(hidden, 1)):.4g})"
     if t.ndim < 2:
-        if t.module_type in _NORMS and t.attr == "weight":
+        if t.module_type in knowledge.NORM_NAMES and t.attr == "weight":
             return f"nn.init.ones_({target})"
         return f"nn.init.zeros_({target})"
-    if t.module_type in ("Embedding", "EmbeddingBag"):
+    if t.module_type in knowledge.EMBEDDING_NAMES:
         return f"nn.init.normal_({target})"
     use = uses.get(t.module)
     activation = use.activation if use is not None else knowledge.LINEAR

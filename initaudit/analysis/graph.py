@@ -9,12 +9,54 @@ normalization between them, whose scale factors compound.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple, TypeVar
 
 from initaudit.core import knowledge
 from initaudit.core.knowledge import Activation
 from initaudit.core.records import ModuleRecord, OutputRecord, Recording, TensorRecord
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call of a recorded module, at its place in the forward."""
+
+    index: int  # position in the recording's call order
+    name: str
+    module: ModuleRecord
+    output: Optional[OutputRecord]  # statistics of this call's output
+
+
+def forward_calls(recording: Recording) -> Iterator[Call]:
+    """Every call of a recorded module, in forward order: the order the calls returned (a
+    container's call comes after the calls of the modules it runs)."""
+    for index, name in enumerate(recording.call_order):
+        module = recording.module(name)
+        if module is not None:
+            yield Call(index, name, module, recording.call_outputs[index])
+
+
+def forward_layers(recording: Recording) -> Iterator[Call]:
+    """The calls of layers (:func:`initaudit.core.knowledge.is_layer`), in forward order; a
+    layer called twice appears twice."""
+    return (call for call in forward_calls(recording) if call.module.kind == knowledge.LAYER)
+
+
+def split_at_average_pools(recording: Recording, items: Iterable[Tuple[int, T]]) -> List[List[T]]:
+    """``items``, ``(call index, value)`` in forward order, in segments between the calls of
+    average pooling; empty segments are dropped.
+
+    Average pooling averages an example's variation over its window by design, so what
+    is measured after it is compared within its segment, not with what came before.
+    """
+    pools = [call.index for call in forward_calls(recording) if call.module.type in knowledge.AVERAGE_POOLS]
+    segments: Dict[int, List[T]] = {}
+    for index, value in items:
+        segments.setdefault(bisect.bisect_left(pools, index), []).append(value)  # pools called before it
+    return [segments[k] for k in sorted(segments)]
 
 
 @dataclass
@@ -62,12 +104,12 @@ def layer_runs(recording: Recording) -> List[List[LayerUse]]:
             runs.append(current)
         current = []
 
-    for index, name in enumerate(recording.call_order):
-        module = recording.module(name)
-        if module is None or not module.leaf:
+    for call in forward_calls(recording):
+        name, module = call.name, call.module
+        if not module.leaf:
             continue
         if module.kind == knowledge.LAYER and name in weights:
-            use = LayerUse(module, weights[name], recording.call_outputs[index])
+            use = LayerUse(module, weights[name], call.output)
             current.append(use)
             if module.consumer_method == "fx":
                 use.decided = True

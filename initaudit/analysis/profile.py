@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import List, Optional
 
+from initaudit.analysis.graph import forward_layers
 from initaudit.analysis.model import Analysis
 from initaudit.analysis.scales import recommended_std
 
@@ -57,6 +58,7 @@ def depth_profile(analysis: Analysis) -> List[ProfileRow]:
                     recommended_std=(scale.measured / scale.ratio) if scale is not None and scale.ratio else None,
                 )
             )
-    order = {name: i for i, name in enumerate(recording.call_order)}
-    rows.sort(key=lambda r: order.get(r.layer, 0))
+    # by each layer's last call: a layer called several times is shown after its last use
+    last_call = {call.name: call.index for call in forward_layers(recording)}
+    rows.sort(key=lambda r: last_call.get(r.layer, 0))
     return rows

@@ -14,9 +14,9 @@ finding is listed as unfixed, with its rule's reason.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -25,6 +25,8 @@ from torch import nn
 
 from initaudit.analysis.graph import accessor
 from initaudit.core import knowledge
+from initaudit.core.files import write_atomically
+from initaudit.core.numbers import short_number
 from initaudit.record import transfer
 from initaudit.record.hooks import CallRecorder
 from initaudit.record.state import RNGState, preserved, seed_torch
@@ -87,8 +89,8 @@ class FixResult:
         )
 
 
-def _num(v: Optional[float]) -> str:
-    return "" if v is None or not math.isfinite(v) else f"{v:.4g}"
+# a std that is missing or not finite leaves its cell empty
+_num = functools.partial(short_number, digits=4)
 
 
 def _namespace(model: nn.Module) -> Dict[str, Any]:
@@ -197,7 +199,7 @@ def run_fix_line(model: nn.Module, finding: Finding) -> None:
 
 
 def _layers(model: nn.Module) -> List[str]:
-    return [name for name, m in model.named_modules() if isinstance(m, knowledge.LAYER_TYPES)]
+    return [name for name, m in model.named_modules() if knowledge.is_layer(m)]
 
 
 def lsuv_scale(model: nn.Module, example_input: Any, tolerance: float = LSUV_TOLERANCE,
@@ -222,7 +224,7 @@ def lsuv_scale(model: nn.Module, example_input: Any, tolerance: float = LSUV_TOL
         finally:
             recorder.detach()
         for name in recorder.calls:
-            if name not in order and isinstance(modules.get(name), knowledge.LAYER_TYPES):
+            if name not in order and knowledge.is_layer(modules.get(name)):
                 order.append(name)
         factors: Dict[str, float] = {}
         for name in order:
@@ -278,13 +280,6 @@ def save_state_dict(model: nn.Module, path: str, force: bool = False) -> None:
     """``torch.save`` the state dict through a temporary file and a rename."""
     if os.path.exists(path) and not force:
         raise FileExistsError(f"{path} exists; pass --force to overwrite it")
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".initaudit-", suffix=".pt")
-    os.close(fd)
-    try:
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    # torch.save names the archive's folder after the file's name up to its last dot: without
+    # a suffix, ".initaudit-x" gives an empty one, which it refuses
+    write_atomically(path, lambda tmp: torch.save(model.state_dict(), tmp), suffix=".pt")

@@ -8,12 +8,11 @@ never a pickle: reading one cannot run code.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
 from typing import Optional, Sequence, Tuple
 
 from initaudit.core.errors import InitauditError
+from initaudit.core.files import write_text_atomically
 from initaudit.report.report import Report
 
 SCHEMA = "initaudit-baseline/1"
@@ -35,12 +34,7 @@ def write(path: str, reports: Sequence[Report]) -> int:
         key=lambda e: (e["target"] or "", e["code"], e["location"]),
     )
     document = {"schema": SCHEMA, "findings": entries}
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".initaudit-baseline-")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(document, handle, indent=2)
-        handle.write("\n")
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(document, indent=2) + "\n")
     return len(entries)
 
 

@@ -8,6 +8,7 @@ from typing import Any, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from initaudit.core import knowledge
 from initaudit.core.errors import InputError
 from initaudit.core.options import DEFAULT_BATCH  # defined there, light for the CLI
 
@@ -18,14 +19,6 @@ NO_INPUT_HELP = (
     "supply one in any of three ways: pass --input-shape (e.g. --input-shape 8,3,32,32), "
     "return (model, example_input) from the factory, or define example_input() in the file"
 )
-
-_CONVS = {
-    nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3,
-    nn.ConvTranspose1d: 1, nn.ConvTranspose2d: 2, nn.ConvTranspose3d: 3,
-}
-_BATCHNORMS = {nn.BatchNorm1d: 0, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3}
-_RECURRENT = (nn.RNN, nn.LSTM, nn.GRU)
-_CELLS = (nn.RNNCell, nn.LSTMCell, nn.GRUCell)
 
 
 def parse_shape(text: str) -> Tuple[int, ...]:
@@ -87,20 +80,20 @@ def infer_shape(module: nn.Module, batch: int) -> Optional[Tuple[Tuple[int, ...]
     """
     if isinstance(module, nn.Linear):
         return (batch, module.in_features), False
-    for conv_type, dims in _CONVS.items():
-        if isinstance(module, conv_type):
-            return (batch, module.in_channels) + (SPATIAL,) * dims, False
-    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+    if isinstance(module, knowledge.CONV_TYPES + knowledge.TRANSPOSED_CONV_TYPES):
+        return (batch, module.in_channels) + (SPATIAL,) * knowledge.spatial_dims(module), False
+    if isinstance(module, knowledge.EMBEDDING_TYPES):
         return (batch, SEQUENCE), True
-    if isinstance(module, _RECURRENT):
+    if isinstance(module, knowledge.RECURRENT_TYPES):
         if module.batch_first:
             return (batch, SEQUENCE, module.input_size), False
         return (SEQUENCE, batch, module.input_size), False
-    if isinstance(module, _CELLS):
+    if isinstance(module, knowledge.RECURRENT_CELL_TYPES):
         return (batch, module.input_size), False
-    for bn_type, dims in _BATCHNORMS.items():
-        if isinstance(module, bn_type):
-            return (batch, module.num_features) + (SPATIAL,) * dims, False
+    if isinstance(module, knowledge.BATCH_NORM_TYPES):
+        # BatchNorm1d takes (N, C) or (N, C, L): the plainer (N, C), features as a Linear gives them
+        dims = 0 if isinstance(module, nn.BatchNorm1d) else knowledge.spatial_dims(module)
+        return (batch, module.num_features) + (SPATIAL,) * dims, False
     if isinstance(module, nn.LayerNorm):
         return (batch,) + tuple(module.normalized_shape), False
     return None

@@ -118,7 +118,7 @@ def gradient_row(
 # below this share of the second moment, the variance ||G||^2 / n - mean^2 has lost its
 # digits: float32 Grams carry a relative error of about 1e-6 (as the fast summaries' float32
 # dot products do, whose limit this is), float64 ones about 1e-14
-CANCELLATION = {"float32": 1e-3, "float64": 1e-9}
+CANCELLATION = {"float32": stats.CANCELLATION, "float64": 1e-9}
 
 
 def gradient_from_row(numel: int, row: Sequence[float], dtype: str = "float32") -> stats.GradientSummary:
@@ -135,7 +135,7 @@ def gradient_from_row(numel: int, row: Sequence[float], dtype: str = "float32") 
         return stats.GradientSummary(math.nan, math.nan, nonfinite)
     mean, second = total / max(numel, 1), squares / max(numel, 1)
     variance = second - mean * mean
-    if second > 0 and variance < CANCELLATION.get(dtype, 1e-3) * second:
+    if stats.cancelled(variance, second, CANCELLATION.get(dtype, stats.CANCELLATION)):
         return stats.GradientSummary(math.sqrt(squares), math.nan, nonfinite)
     return stats.GradientSummary(math.sqrt(max(squares, 0.0)), math.sqrt(max(variance, 0.0)), nonfinite)
 

@@ -57,8 +57,7 @@ def module_records(
         )
         if record.first_call is not None:
             record.output = output_record(recorder, record.first_call)
-        if isinstance(module, (nn.RNN, nn.RNNCell)):
-            record.activation = module.nonlinearity
+        record.activation = knowledge.recurrent_nonlinearity(module) or record.activation
         found = flows.get(names[0])
         if found is not None and found.consumer != "unknown":
             record.consumer_kind = found.consumer

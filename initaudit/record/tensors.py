@@ -6,27 +6,15 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Any, Dict, Hashable, List, NamedTuple, Set, Tuple
+from typing import Any, Hashable, List, NamedTuple, Set, Tuple
 
 import torch
-from torch import nn
 
 from initaudit import stats
+from initaudit.core import knowledge
 from initaudit.core.records import TensorRecord
 from initaudit.record import distributed, queue, transfer
 from initaudit.record.walk import owner_and_attr
-
-# gate blocks stacked along dim 0 of recurrent weights and biases
-_GATES: Dict[type, int] = {nn.LSTM: 4, nn.LSTMCell: 4, nn.GRU: 3, nn.GRUCell: 3}
-
-
-_GATED_PREFIXES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-
-
-_RECURRENT_BLOCKS: Dict[type, int] = {**_GATES, nn.RNN: 1, nn.RNNCell: 1}
-
-
-_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 class Tracked(NamedTuple):
@@ -92,9 +80,8 @@ def tensor_records(
                 fan_in=fans[0] if fans else None,
                 fan_out=fans[1] if fans else None,
             )
-            if isinstance(owner, _TRANSPOSED) and fans:
-                # each output of a transposed conv sums in_channels / groups x kernel inputs
-                record.layer_fan_in = owner.in_channels // owner.groups * (fans[0] // t.shape[1])
+            if isinstance(owner, knowledge.TRANSPOSED_CONV_TYPES) and fans:
+                record.layer_fan_in = knowledge.transposed_conv_fan_in(owner.in_channels, owner.groups, t.shape)
             else:
                 record.layer_fan_in = record.fan_in
             values = transfer.TensorValues()
@@ -105,13 +92,13 @@ def tensor_records(
                 summarize.append((values, t, kind == "parameter" and t.numel() > 1))
                 if kind == "parameter" and t.dim() >= 2 and t.numel() > 1:
                     shaped.append((values, t))
-                gates = _GATES.get(type(owner)) if owner is not None else None
-                if gates and attr.startswith(_GATED_PREFIXES) and t.shape[0] % gates == 0:
+                gates = knowledge.gate_count(type(owner))  # 0: not a recurrent module
+                # one block's mean is the tensor's own: gate means only where there are several
+                if gates > 1 and knowledge.is_gate_stacked(attr) and t.shape[0] % gates == 0:
                     deferred.put(values, "gate_means", stats.chunk_means(t, gates))
-                recurrent = _RECURRENT_BLOCKS.get(type(owner)) if owner is not None else None
-                if recurrent and attr.startswith("weight_hh") and t.dim() == 2 and t.shape[0] % recurrent == 0:
-                    deferred.put(values, "gate_singular_values", stats.block_singular_values(t, recurrent))
-                    if recurrent == 1 and t.shape[0] == t.shape[1]:
+                if gates and attr.startswith("weight_hh") and t.dim() == 2 and t.shape[0] % gates == 0:
+                    deferred.put(values, "gate_singular_values", stats.block_singular_values(t, gates))
+                    if gates == 1 and t.shape[0] == t.shape[1]:
                         deferred.put(values, "spectral_radius", stats.spectral_radius(t).reshape(1), transfer.first)
             records.append(Tracked(key, record, values))
     queue.queue_summaries(summarize, deferred)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import List, Optional
 
@@ -11,6 +12,7 @@ from tabulate import tabulate
 
 from initaudit.analysis.profile import ProfileRow
 from initaudit.core.errors import InitauditError
+from initaudit.core.numbers import short_number
 
 BAR_WIDTH = 24
 
@@ -25,8 +27,8 @@ def _bar(value: Optional[float], low: float, high: float) -> str:
     return "#" * max(1, length)
 
 
-def _num(v: Optional[float]) -> str:
-    return "" if v is None or not math.isfinite(v) else f"{v:.3g}"
+# three digits; a missing or non-finite statistic leaves its cell empty
+_num = functools.partial(short_number, digits=3)
 
 
 def profile_table(rows: List[ProfileRow]) -> str:

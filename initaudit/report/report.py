@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from typing import Any, Dict, List, Optional
 from tabulate import tabulate
 
 from initaudit.analysis.model import Analysis, analyze
-from initaudit.core.numbers import finite_or_none
+from initaudit.core.numbers import finite_or_none, short_number
 from initaudit.core.options import FAIL_LEVELS, SEVERITY_RANK
 from initaudit.core.records import ModuleRecord, Recording, TensorRecord
 from initaudit.rules.engine import Finding
@@ -204,8 +205,8 @@ def _findings_table(findings: List[Finding], width: Optional[int], why: bool = F
     )
 
 
-def _num(v: Optional[float]) -> str:
-    return "" if v is None else f"{v:.4g}"
+# the tensor table shows NaN and Inf statistics as they are
+_num = functools.partial(short_number, digits=4, non_finite=True)
 
 
 def _human(n: int) -> str:

@@ -30,7 +30,15 @@ from initaudit.stats.outputs import (
     output_moments,
     output_summary,
 )
-from initaudit.stats.reduce import CANCELLATION, accumulation_dtype, dense, scratch_buffer, slice_size, slices
+from initaudit.stats.reduce import (
+    CANCELLATION,
+    accumulation_dtype,
+    cancelled,
+    dense,
+    scratch_buffer,
+    slice_size,
+    slices,
+)
 from initaudit.stats.shape import (
     KURTOSIS_SAMPLE,
     ORTHO_SAMPLE,
@@ -73,11 +81,12 @@ from initaudit.stats.summaries import (
 __all__ = [
     "ActivationCounts", "Fast", "GradientSummary", "OutputSummary", "ShapeStats", "Summary",
     "CANCELLATION", "KURTOSIS_SAMPLE", "ORTHO_SAMPLE", "OUTPUT_MOMENTS", "SAMPLE_BLOCKS", "SAMPLE_RUN", "SMALL",
-    "accumulation_dtype", "activation_counts", "activation_from_counts", "activation_summary", "block_singular_values",
-    "chunk_means", "column_passes", "combine_fast", "dense", "fan_in_and_fan_out", "fast_summary", "feature_spread",
-    "feature_std", "from_fast", "from_partial_exact", "from_partial_fast", "gradient_fast", "gradient_from_fast",
-    "gradient_summary", "kurtosis_from_moments", "kurtosis_sample", "needs_counts", "needs_exact", "output_from_moments",
-    "output_moments", "output_summary", "partial_counts", "partial_exact", "partial_fast", "partial_gradient_exact",
-    "partial_moments", "probe", "probe_step", "scratch_buffer", "shape_stats", "shape_stats_batch", "slice_size",
-    "slices", "small_counts", "small_summaries", "spectral_radius", "tensor_summary",
+    "accumulation_dtype", "activation_counts", "activation_from_counts", "activation_summary",
+    "block_singular_values", "cancelled", "chunk_means", "column_passes", "combine_fast", "dense",
+    "fan_in_and_fan_out", "fast_summary", "feature_spread", "feature_std", "from_fast", "from_partial_exact",
+    "from_partial_fast", "gradient_fast", "gradient_from_fast", "gradient_summary", "kurtosis_from_moments",
+    "kurtosis_sample", "needs_counts", "needs_exact", "output_from_moments", "output_moments", "output_summary",
+    "partial_counts", "partial_exact", "partial_fast", "partial_gradient_exact", "partial_moments", "probe",
+    "probe_step", "scratch_buffer", "shape_stats", "shape_stats_batch", "slice_size", "slices", "small_counts",
+    "small_summaries", "spectral_radius", "tensor_summary",
 ]

@@ -7,7 +7,7 @@ from typing import List, NamedTuple, Optional, Sequence
 
 import torch
 
-from initaudit.stats.reduce import CANCELLATION, accumulation_dtype, added, buffered_slices, dense
+from initaudit.stats.reduce import accumulation_dtype, added, buffered_slices, cancelled, dense
 
 
 class GradientSummary(NamedTuple):
@@ -62,6 +62,6 @@ def gradient_from_fast(n: int, sums: Sequence[float]) -> Optional[List[float]]:
         return None
     mean, second = total / max(n, 1), dot / max(n, 1)
     variance = second - mean * mean
-    if second > 0 and variance < CANCELLATION * second:
+    if cancelled(variance, second):
         return None
     return GradientSummary(math.sqrt(dot), math.sqrt(max(variance, 0.0)), 0.0)

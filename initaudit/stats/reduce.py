@@ -72,6 +72,19 @@ def scratch_buffer(numel: int, dtype: torch.dtype, device: torch.device) -> torc
 CANCELLATION = 1e-3
 
 
+def cancelled(variance: float, second: float, limit: float = CANCELLATION) -> bool:
+    """Whether a variance taken as ``second - mean^2`` has lost its digits to cancellation.
+
+    ``second > 0 and variance < limit * second``, with ``second = x.x / n`` the second
+    moment. The subtraction keeps the absolute error of ``second``, about its relative
+    error times ``second`` (near 1e-6 for float32 sums): below ``limit`` of ``second`` that
+    is more than 1e-3 of the variance (the default :data:`CANCELLATION`, for sums kept in
+    float32), and the variance must be taken again in two passes. A zero ``second`` (all
+    zeros) has an exact variance of 0.
+    """
+    return second > 0 and variance < limit * second
+
+
 def dense(t: torch.Tensor) -> torch.Tensor:
     """A detached, strided view of ``t``: sparse tensors are densified for their statistics."""
     x = t.detach()

@@ -10,10 +10,10 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 import torch
 
 from initaudit.stats.reduce import (
-    CANCELLATION,
     accumulation_dtype,
     added,
     buffered_slices,
+    cancelled,
     dense,
     scratch_buffer,
     slice_size,
@@ -198,7 +198,7 @@ def needs_exact(fast: Fast) -> bool:
     mean, variance, lo, hi, smallest, second = fast
     if not all(math.isfinite(v) for v in (mean, lo, hi, second)):
         return True  # NaN or Inf (or a sum that overflowed): count them exactly
-    return second > 0 and variance < CANCELLATION * second
+    return cancelled(variance, second)
 
 
 def needs_counts(fast: Fast, dtype: torch.dtype) -> bool:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import Iterator, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
-from initaudit.core import knowledge
+from initaudit.analysis.graph import forward_layers, split_at_average_pools
 from initaudit.core.records import Recording
 from initaudit.rules.registry import RuleContext, Violation, rule
 
@@ -94,23 +94,15 @@ def weight_gradients(recording: Recording) -> List[List[Tuple[str, float]]]:
     weight gradient, each scaled by ``1/k``: its gradient RMS drops by about ``sqrt(k)`` by
     construction, so layers are compared only within a segment.
     """
-    pools = [i for i, name in enumerate(recording.call_order) if (m := recording.module(name)) is not None and m.type in knowledge.AVERAGE_POOLS]
-    order = {}
-    for m in recording.modules:
-        if m.kind == knowledge.LAYER and m.first_call is not None:
-            order[m.name] = m.first_call
+    order: Dict[str, int] = {}  # each layer's first call
+    for call in forward_layers(recording):
+        order.setdefault(call.module.name, call.index)
     found = []
     for t in recording.parameters:
         if t.module in order and t.ndim >= 2 and t.grad is not None and t.grad.norm > 0 and t.numel:
             if math.isfinite(t.grad.norm):
                 found.append((order[t.module], t.name, t.grad.norm / math.sqrt(t.numel)))
-    segments: List[List[Tuple[str, float]]] = []
-    for position, name, rms in sorted(found):
-        segment = sum(1 for p in pools if p < position)
-        while len(segments) <= segment:
-            segments.append([])
-        segments[segment].append((name, rms))
-    return [s for s in segments if s]
+    return split_at_average_pools(recording, ((position, (name, rms)) for position, name, rms in sorted(found)))
 
 
 def _gradient_trend(ctx: RuleContext, direction: str) -> Iterator[Violation]:

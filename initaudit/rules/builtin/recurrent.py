@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Dict, Iterator, Tuple
 
 from initaudit.analysis.graph import accessor
+from initaudit.core import knowledge
 from initaudit.core.records import TensorRecord
 from initaudit.rules.registry import RuleContext, Violation, rule
-
-FORGET = 1  # PyTorch orders LSTM gates i, f, g, o along dimension 0
 
 
 @rule(
@@ -24,20 +23,21 @@ def forget_bias_unset(ctx: RuleContext) -> Iterator[Violation]:
     # (module, layer/direction suffix) -> {"ih": record, "hh": record}
     pairs: Dict[Tuple[str, str], Dict[str, TensorRecord]] = {}
     for t in ctx.recording.parameters:
-        if t.module_type not in ("LSTM", "LSTMCell") or t.gate_means is None:
+        if knowledge.forget_gate(t.module_type) is None or t.gate_means is None:
             continue
         for kind in ("ih", "hh"):
             prefix = f"bias_{kind}"
             if t.attr.startswith(prefix):
                 pairs.setdefault((t.module, t.attr[len(prefix):]), {})[kind] = t
     for (module, suffix), biases in pairs.items():
-        means = [b.gate_means[FORGET] for b in biases.values() if b.gate_means]
+        first = next(iter(biases.values()))
+        forget = knowledge.forget_gate(first.module_type)
+        means = [b.gate_means[forget] for b in biases.values() if b.gate_means]
         effective = sum(means)
         if effective >= minimum:
             continue
-        first = next(iter(biases.values()))
-        hidden = first.shape[0] // 4
-        sl = f"[{hidden}:{2 * hidden}]"
+        hidden = first.shape[0] // knowledge.gate_count(first.module_type)
+        sl = f"[{forget * hidden}:{(forget + 1) * hidden}]"
         parts = " + ".join(f"{b.attr}{sl}" for b in biases.values())
         layer = f" ({suffix.lstrip('_')})" if suffix else ""
         fix_lines = [f"{accessor(b.name)}{sl}.fill_({1.0 if kind == 'ih' else 0.0})" for kind, b in biases.items()]
@@ -57,9 +57,6 @@ def orthogonal_call(target: str) -> str:
     return f"{target}.copy_(nn.init.orthogonal_(torch.empty({target}.shape, device={target}.device)))"
 
 
-GATE_NAMES = {"LSTM": "ifgo", "LSTMCell": "ifgo", "GRU": "rzn", "GRUCell": "rzn", "RNN": "h", "RNNCell": "h"}
-
-
 @rule(
     "IA502",
     "recurrent-not-orthogonal",
@@ -74,7 +71,7 @@ def recurrent_not_orthogonal(ctx: RuleContext) -> Iterator[Violation]:
         values = t.gate_singular_values
         if not values:
             continue
-        gates = GATE_NAMES.get(t.module_type, "?" * (len(values) // 2))
+        gates = knowledge.gate_names(t.module_type) or "?" * (len(values) // 2)
         spreads = []
         for i in range(0, len(values), 2):
             low, high = values[i], values[i + 1]

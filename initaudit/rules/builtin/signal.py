@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Iterator, List, Optional, Tuple
 
+from initaudit.analysis.graph import forward_calls, forward_layers, split_at_average_pools
 from initaudit.core import knowledge
 from initaudit.core.records import OutputRecord, Recording
 from initaudit.rules.registry import RuleContext, Violation, rule
@@ -19,20 +20,12 @@ def layer_signal(recording: Recording) -> List[List[Tuple[str, float]]]:
     example's variation over a window by design (over random inputs, by the window's
     size), so the layers after it are compared with each other, not with those before.
     """
-    segments: List[List[Tuple[str, float]]] = [[]]
-    for index, name in enumerate(recording.call_order):
-        module = recording.module(name)
-        if module is None:
-            continue
-        if module.type in knowledge.AVERAGE_POOLS and segments[-1]:
-            segments.append([])
-            continue
-        out = recording.call_outputs[index]
-        if module.kind != knowledge.LAYER or out is None:
-            continue
-        if out.feature_std is not None and math.isfinite(out.feature_std):
-            segments[-1].append((name, out.feature_std))
-    return [s for s in segments if s]
+    signal = (
+        (call.index, (call.name, call.output.feature_std))
+        for call in forward_layers(recording)
+        if call.output is not None and call.output.feature_std is not None and math.isfinite(call.output.feature_std)
+    )
+    return split_at_average_pools(recording, signal)
 
 
 def _crossing(ctx: RuleContext, direction: str) -> Iterator[Violation]:
@@ -107,16 +100,13 @@ def signal_exploding(ctx: RuleContext) -> Iterator[Violation]:
 def _activation_calls(recording: Recording, names: Tuple[str, ...]) -> Iterator[Tuple[str, Optional[str], OutputRecord]]:
     """``(activation name, the layer feeding it, output)`` for calls of the given nonlinearities."""
     previous_layer: Optional[str] = None
-    for index, name in enumerate(recording.call_order):
-        module = recording.module(name)
-        if module is None or not module.leaf:
+    for call in forward_calls(recording):
+        if not call.module.leaf:
             continue
-        if module.kind == knowledge.LAYER:
-            previous_layer = name
-        elif module.kind == knowledge.ACTIVATION and module.activation in names:
-            out = recording.call_outputs[index]
-            if out is not None:
-                yield name, previous_layer, out
+        if call.module.kind == knowledge.LAYER:
+            previous_layer = call.name
+        elif call.module.kind == knowledge.ACTIVATION and call.module.activation in names and call.output is not None:
+            yield call.name, previous_layer, call.output
 
 
 @rule(
@@ -135,7 +125,7 @@ def dead_units(ctx: RuleContext) -> Iterator[Violation]:
     dead_layers: List[Tuple[str, str, float, str]] = []
     for name, layer, out in _activation_calls(rec, ("relu",)):
         layer_record = rec.module(layer) if layer else None
-        convolutional = layer_record is not None and layer_record.type.startswith("Conv")
+        convolutional = layer_record is not None and layer_record.type in knowledge.CONV_NAMES
         dead = out.dead_channel if convolutional and out.dead_channel is not None else out.dead_last
         where = layer or name
         if dead is None or dead <= limit or any(d[0] == where for d in dead_layers):

@@ -7,7 +7,7 @@ from typing import Iterator, List, Optional, Set
 
 from initaudit.analysis.advice import reinit_call
 from initaudit.analysis.graph import accessor
-from initaudit.core.knowledge import NORM_TYPES
+from initaudit.core.knowledge import NORM_NAMES
 from initaudit.core.records import TensorRecord
 from initaudit.rules.registry import RuleContext, Violation, rule
 
@@ -16,7 +16,6 @@ _PATTERNS = {
     "zero-init residual, ZerO)",
     "lora": "the B matrix of a LoRA pair (its product with A is added to a frozen base layer)",
 }
-_NORMS = {t.__name__ for t in NORM_TYPES}
 
 
 def _elements(n: int) -> str:
@@ -213,7 +212,7 @@ def _redraw(template: TensorRecord, copy: TensorRecord, same_init: Optional[str]
 def zero_norm_scale(ctx: RuleContext) -> Iterator[Violation]:
     rec = ctx.recording
     for t in rec.parameters:
-        if t.module_type not in _NORMS or t.attr != "weight" or not t.floating or t.zero_fraction != 1.0:
+        if t.module_type not in NORM_NAMES or t.attr != "weight" or not t.floating or t.zero_fraction != 1.0:
             continue
         module = rec.module(t.module)
         if module is not None and module.residual is not None:
