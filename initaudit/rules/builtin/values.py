@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import Iterator, List, Optional, Set
+from typing import Dict, Iterator, List, Optional, Set
 
 from initaudit.analysis.advice import reinit_call
-from initaudit.analysis.graph import accessor
+from initaudit.analysis.graph import LayerUse, accessor
 from initaudit.core.knowledge import NORM_NAMES
 from initaudit.core.records import TensorRecord
 from initaudit.rules.registry import RuleContext, Violation, rule
@@ -34,8 +34,7 @@ def zero_weight(ctx: RuleContext) -> Iterator[Violation]:
     for t in rec.parameters:
         if not t.floating or t.ndim < 2 or t.nonfinite or t.zero_fraction != 1.0:
             continue
-        uses = ctx.analysis.consumers
-        fix = reinit_call(t, uses)
+        fix = reinit_call(t, ctx.analysis.consumers)
         module = rec.module(t.module)
         pattern = module.residual if module is not None else None
         if pattern in _PATTERNS:
@@ -82,13 +81,12 @@ def constant_weight(ctx: RuleContext) -> Iterator[Violation]:
             continue
         if t.min is None or t.min != t.max or t.min == 0:
             continue
-        uses = ctx.analysis.consumers
         yield Violation(
             t.name,
             f"every element of '{t.name}' ({t.module_type}, shape {list(t.shape)}) is "
             f"{t.min:g}: all units of the layer compute the same function, and while the layers "
             "above treat them alike they get the same gradient and never become different",
-            fix=reinit_call(t, uses),
+            fix=reinit_call(t, ctx.analysis.consumers),
             locations=t.names,
         )
 
@@ -104,12 +102,11 @@ def non_finite_parameter(ctx: RuleContext) -> Iterator[Violation]:
     for t in ctx.recording.tensors:
         if not t.floating or not t.nonfinite:
             continue
-        uses = ctx.analysis.consumers
         yield Violation(
             t.name,
             f"{t.kind} '{t.name}' ({t.module_type}) holds {t.nonfinite:,} NaN or Inf value(s) "
             f"out of {_elements(t.numel)}: they propagate into the outputs and gradients that touch it",
-            fix=reinit_call(t, uses),
+            fix=reinit_call(t, ctx.analysis.consumers),
             locations=t.names,
         )
 
@@ -147,13 +144,12 @@ def uninitialized_memory(ctx: RuleContext) -> Iterator[Violation]:
             why.append(f"its largest magnitude {largest:.3g} is {largest / expected_std(t):.2g}x the expected scale {expected_std(t):.3g}")
         if subnormal:
             why.append(f"{subnormal:,} of its {t.numel:,} values are subnormal (below {t.dtype}'s smallest normal number)")
-        uses = ctx.analysis.consumers
         yield Violation(
             t.name,
             f"'{t.name}' ({t.module_type}) looks like uninitialized memory (torch.empty): "
             + " and ".join(why)
             + "; an init call was probably skipped",
-            fix=reinit_call(t, uses),
+            fix=reinit_call(t, ctx.analysis.consumers),
             locations=t.names,
         )
 
@@ -175,11 +171,10 @@ def cloned_init(ctx: RuleContext) -> Iterator[Violation]:
         seen.update(g.name for g in group)
         if _two_valued(t):
             continue
-        uses = ctx.analysis.consumers
         names = [g.name for g in group]
         listed = ", ".join(f"'{n}'" for n in names)
         # each copy redrawn the way the first was drawn, so that only the values change
-        fixes = [_redraw(t, g, ctx.analysis.init_call(t, accessor(g.name)), uses) for g in group[1:]]
+        fixes = [_redraw(t, g, ctx.analysis.init_call(t, accessor(g.name)), ctx.analysis.consumers) for g in group[1:]]
         yield Violation(
             t.name,
             f"{len(group)} distinct parameters hold bit-identical values ({listed}): they "
@@ -191,7 +186,8 @@ def cloned_init(ctx: RuleContext) -> Iterator[Violation]:
         )
 
 
-def _redraw(template: TensorRecord, copy: TensorRecord, same_init: Optional[str], uses) -> Optional[str]:
+def _redraw(template: TensorRecord, copy: TensorRecord, same_init: Optional[str],
+            uses: Dict[str, LayerUse]) -> Optional[str]:
     """The call that redraws ``copy``: the template's own init (``same_init``, a call on the
     copy) when the fingerprint named one, else a uniform over its range or a fresh init."""
     target = accessor(copy.name)
