@@ -242,13 +242,15 @@ def fix(
     example_input: Any = None,
     *,
     unsafe: bool = False,
+    lsuv: bool = True,
     **audit_options: Any,
 ) -> Report:
     """Repair ``report``'s findings on ``model`` in place, then audit it again.
 
     ``audit_options`` are :func:`audit`'s (without ``fix``); the audit after the repair runs
-    with them, on ``example_input`` (inferred when ``None``, unless ``params_only``). Returns
-    that audit's report, with what the repair did as ``report.fix``.
+    with them, on ``example_input`` (inferred when ``None``, unless ``params_only``).
+    ``lsuv=False`` leaves the signal findings to the caller. Returns that audit's report,
+    with what the repair did as ``report.fix``.
     """
     unknown = sorted(set(audit_options) - {f.name for f in fields(AuditRun)})
     if unknown:
@@ -257,17 +259,18 @@ def fix(
         audit_options[key] = _tuple(audit_options.get(key))
     run = AuditRun(**audit_options)
     x = example_input
-    if x is None and not run.params_only and needs_data(report):
+    if x is None and lsuv and not run.params_only and needs_data(report):
         x = inputs.make_input(model, run.input_shape, batch=run.batch_size, seed=run.seed)
-    return fix_and_audit(model, report, x, run, unsafe=unsafe)
+    return fix_and_audit(model, report, x, run, unsafe=unsafe, lsuv=lsuv)
 
 
-def fix_and_audit(model: nn.Module, report: Report, example_input: Any, run: AuditRun, *, unsafe: bool) -> Report:
+def fix_and_audit(model: nn.Module, report: Report, example_input: Any, run: AuditRun, *, unsafe: bool,
+                  lsuv: bool = True) -> Report:
     """The fix, then the audit again with the same ``run``: the one loop both entry points use."""
     model, _ = unwrap(model)
     # the repair runs where the parameters live, so that it lasts: on their own device and dtype
     x = inputs.to_device(example_input, inputs.model_device(model)) if example_input is not None else None
-    repaired = repair(model, report, x, unsafe=unsafe, seed=run.seed)
+    repaired = repair(model, report, x, unsafe=unsafe, seed=run.seed, lsuv=lsuv)
     after, _ = audit_once(model, x, run)
     after.target = report.target
     after.fix = repaired

@@ -342,3 +342,18 @@ def test_initaudit_fix_repairs_a_report_and_audits_again_with_its_options():
     assert "IA101" in codes(report) and "IA101" not in codes(after)
     with pytest.raises(TypeError, match="unknown audit option"):
         initaudit.fix(model, report, x, selct=["IA1"])
+
+
+def test_initaudit_fix_without_lsuv_leaves_the_signal_findings():
+    import initaudit
+
+    torch.manual_seed(0)
+    model = mlp(20, width=128, inputs=64)
+    x = torch.randn(128, 64)
+    report = audit(model, x, select=["IA202", "IA206"])
+    assert "IA202" in codes(report)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    after = initaudit.fix(model, report, x, select=["IA202", "IA206"], lsuv=False)
+    assert after.fix.lsuv == {} and "IA202" in codes(after)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert initaudit.fix(model, report, x, select=["IA202", "IA206"]).fix.lsuv  # with LSUV it rescales
