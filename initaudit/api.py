@@ -5,34 +5,19 @@ from __future__ import annotations
 import random
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from typing import (
-    TYPE_CHECKING,
-    Any,
-    Callable,
-    FrozenSet,
-    Iterable,
-    Iterator,
-    List,
-    Mapping,
-    Optional,
-    Sequence,
-    Set,
-    Tuple,
-    Union,
-)
+from typing import TYPE_CHECKING, Any, Callable, FrozenSet, Iterable, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import torch
 from torch import nn
 
 from initaudit.analysis.model import analyze
-from initaudit.core.errors import InputError
 from initaudit.fixing.fixer import needs_data, repair
 from initaudit.gate import suppress
 from initaudit.load import inputs, trace
+from initaudit.load.model import check_devices, resolve_device, unwrap
 from initaudit.record.inspector import inspect
-from initaudit.record.walk import call_model
+from initaudit.record.setup import materialize_lazy, on_device
 from initaudit.report.report import Report
 from initaudit.rules.engine import rule_options, run_rules
 from initaudit.rules.registry import resolve_selection
@@ -54,104 +39,6 @@ def parse_ties(tied: Optional[Iterable[Tie]]) -> Set[FrozenSet[str]]:
             raise ValueError(f"a tie names two or more parameters (a.weight=b.weight), not {tie!r}")
         ties.add(frozenset(names))
     return ties
-
-
-def resolve_device(device: Union[str, torch.device, None], model: nn.Module) -> torch.device:
-    """``None``: where the model is; ``"auto"``: cuda if available, else cpu; else as given."""
-    if device is None:
-        return inputs.model_device(model)
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise InputError(f"unknown device {device!r}") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested, but CUDA is not available on this machine")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise InputError(f"device {device!r} requested, but there are {torch.cuda.device_count()} CUDA device(s)")
-    return dev
-
-
-@contextmanager
-def on_device(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """Put the model's tensors on ``device`` for the body, then the very same tensors back.
-
-    Parameters keep their identity (only ``.data`` is swapped) and get their original
-    storage back, buffers are put back as the original objects, and ``.grad`` is not
-    touched at all, so nothing is copied twice and nothing is lost.
-    """
-    swapped_params = []
-    swapped_buffers = []
-    seen = set()
-    try:
-        with torch.no_grad():
-            for module in model.modules():
-                for name, p in module._parameters.items():
-                    if p is not None and p.device != device and id(p) not in seen:
-                        seen.add(id(p))
-                        swapped_params.append((p, p.data))
-                        p.data = p.data.to(device)
-                for name, b in module._buffers.items():
-                    if b is not None and b.device != device:
-                        swapped_buffers.append((module, name, b))
-                        module._buffers[name] = b.to(device)
-        yield
-    finally:
-        for p, data in swapped_params:
-            p.data = data
-        for module, name, b in swapped_buffers:
-            module._buffers[name] = b
-
-
-def unwrap(model: nn.Module) -> Tuple[nn.Module, List[str]]:
-    """The model inside ``torch.compile``, ``DataParallel`` and ``DistributedDataParallel``
-    wrappers, so that names read as the user wrote them (no ``_orig_mod.``, no ``module.``)."""
-    notes = []
-    while True:
-        inner = getattr(model, "_orig_mod", None)
-        if isinstance(inner, nn.Module):
-            notes.append("audited the module inside torch.compile (its original, uncompiled forward)")
-            model = inner
-            continue
-        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            notes.append(f"audited the module inside {type(model).__name__}")
-            model = model.module
-            continue
-        return model, notes
-
-
-def check_devices(model: nn.Module, device: Union[str, torch.device, None]) -> None:
-    """Meta tensors hold no values; a model on two devices needs ``device=`` to be audited."""
-    tensors = list(model.parameters()) + list(model.buffers())
-    meta = [n for n, p in model.named_parameters() if p.device.type == "meta"]
-    if meta:
-        raise InputError(
-            f"parameter '{meta[0]}' (and {len(meta) - 1} more) is on the meta device and holds no values: "
-            "materialize the model first, e.g. model.to_empty(device='cpu') and then initialize it"
-        )
-    devices = sorted({str(t.device) for t in tensors})
-    if len(devices) > 1 and device is None:
-        raise InputError(
-            f"the model is spread over {' and '.join(devices)}: audit it on one device "
-            "(--device, or audit(..., device=...))"
-        )
-
-
-def materialize_lazy(model: nn.Module, example_input: Any) -> List[str]:
-    """Run one forward without gradients to give lazy modules their shapes; say which."""
-    lazy = [n for n, p in model.named_parameters() if isinstance(p, nn.parameter.UninitializedParameter)]
-    if not lazy:
-        return []
-    from initaudit.record.state import preserved
-
-    with preserved(model), torch.no_grad():
-        # eval: a lazy BatchNorm then starts from its own running statistics (zeros and ones)
-        # instead of ones already moved by this forward, which nothing could undo
-        model.eval()
-        call_model(model, example_input)
-    return [f"materialized {len(lazy)} lazy parameter(s) ({', '.join(lazy[:4])}{', ...' if len(lazy) > 4 else ''}) "
-            "by a forward on the example input: their values are the lazy modules' own init"]
 
 
 @dataclass(frozen=True)
