@@ -1,0 +1,86 @@
+"""The trainability benchmark: its stored labels reproduce, and its scoring arithmetic is right."""
+
+import json
+import math
+import sys
+
+import pytest
+from conftest import ROOT
+
+BENCH = ROOT / "benchmarks" / "trainability"
+sys.path.insert(0, str(BENCH))
+
+import run  # noqa: E402
+from configs import config  # noqa: E402
+from train import label  # noqa: E402
+
+
+def stored():
+    return json.loads((BENCH / "labels.json").read_text())["labels"]
+
+
+def cheapest(rows, count_per_label=3, budget_s=15.0):
+    """A few quick configurations of each label, from as many families as the budget allows."""
+    chosen = []
+    for wanted in ("fails", "trains"):
+        families = set()
+        for row in sorted((r for r in rows if r["label"] == wanted), key=lambda r: r["seconds"]):
+            if row["config"]["family"] in families or sum(r["seconds"] for r in chosen) + row["seconds"] > budget_s:
+                continue
+            families.add(row["config"]["family"])
+            chosen.append(row)
+            if len(families) == count_per_label:
+                break
+    return chosen
+
+
+def test_the_stored_labels_reproduce():
+    rows = cheapest(stored())
+    assert {r["label"] for r in rows} == {"fails", "trains"}
+    assert len({r["config"]["family"] for r in rows}) >= 3
+    for row in rows:
+        assert config(row["config"]["index"]) == row["config"]  # the generator is deterministic
+        again = label(row["config"])
+        assert again["label"] == row["label"], row["config"]
+        for new, old in zip(again["losses"], row["losses"]):
+            assert (new is None and old is None) or new == pytest.approx(old, rel=1e-4), row["config"]
+
+
+def test_the_stored_labels_keep_their_procedure():
+    document = json.loads((BENCH / "labels.json").read_text())
+    assert document["procedure"]["threshold"] == 0.5 and len(document["procedure"]["runs"]) == 6
+    for row in document["labels"]:
+        finite = [loss for loss in row["losses"] if loss is not None]
+        trains = bool(finite) and min(finite) < 0.5 * row["baseline"]
+        assert (row["label"] == "trains") == trains, row["config"]
+
+
+def test_auc_is_the_mann_whitney_statistic():
+    assert run.auc([3, 2, 1, 0], [True, True, False, False]) == 1.0
+    assert run.auc([0, 1, 2, 3], [True, True, False, False]) == 0.0
+    assert run.auc([1, 1, 1, 1], [True, False, True, False]) == 0.5
+    assert run.auc([2, 0, 1], [True, False, True]) == 1.0
+    assert run.auc([1, 2], [True, True]) is None
+
+
+def test_the_split_is_fixed_by_index_and_holds_every_family_on_both_sides():
+    calibrate = [i for i in range(24) if run.in_split(i, "calibrate")]
+    report = [i for i in range(24) if run.in_split(i, "report")]
+    assert calibrate == [*range(0, 6), *range(12, 18)] and report == [*range(6, 12), *range(18, 24)]
+    for side in (calibrate, report):
+        assert {config(i)["family"] for i in side} == set(run.FAMILIES)
+    assert all(run.in_split(i, "all") for i in range(24))
+
+
+def test_scoring_counts_precision_and_recall_of_the_warnings():
+    rows = [
+        {"label": "fails", "findings": [("IA202", "warning")], "proxy": 3.0},
+        {"label": "fails", "findings": [], "proxy": 2.0},
+        {"label": "trains", "findings": [("IA206", "warning"), ("IA101", "info")], "proxy": 1.0},
+        {"label": "trains", "findings": [("IA101", "info")], "proxy": 0.0},
+    ]
+    s = run.score(rows)
+    assert (s["precision"], s["recall"]) == (0.5, 0.5)
+    assert s["proxy_auc"] == 1.0 and s["auc"] == 0.5  # fails score 1, 0; trains 1, 0
+    assert s["per_rule"] == {"IA202": {"fails": 1}, "IA206": {"trains": 1}}
+    assert not math.isnan(s["auc"])
