@@ -66,6 +66,23 @@ def test_ia103_nan_weight_and_inf_buffer():
     assert found["1.running_var"].fix == "model[1].reset_running_stats()"
 
 
+def test_ia103_leaves_an_additive_mask_of_minus_infinity_alone_but_not_nan():
+    class Causal(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(8, 8)
+            self.register_buffer("mask", torch.triu(torch.full((4, 4), float("-inf")), diagonal=1))
+
+        def forward(self, x):  # x: (batch, 4, 8)
+            scores = x @ x.transpose(1, 2) + self.mask
+            return self.proj(torch.softmax(scores, dim=-1) @ x)
+
+    model = Causal()
+    assert "IA103" not in codes(audit(model, torch.randn(2, 4, 8)))
+    model.mask[0, 0] = float("nan")  # a NaN is never a mask
+    assert [f.location for f in findings(audit(model, torch.randn(2, 4, 8)), "IA103")] == ["mask"]
+
+
 def test_ia103_finite_model():
     assert "IA103" not in codes(audit(mlp(3, width=16, inputs=8)))
 

@@ -275,7 +275,7 @@ def test_jacobian_gain_estimate_matches_the_exact_value():
 
 def test_ia206_deep_default_init():
     (f,) = findings(audit(mlp(20, width=256, inputs=256)), "IA206")
-    assert f.severity == "warning" and f.location == "(model)"
+    assert f.severity == "info" and f.location == "(model)"  # info since the trainability benchmark
 
 
 def test_ia206_not_for_he_init_nor_for_average_pooling():

@@ -33,12 +33,12 @@ GAIN_NAME = {"relu": "relu", "leaky_relu": "leaky_relu", "gelu": "relu", "silu":
 
 # weight inits of a layer: name -> how often it is drawn
 WEIGHT_INITS = {
-    "default": 6, "kaiming_normal": 3, "kaiming_uniform": 2, "xavier_normal": 2, "xavier_uniform": 2,
-    "orthogonal": 2, "normal_0.01": 2, "normal_0.1": 2, "normal_1": 2, "uniform_10": 2, "trunc_normal_0.02": 1,
-    "lecun_normal": 1, "gain_0.5": 1, "gain_2": 1,
+    "default": 5, "kaiming_normal": 3, "kaiming_uniform": 2, "xavier_normal": 2, "xavier_uniform": 2,
+    "orthogonal": 2, "normal_0.01": 2, "normal_0.1": 2, "normal_1": 3, "uniform_10": 3, "trunc_normal_0.02": 1,
+    "lecun_normal": 1, "gain_0.5": 2, "gain_2": 2,
 }
 # a fault planted in one hidden layer (or none)
-FAULTS = {"none": 10, "zero_hidden": 2, "constant_hidden": 2, "clone_layers": 1, "shared_layer": 1}
+FAULTS = {"none": 8, "zero_hidden": 2, "constant_hidden": 2, "clone_layers": 1, "shared_layer": 1}
 
 
 def _pick(rng: random.Random, weights: Dict[str, int]) -> str:
@@ -69,14 +69,15 @@ def config(index: int) -> Dict[str, Any]:
         cfg.update(blocks=rng.choice([2, 2, 3, 4]), width=rng.choice([64, 64, 96]), heads=4,
                    pre_ln=rng.random() < 0.6,
                    init=_pick(rng, {"default": 3, "gpt2": 4, "gpt2_no_scale": 2, "zero_branch": 2, "tfixup": 1,
-                                    "normal_0.2": 2, "normal_1": 2, "xavier_uniform": 1, "zero_attention_qk": 1}),
+                                    "normal_0.2": 2, "normal_1": 3, "normal_3": 2, "xavier_uniform": 1,
+                                    "zero_attention_qk": 1}),
                    fault=_pick(rng, {"none": 8, "zero_hidden": 2, "zero_norm_gain": 1, "clone_layers": 1}))
     elif family == "rnn":
         cfg.update(cell=rng.choice(["lstm", "gru"]), layers=rng.choice([1, 2]), hidden=rng.choice([32, 64, 128]),
                    forget_bias=rng.choice(["default", "one", "forget_in_name", "zero"]),
                    orthogonal=rng.random() < 0.4,
-                   init=_pick(rng, {"default": 4, "normal_0.01": 1, "normal_1": 2, "uniform_10": 1, "xavier_uniform": 2,
-                                    "zero_hh": 1}))
+                   init=_pick(rng, {"default": 4, "normal_0.01": 1, "normal_1": 2, "normal_3": 1, "uniform_10": 2,
+                                    "xavier_uniform": 2, "zero_hh": 1}))
     else:  # lora
         cfg.update(depth=rng.choice([2, 4]), width=rng.choice([64, 128]), rank=rng.choice([4, 8]),
                    alpha=rng.choice([8, 16]),

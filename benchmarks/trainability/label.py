@@ -51,13 +51,14 @@ def done_indices(path: str) -> set:
     return done
 
 
-def label_slice(count: int, parts: int, part: int, limit_s: float) -> None:
+def label_slice(count: int, parts: int, part: int, limit_s: float, reverse: bool = False) -> None:
     os.makedirs(PARTS_DIR, exist_ok=True)
-    path = part_path(part, parts)
-    done = done_indices(path)
+    path = part_path(part, parts) + (".reverse" if reverse else "")
+    done = done_indices(path) | done_indices(part_path(part, parts))
     started = time.time()
+    indices = list(range(part, count, parts))
     with open(path, "a") as f:
-        for index in range(part, count, parts):
+        for index in reversed(indices) if reverse else indices:
             if index in done:
                 continue
             if time.time() - started > limit_s:
@@ -73,7 +74,7 @@ def label_slice(count: int, parts: int, part: int, limit_s: float) -> None:
 
 def merge() -> List[Dict[str, Any]]:
     rows: Dict[int, Dict[str, Any]] = {row["config"]["index"]: row for row in stored_labels()}
-    for name in sorted(os.listdir(PARTS_DIR)) if os.path.isdir(PARTS_DIR) else ():
+    for name in sorted(os.listdir(PARTS_DIR)) if os.path.isdir(PARTS_DIR) else ():  # forward and reverse
         with open(os.path.join(PARTS_DIR, name)) as f:
             for line in f:
                 if line.strip():
@@ -99,12 +100,14 @@ def main() -> None:
     parser.add_argument("--parts", type=int, default=1)
     parser.add_argument("--part", type=int, default=0)
     parser.add_argument("--limit-s", type=float, default=float("inf"), help="stop a slice after this long")
+    parser.add_argument("--reverse", action="store_true",
+                        help="label the slice from its end (a second process helping a slow slice)")
     parser.add_argument("--merge", action="store_true")
     args = parser.parse_args()
     if args.merge:
         merge()
     else:
-        label_slice(args.count, args.parts, args.part, args.limit_s)
+        label_slice(args.count, args.parts, args.part, args.limit_s, args.reverse)
 
 
 if __name__ == "__main__":

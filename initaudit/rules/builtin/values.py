@@ -102,6 +102,10 @@ def non_finite_parameter(ctx: RuleContext) -> Iterator[Violation]:
     for t in ctx.recording.tensors:
         if not t.floating or not t.nonfinite:
             continue
+        if t.kind == "buffer" and t.module_type not in NORM_NAMES and _infinities_only(t):
+            # a mask or a sentinel, not a statistic: -inf in an additive attention mask is how
+            # causality is written (a norm's running statistics are always checked)
+            continue
         yield Violation(
             t.name,
             f"{t.kind} '{t.name}' ({t.module_type}) holds {t.nonfinite:,} NaN or Inf value(s) "
@@ -109,6 +113,12 @@ def non_finite_parameter(ctx: RuleContext) -> Iterator[Violation]:
             fix=reinit_call(t, ctx.analysis.consumers),
             locations=t.names,
         )
+
+
+def _infinities_only(t: TensorRecord) -> bool:
+    """Whether every non-finite element of ``t`` is +-inf, none NaN. The recorded min and max
+    propagate NaN (``aminmax`` does), so neither is NaN exactly when no element is."""
+    return t.min is not None and t.max is not None and not (math.isnan(t.min) or math.isnan(t.max))
 
 
 # the dtypes whose smallest normal number no sane init comes near; float16's (6e-5) it does
