@@ -45,8 +45,10 @@ SEVERITY_SCORE = {"error": 2.0, "warning": 1.0, "info": 0.0}
 
 
 def in_split(index: int, split: str) -> bool:
-    """Blocks of one configuration per family alternate: indices 0-5 calibrate, 6-11 report,
-    and so on (the family is the index modulo 6, so a split by parity would split families)."""
+    """Blocks of six indices alternate: 0-5 calibrate, 6-11 report, and so on. Below
+    ``configs.STRESS_FROM`` a block holds one configuration of each family (the family is the
+    index modulo 6, so a split by parity would split the families); above it the four
+    stress families cycle through both halves alike."""
     return split == "all" or (index // len(FAMILIES) % 2 == 0) == (split == "calibrate")
 
 
