@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 import torch
 
 from initaudit import stats
+from initaudit.core import knowledge
 from initaudit.core.errors import ForwardError, describe, user_frame
 from initaudit.record import distributed, factored, transfer
 from initaudit.record.tensors import Tracked
@@ -31,7 +32,7 @@ def first_step_gradients(
         # the loss depends on no parameter
         return bool(trainable), {i: None for i, _ in trainable}, [None] * len(leaves)
     wrt = [p for _, p in trainable] + leaves
-    sharded = any(distributed.is_dtensor(p) for p in wrt)
+    sharded = any(knowledge.is_dtensor(p) for p in wrt)
     skipped: Set[int] = set()
     if linear_grads is not None and not sharded:
         skipped = linear_grads.plan(loss_value, wrt)

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Hashable, List, Optional, Tuple
 
 import torch
 
-from initaudit.core.knowledge import is_dtensor, type_name  # noqa: F401  (used here and by its callers)
+from initaudit.core.knowledge import is_dtensor
 from initaudit.record.transfer import Slot
 
 

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from initaudit import stats
-from initaudit.record import distributed
+from initaudit.core import knowledge
 from initaudit.record.staging import Staging
 
 _DTYPES = (torch.float32, torch.float64)
@@ -203,7 +203,7 @@ class LinearGradients:
             or x.dtype != weight.dtype
             or output.dtype != weight.dtype
             or type(weight) not in (torch.Tensor, nn.Parameter)
-            or distributed.is_dtensor(weight)
+            or knowledge.is_dtensor(weight)
             or weight._backward_hooks
             or getattr(weight, "_post_accumulate_grad_hooks", None)
             or len(module._forward_hooks) != 1  # ours: another could have replaced the output

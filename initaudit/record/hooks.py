@@ -11,7 +11,7 @@ from torch import nn
 
 from initaudit.core import knowledge
 from initaudit.core.errors import ForwardError, describe, user_frame
-from initaudit.record import distributed, factored, moments, transfer
+from initaudit.record import factored, moments, transfer
 from initaudit.record.walk import call_model, floating_tensors
 
 
@@ -119,7 +119,7 @@ class CallRecorder:
         if not self.running:
             return ""
         module, names = self.module_names[self.running[-1]]
-        return f" in module '{names[0]}' ({distributed.type_name(module)})" if names[0] else ""
+        return f" in module '{names[0]}' ({knowledge.type_name(module)})" if names[0] else ""
 
 
 def _identity(t: torch.Tensor) -> Optional[Tuple[Any, int]]:

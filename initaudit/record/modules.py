@@ -10,7 +10,7 @@ from torch import nn
 from initaudit import stats
 from initaudit.core import knowledge
 from initaudit.core.records import ModuleRecord, OutputRecord
-from initaudit.record import distributed, flow
+from initaudit.record import flow
 from initaudit.record.hooks import CallRecorder
 
 
@@ -44,7 +44,7 @@ def module_records(
         kind, act = knowledge.classify(module)
         record = ModuleRecord(
             names=names,
-            type=distributed.type_name(module),
+            type=knowledge.type_name(module),
             kind=kind,
             activation=act.name if act else None,
             activation_param=act.param if act else 0.0,

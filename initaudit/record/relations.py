@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 import torch
 
+from initaudit.core import knowledge
 from initaudit.core.records import TensorRecord
 from initaudit.record import distributed
 from initaudit.record.tensors import Tracked
@@ -86,7 +87,7 @@ def _aliases(by_key: Dict[int, TensorRecord], param_names: "OrderedDict[int, Tup
     """
     spans = []
     for key in by_key:
-        if distributed.is_dtensor(param_names[key][0]):
+        if knowledge.is_dtensor(param_names[key][0]):
             continue  # its local piece's memory says nothing of another rank's
         span = _byte_span(param_names[key][0])
         if span is not None:

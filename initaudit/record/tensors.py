@@ -69,7 +69,7 @@ def tensor_records(
                 names=names,
                 kind=kind,
                 module=module_name,
-                module_type=distributed.type_name(owner) if owner is not None else "",
+                module_type=knowledge.type_name(owner) if owner is not None else "",
                 attr=attr,
                 shape=tuple(t.shape),
                 dtype=str(t.dtype).replace("torch.", ""),
