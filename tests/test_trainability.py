@@ -72,6 +72,19 @@ def test_the_split_is_fixed_by_index_and_holds_every_family_on_both_sides():
     assert all(run.in_split(i, "all") for i in range(24))
 
 
+def test_the_extended_range_holds_every_kind_on_both_sides():
+    from configs import EXTENDED_FROM, EXTENDED_KINDS
+
+    def kind(i):
+        cfg = config(i)
+        return cfg.get("arch", cfg["family"])
+
+    indices = range(EXTENDED_FROM, EXTENDED_FROM + 24)
+    for split in ("calibrate", "report"):
+        assert {kind(i) for i in indices if run.in_split(i, split)} == set(EXTENDED_KINDS)
+    assert {config(i)["family"] for i in indices} == {"hf", "transformer", "cnn"}
+
+
 def test_scoring_counts_precision_and_recall_of_the_warnings():
     rows = [
         {"label": "fails", "findings": [("IA202", "warning")], "proxy": 3.0},

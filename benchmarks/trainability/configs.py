@@ -55,9 +55,28 @@ STRESS_INITS = {"normal_1": 3, "uniform_10": 2, "gain_2": 2, "gain_0.5": 2, "nor
                 "kaiming_normal": 1}
 
 
+# indices from here on are the *extended range*: Hugging Face models built from small configs
+# (GPT-2, Llama, BERT, ViT) at their own init and with planted faults, and transformers and
+# CNNs at the larger sizes users train (up to 12 blocks, width up to 256); a block of six
+# holds one of each kind, so both splits hold every kind
+EXTENDED_FROM = 520
+EXTENDED_KINDS = ("gpt2", "llama", "bert", "vit", "transformer", "cnn")
+HF_ARCHS = ("gpt2", "llama", "bert", "vit")
+# what is done to a Hugging Face model after its own ``_init_weights``: nothing (its own
+# init), its config's ``initializer_range`` set larger, PyTorch's module defaults instead
+# (``reset_parameters``, which is what a model without ``post_init`` gets), or a planted fault
+HF_INITS = {"own": 6, "range_0.2": 1, "range_1": 2, "torch_default": 2, "normal_3": 1, "uniform_10": 1,
+            "zero_norm_gain": 1, "zero_mlp_in": 1, "zero_embeddings": 1}
+# (blocks, width) of the larger transformers: the corners of 2-12 blocks and width 64-256 that
+# train in about a minute on one core
+TRANSFORMER_SIZES = ((2, 64), (4, 64), (6, 64), (8, 64), (12, 64), (2, 128), (4, 128), (6, 128), (2, 256))
+
+
 def config(index: int) -> Dict[str, Any]:
     """The configuration of benchmark model ``index``."""
     rng = random.Random(index)
+    if index >= EXTENDED_FROM:
+        return _extended_config(index, rng)
     if index >= STRESS_FROM:
         return _stress_config(index, rng)
     family = FAMILIES[index % len(FAMILIES)]
@@ -114,6 +133,27 @@ def _stress_config(index: int, rng: random.Random) -> Dict[str, Any]:
     else:
         cfg.update(depth=rng.choice([2, 4]), width=rng.choice([64, 128]), rank=rng.choice([4, 8]), alpha=rng.choice([8, 16]),
                    init=_pick(rng, {"peft": 2, "both_zero": 2, "b_normal_1": 2, "a_zero": 1, "large_a": 2}))
+    return cfg
+
+
+def _extended_config(index: int, rng: random.Random) -> Dict[str, Any]:
+    """A configuration of the extended range (see :data:`EXTENDED_FROM`)."""
+    kind = EXTENDED_KINDS[index % len(EXTENDED_KINDS)]
+    if kind in HF_ARCHS:
+        return {"index": index, "family": "hf", "arch": kind, "layers": rng.choice([2, 4]),
+                "width": rng.choice([64, 128]), "init": _pick(rng, HF_INITS)}
+    cfg: Dict[str, Any] = {"index": index, "family": kind}
+    if kind == "transformer":
+        blocks, width = rng.choice(TRANSFORMER_SIZES)
+        cfg.update(blocks=blocks, width=width, heads=4, pre_ln=rng.random() < 0.6,
+                   init=_pick(rng, {"default": 2, "gpt2": 3, "gpt2_no_scale": 2, "zero_branch": 1, "tfixup": 1,
+                                    "normal_0.2": 1, "normal_1": 2, "normal_3": 1, "xavier_uniform": 1}),
+                   fault=_pick(rng, {"none": 8, "zero_hidden": 1, "zero_norm_gain": 1, "clone_layers": 1}))
+    else:
+        cfg.update(depth=rng.choice([8, 12, 16]), channels=rng.choice([16, 32]), residual=rng.random() < 0.6,
+                   batchnorm=rng.random() < 0.5, activation=rng.choice(["relu", "relu", "gelu", "tanh"]),
+                   init=_pick(rng, WEIGHT_INITS), zero_init_residual=rng.random() < 0.3,
+                   fault=_pick(rng, {**FAULTS, "zero_norm_gain": 1}))
     return cfg
 
 
@@ -452,6 +492,60 @@ def lora_base(cfg: Dict[str, Any], d_in: int, d_out: int) -> nn.Module:
     return nn.Sequential(*modules)
 
 
+def _hf(cfg: Dict[str, Any], task: Any) -> nn.Module:
+    """A Hugging Face model from a small config (built offline, its own ``_init_weights``),
+    then ``cfg["init"]`` applied. Dropout is off so that the labels measure the init alone."""
+    import transformers
+
+    arch, layers, width, init = cfg["arch"], cfg["layers"], cfg["width"], cfg["init"]
+    initializer_range = float(init.split("_")[1]) if init.startswith("range_") else 0.02
+    common = dict(num_hidden_layers=layers, hidden_size=width, num_attention_heads=4, intermediate_size=4 * width,
+                  initializer_range=initializer_range)
+    if arch == "gpt2":
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            vocab_size=task.vocab, n_positions=task.length, n_embd=width, n_layer=layers, n_head=4,
+            initializer_range=initializer_range, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+            bos_token_id=0, eos_token_id=0))
+    elif arch == "llama":
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=task.vocab, max_position_embeddings=task.length, num_key_value_heads=2,
+            bos_token_id=0, eos_token_id=0, pad_token_id=None, **common))
+    elif arch == "bert":
+        # a bidirectional encoder on next-token prediction learns to copy its right neighbour
+        model = transformers.BertForMaskedLM(transformers.BertConfig(
+            vocab_size=task.vocab, max_position_embeddings=task.length, hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0, pad_token_id=0, **common))
+    else:
+        model = transformers.ViTForImageClassification(transformers.ViTConfig(
+            image_size=12, patch_size=4, num_channels=3, num_labels=task.classes, hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0, **common))
+    norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm) or type(m).__name__.endswith("RMSNorm")]
+    matrices = [m.weight for m in model.modules()
+                if isinstance(m, (nn.Linear, nn.Embedding, nn.Conv2d)) or type(m).__name__ == "Conv1D"]
+    with torch.no_grad():
+        if init == "torch_default":
+            for m in model.modules():
+                if m is not model and hasattr(m, "reset_parameters") and not type(m).__name__.endswith("RMSNorm"):
+                    m.reset_parameters()
+        elif init in ("normal_3", "uniform_10"):
+            for w in matrices:
+                nn.init.normal_(w, std=3.0) if init == "normal_3" else nn.init.uniform_(w, -10, 10)
+        elif init == "zero_norm_gain":
+            for norm in norms:
+                nn.init.zeros_(norm.weight)
+        elif init == "zero_mlp_in":
+            for name, m in model.named_modules():
+                if name.endswith(("mlp.c_fc", "mlp.up_proj", "mlp.gate_proj", "intermediate.dense")):
+                    nn.init.zeros_(m.weight)
+        elif init == "zero_embeddings":
+            for m in model.modules():
+                if isinstance(m, nn.Embedding):
+                    nn.init.zeros_(m.weight)
+            if arch == "vit":
+                nn.init.zeros_(model.vit.embeddings.patch_embeddings.projection.weight)
+    return model
+
+
 def build(cfg: Dict[str, Any], task: Any) -> nn.Module:
     """The model of ``cfg`` for ``task`` (see :mod:`tasks`), the same for the same index."""
     torch.manual_seed(cfg["index"])
@@ -467,4 +561,6 @@ def build(cfg: Dict[str, Any], task: Any) -> nn.Module:
         return _transformer(cfg, rng, task.vocab, task.length)
     if family == "rnn":
         return _rnn(cfg, task.vocab)
+    if family == "hf":
+        return _hf(cfg, task)
     return _lora(cfg, task.base)

@@ -83,6 +83,7 @@ def merge() -> List[Dict[str, Any]]:
     labels = [rows[i] for i in sorted(rows)]
     document = {
         "torch": torch.__version__,
+        "transformers": _transformers_version(),
         "procedure": {"runs": RUNS, "steps": STEPS, "tail": TAIL, "threshold": THRESHOLD},
         "labels": labels,
     }
@@ -92,6 +93,16 @@ def merge() -> List[Dict[str, Any]]:
     print(f"{len(labels)} labels ({trains} train, {len(labels) - trains} fail) -> {LABELS}; "
           f"{sum(r['seconds'] for r in labels):.0f} s of training")
     return labels
+
+
+def _transformers_version() -> str:
+    """The version of ``transformers`` that built the Hugging Face configurations (their
+    init draws depend on it); ``"absent"`` when it is not installed."""
+    try:
+        import transformers
+    except ImportError:
+        return "absent"
+    return transformers.__version__
 
 
 def main() -> None:

@@ -48,7 +48,8 @@ def in_split(index: int, split: str) -> bool:
     """Blocks of six indices alternate: 0-5 calibrate, 6-11 report, and so on. Below
     ``configs.STRESS_FROM`` a block holds one configuration of each family (the family is the
     index modulo 6, so a split by parity would split the families); above it the four
-    stress families cycle through both halves alike."""
+    stress families cycle through both halves alike, and from ``configs.EXTENDED_FROM`` a
+    block holds one of each of its six kinds again."""
     return split == "all" or (index // len(FAMILIES) % 2 == 0) == (split == "calibrate")
 
 

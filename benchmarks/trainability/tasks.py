@@ -5,9 +5,9 @@ Every task is a fixed dataset made from its own seeded generator, with a trivial
 
 - ``regression`` (MLPs, residual MLPs): 32 inputs, 8 outputs of a fixed random tanh teacher,
   standardized per output; baseline: predicting each output's mean, MSE 1.
-- ``images`` (CNNs): 3x12x12 images whose channels have a random offset and scale; the class
+- ``images`` (CNNs, ViT): 3x12x12 images whose channels have a random offset and scale; the class
   (of 4) is the argmax of a fixed linear map of those six numbers; baseline: ln 4.
-- ``sequence`` (transformers, LSTM/GRU): tokens of a 16-word vocabulary, each position after
+- ``sequence`` (transformers, LSTM/GRU, GPT-2, Llama, BERT): tokens of a 16-word vocabulary, each position after
   the second repeating the token two places back (a delayed copy); next-token prediction;
   baseline: the unigram distribution, ln 16.
 - ``adaptation`` (LoRA): the frozen base's outputs plus a fixed rank-2 change of unit
@@ -53,8 +53,9 @@ def _mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(out, y)
 
 
-def _cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+def _cross_entropy(out: Any, y: torch.Tensor) -> torch.Tensor:
+    logits = getattr(out, "logits", out)  # a Hugging Face model returns a ModelOutput
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
 
 def regression() -> Task:
@@ -109,7 +110,8 @@ def task_for(cfg: Dict[str, Any]) -> Task:
 
         torch.manual_seed(50_000 + cfg["index"])
         return adaptation(lora_base(cfg, 32, 8))
-    name = {"mlp": "regression", "resmlp": "regression", "cnn": "images"}.get(family, "sequence")
+    images_family = family == "cnn" or (family == "hf" and cfg["arch"] == "vit")
+    name = "images" if images_family else {"mlp": "regression", "resmlp": "regression"}.get(family, "sequence")
     if name not in _CACHE:
         _CACHE[name] = {"regression": regression, "images": images, "sequence": sequence}[name]()
     return _CACHE[name]
