@@ -302,10 +302,17 @@ def test_jacobian_gain_is_not_computed_for_token_ids():
 def test_ia302_zero_gradients_below_a_zero_weight():
     model = mlp(4, width=32, inputs=8, init=he_init)
     nn.init.zeros_(model[4].weight)
-    (f,) = findings(audit(model), "IA302")
-    assert {"0.weight", "2.weight", "0.bias"} <= set(f.locations)
-    # the head's weight sees only zeros (relu(0 x + 0)), so it is stuck too; its bias learns
-    assert "6.weight" in f.locations and "6.bias" not in f.locations
+    report = audit(model)
+    by_cause = {f.caused_by: f for f in findings(report, "IA302")}
+    # what lies below the zero weight is its consequence, listed under its IA101
+    below = by_cause["IA101 4.weight"]
+    assert {"0.weight", "2.weight", "0.bias", "2.bias"} <= set(below.locations) and below.severity == "info"
+    order = [(f.code, f.location) for f in report.findings]
+    assert order.index(("IA302", below.location)) == order.index(("IA101", "4.weight")) + 1
+    # relu(0 x + 0) is 0, where ReLU passes no gradient: the zero layer itself and the head's
+    # weight, which sees only zeros, are stuck for that other reason; the head's bias learns
+    (above,) = [f for f in findings(report, "IA302") if f.caused_by is None]
+    assert set(above.locations) == {"4.weight", "4.bias", "6.weight"} and above.severity == "warning"
 
 
 def test_ia302_not_for_healthy():

@@ -56,6 +56,12 @@ class TensorRecord:
     kurtosis: Optional[float] = None
     ortho_offdiag: Optional[float] = None
     ortho_spread: Optional[float] = None
+    # how the forward uses it, from the autograd graph (record.dataflow; None: not reached)
+    role: Optional[str] = None  # mixing, lookup, scale, offset, token, norm, recurrent, other
+    consumer_op: Optional[str] = None  # the autograd node that consumes it, e.g. "AddmmBackward0"
+    feeds: Optional[str] = None  # what that op's output reaches first: a nonlinearity, norm, add, ...
+    branch: Optional[str] = None  # "residual" or "lora": that output is added to a stream
+    next_weights: List[str] = field(default_factory=list)  # weights of the nearest products downstream
     clones: List[str] = field(default_factory=list)  # distinct parameters with identical values
     aliases: List[str] = field(default_factory=list)  # distinct parameters sharing its memory
     notes: List[str] = field(default_factory=list)

@@ -51,6 +51,9 @@ class CallRecorder:
         # average pooling divides the Jacobian's squared norm by the window: undo it in the gain
         self.pooling = 1.0
         self.running: List[int] = []
+        # the parameters each module holds while its forward runs, by id: (module key, attribute).
+        # They are the model's own, except under FSDP2, which swaps in unsharded ones for the call
+        self.forward_parameters: Dict[int, Tuple[int, str]] = {}
         self.handles: List[Any] = []
         self.scripted = False
         # nonlinearity of each activation module, whose outputs also get dead/saturated counts
@@ -80,6 +83,9 @@ class CallRecorder:
     def _pre(self, module: nn.Module, args: Any) -> None:
         self.running.append(id(module))
         self.started.setdefault(id(module), len(self.started))
+        for attr, p in module._parameters.items():
+            if p is not None:
+                self.forward_parameters.setdefault(id(p), (id(module), attr))
 
     def _post(self, module: nn.Module, args: Any, output: Any) -> None:
         key = id(module)

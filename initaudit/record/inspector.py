@@ -19,7 +19,7 @@ from torch import nn
 
 from initaudit.core.progress import SILENT, Progress
 from initaudit.core.records import Recording, TensorRecord
-from initaudit.record import distributed, factored, flow, transfer
+from initaudit.record import dataflow, distributed, factored, flow, transfer
 from initaudit.record.backward import first_step_gradients, gradient_status
 from initaudit.record.hooks import CallRecorder, forward_with_hooks
 from initaudit.record.ignores import declared_ignores
@@ -27,7 +27,7 @@ from initaudit.record.modules import declared_ties, module_records, output_recor
 from initaudit.record.probe import LossFn, compute_loss, jacobian_gain, probe_input, random_projection_loss
 from initaudit.record.resolve import resolve
 from initaudit.record.state import preserved, seed_torch
-from initaudit.record.tensors import note_unjudged, tensor_records
+from initaudit.record.tensors import Tracked, note_unjudged, tensor_records
 from initaudit.record.walk import names_by_id
 
 
@@ -81,6 +81,8 @@ def inspect(
                 if run_backward:
                     progress.phase("backward")
                     loss_value = compute_loss(output, x, loss, seed)
+                    # read before the backward frees the graph
+                    note_uses(tensors, loss_value, param_names, recorder)
                     probed: Optional[List[Optional[torch.Tensor]]] = None
                     if loss is not None and leaves:
                         # a custom loss says nothing of the Jacobian: probe it with a projection of its own
@@ -121,6 +123,29 @@ def inspect(
         notes=["a TorchScript module takes no forward hooks: parameters and gradients are audited, "
                "module outputs (and the signal rules) are not"] if recorder.scripted else [],
     )
+
+
+def note_uses(tensors: List[Tracked], loss_value: Optional[torch.Tensor], param_names: Any,
+              recorder: CallRecorder) -> None:
+    """Write each parameter's dataflow use (:mod:`.dataflow`) into its record. A tensor the
+    forward held in a module's place (FSDP2's unsharded parameter) stands for the module's
+    parameter of that name."""
+    if loss_value is None or loss_value.grad_fn is None:
+        return
+    key_by_name = {name: key for key, (_, names) in param_names.items() for name in names}
+    keys = {key: key for key in param_names}
+    for held, (module_key, attr) in recorder.forward_parameters.items():
+        module_name = recorder.module_names[module_key][1][0]
+        key = key_by_name.get(f"{module_name}.{attr}" if module_name else attr)
+        if key is not None:
+            keys.setdefault(held, key)
+    uses = dataflow.parameter_uses([loss_value], keys)
+    for key, record, _ in tensors:
+        use = uses.get(key)
+        if record.kind != "parameter" or use is None:
+            continue
+        record.role, record.consumer_op, record.feeds, record.branch = use.role, use.op, use.feeds, use.branch
+        record.next_weights = [param_names[k][1][0] for k in use.next_weights if k in param_names]
 
 
 def parameter_statistics(model: nn.Module) -> List[TensorRecord]:

@@ -191,11 +191,15 @@ def _findings_table(findings: List[Finding], width: Optional[int], why: bool = F
     width = width or shutil.get_terminal_size((120, 24)).columns
     message_width = max(40, width - 50)
     rows = []
+    shown = {f"{f.code} {f.location}" for f in findings}
     for f in findings:
         text = f.message if not f.fix else f"{f.message}\nfix: {f.fix}"
         if why:
             text += f"\nsuppressed by {f.suppressed_by}"
-        rows.append([f.code, f.severity, f.location, text])
+        if f.caused_by in shown:  # listed right under its root (rules.engine.after_their_roots)
+            rows.append(["  " + f.code, f.severity, "  " + f.location, f"(caused by {f.caused_by}) {text}"])
+        else:
+            rows.append([f.code, f.severity, f.location, text])
     return tabulate(
         rows,
         headers=["code", "severity", "location", "message"],

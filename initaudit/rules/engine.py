@@ -21,11 +21,13 @@ class Finding:
     fix: Optional[str] = None
     locations: List[str] = field(default_factory=list)
     suppressed_by: Optional[str] = None  # why it is suppressed, for suppressed findings only
+    caused_by: Optional[str] = None  # "CODE location" of the finding it is a consequence of
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
-        if self.suppressed_by is None:
-            del d["suppressed_by"]
+        for key in ("suppressed_by", "caused_by"):
+            if d[key] is None:
+                del d[key]
         return d
 
 
@@ -68,7 +70,35 @@ def run_rules(
                     message=v.message,
                     fix=v.fix,
                     locations=list(v.locations) or [v.location],
+                    caused_by=v.caused_by,
                 )
             )
     findings.sort(key=lambda f: (-SEVERITY_RANK[f.severity], f.code))
-    return findings
+    return after_their_roots(findings)
+
+
+def after_their_roots(findings: List[Finding]) -> List[Finding]:
+    """``findings`` in order, each consequence moved right after the finding it names in
+    ``caused_by`` (one whose root is absent, deselected or suppressed, stays where it was)."""
+    key = {id(f): f"{f.code} {f.location}" for f in findings}
+    roots = set(key.values())
+    consequences: Dict[str, List[Finding]] = {}
+    for f in findings:
+        if f.caused_by in roots and f.caused_by != key[id(f)]:
+            consequences.setdefault(f.caused_by, []).append(f)
+    placed = {id(c) for group in consequences.values() for c in group}
+    ordered: List[Finding] = []
+    emitted: Set[int] = set()
+
+    def emit(f: Finding) -> None:
+        emitted.add(id(f))
+        ordered.append(f)
+        for c in consequences.get(key[id(f)], []):
+            if id(c) not in emitted:
+                emit(c)
+
+    for f in findings:
+        if id(f) not in placed:
+            emit(f)
+    ordered.extend(f for f in findings if id(f) not in emitted)  # a cycle of causes: as they were
+    return ordered

@@ -40,6 +40,7 @@ class Violation:
     fix: Optional[str] = None
     severity: Optional[str] = None  # overrides the rule's default severity
     locations: Sequence[str] = ()  # every name involved, when more than one
+    caused_by: Optional[str] = None  # "CODE location" of the finding this one is a consequence of
 
 
 @dataclass

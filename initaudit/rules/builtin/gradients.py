@@ -6,6 +6,7 @@ import math
 from typing import Dict, Iterator, List, Tuple
 
 from initaudit.analysis.graph import forward_layers, split_at_average_pools
+from initaudit.analysis.roles import deliberate_zero, gradient_roots
 from initaudit.core.records import Recording
 from initaudit.rules.registry import RuleContext, Violation, rule
 
@@ -70,20 +71,46 @@ def non_finite_gradient(ctx: RuleContext) -> Iterator[Violation]:
     why_no_fix="a consequence of another finding (a zero weight or dead units above it)",
 )
 def zero_gradient(ctx: RuleContext) -> Iterator[Violation]:
-    zero = [t for t in ctx.recording.parameters if t.grad is not None and t.grad.norm == 0 and not t.grad.nonfinite]
+    rec = ctx.recording
+    zero = [t for t in rec.parameters if t.grad is not None and t.grad.norm == 0 and not t.grad.nonfinite]
     if not zero:
         return
-    # one finding: a zero weight or a dead layer zeroes the gradients of everything below it
-    names = [t.name for t in zero]
-    listed = ", ".join(f"'{n}'" for n in names[:8]) + (", ..." if len(names) > 8 else "")
-    yield Violation(
-        names[0],
-        f"the first-step gradient of {len(names)} trainable parameter(s) is exactly zero ({listed}): "
-        "the optimizer will not move them (a zero weight above them, dead units, or a loss that "
-        "ignores their path)",
-        fix=None,
-        locations=names,
-    )
+    roots = gradient_roots(rec)
+    unexplained = [t.name for t in zero if t.name not in roots]
+    if unexplained:
+        # one finding: dead units or a loss that ignores a path zero the gradients of many at once
+        yield Violation(
+            unexplained[0],
+            f"the first-step gradient of {len(unexplained)} trainable parameter(s) is exactly zero "
+            f"({_listed(unexplained)}): the optimizer will not move them (dead units above them, or a "
+            "loss that ignores their path)",
+            fix=None,
+            locations=unexplained,
+        )
+    # the rest, one finding per root: a consequence of the zero weight, reported under it
+    by_root: Dict[str, List[str]] = {}
+    for name, root in roots.items():
+        by_root.setdefault(root, []).append(name)
+    by_name = {t.name: t for t in rec.parameters}
+    for root, names in by_root.items():
+        pattern = deliberate_zero(by_name[root], rec, ctx.analysis.output_layer)
+        if pattern is not None:
+            why = (f"'{root}' is all zeros by design ({pattern}), so nothing reaches them through it yet; "
+                   "its own gradient is not zero, so it moves at step one and they train from step two")
+        else:
+            why = f"'{root}' is all zeros, so nothing reaches them through it (see IA101 there)"
+        yield Violation(
+            names[0],
+            f"the first-step gradient of {len(names)} trainable parameter(s) is exactly zero ({_listed(names)}): {why}",
+            fix=None,
+            severity="info",
+            locations=names,
+            caused_by=f"IA101 {root}",
+        )
+
+
+def _listed(names: List[str]) -> str:
+    return ", ".join(f"'{n}'" for n in names[:8]) + (", ..." if len(names) > 8 else "")
 
 
 def weight_gradients(recording: Recording) -> List[List[Tuple[str, float]]]:

@@ -7,15 +7,10 @@ from typing import Dict, Iterator, List, Optional, Set
 
 from initaudit.analysis.advice import reinit_call
 from initaudit.analysis.graph import LayerUse, accessor
+from initaudit.analysis.roles import ELEMENTWISE_ROLES, ZERO_PATTERNS, deliberate_zero
 from initaudit.core.knowledge import NORM_NAMES
 from initaudit.core.records import TensorRecord
 from initaudit.rules.registry import RuleContext, Violation, rule
-
-_PATTERNS = {
-    "residual": "the last layer of a residual branch (its output is added to a skip: Fixup, "
-    "zero-init residual, ZerO)",
-    "lora": "the B matrix of a LoRA pair (its product with A is added to a frozen base layer)",
-}
 
 
 def _elements(n: int) -> str:
@@ -34,27 +29,25 @@ def zero_weight(ctx: RuleContext) -> Iterator[Violation]:
     for t in rec.parameters:
         if not t.floating or t.ndim < 2 or t.nonfinite or t.zero_fraction != 1.0:
             continue
-        fix = reinit_call(t, ctx.analysis.consumers)
-        module = rec.module(t.module)
-        pattern = module.residual if module is not None else None
-        if pattern in _PATTERNS:
+        pattern = deliberate_zero(t, rec, ctx.analysis.output_layer)
+        if pattern is not None:
             yield Violation(
                 t.name,
-                f"weight of '{t.module}' ({t.module_type}) is all zeros, and it is {_PATTERNS[pattern]}: "
-                "a deliberate zero init that starts the block as the identity, reported for information",
+                f"'{t.name}' ({t.module_type or 'a parameter'}, shape {list(t.shape)}) is all zeros, and it is "
+                f"{ZERO_PATTERNS[pattern]}: a deliberate zero init, reported for information",
                 fix=None,
                 severity="info",
                 locations=t.names,
             )
             continue
-        if t.module == ctx.analysis.output_layer:
+        if not t.requires_grad:
+            # a frozen tensor takes no gradient, so the graph does not show how it is used
             yield Violation(
                 t.name,
-                f"weight of the output layer '{t.module}' ({t.module_type}) is all zeros: "
-                "a zero-initialized head is a known good practice (the first step "
-                "trains it from the features), reported for information",
+                f"'{t.name}' ({t.module_type or 'a parameter'}, shape {list(t.shape)}) is all zeros and frozen "
+                "(requires_grad=False): it never changes, so what it multiplies stays cut off from the "
+                "input and what it is added to never gets anything from it (a weight that failed to load?)",
                 fix=None,
-                severity="info",
                 locations=t.names,
             )
             continue
@@ -63,7 +56,7 @@ def zero_weight(ctx: RuleContext) -> Iterator[Violation]:
             f"weight of '{t.module}' ({t.module_type}, shape {list(t.shape)}) is all zeros: "
             "its output no longer depends on its input, so every layer before it gets "
             "zero gradient; with ReLU and a zero bias it and everything below stay dead",
-            fix=fix,
+            fix=reinit_call(t, ctx.analysis.consumers),
             locations=t.names,
         )
 
@@ -78,6 +71,10 @@ def zero_weight(ctx: RuleContext) -> Iterator[Violation]:
 def constant_weight(ctx: RuleContext) -> Iterator[Violation]:
     for t in ctx.recording.parameters:
         if not t.floating or t.ndim < 2 or t.numel < 2 or t.nonfinite:
+            continue
+        if t.role in ELEMENTWISE_ROLES:
+            # a layer scale, an addend, a token: each element acts on its own feature, so equal
+            # elements mix nothing and no two units are tied (CaiT's layer scale, Swin v2's logit scale)
             continue
         if t.min is None or t.min != t.max or t.min == 0:
             continue
@@ -221,7 +218,7 @@ def zero_norm_scale(ctx: RuleContext) -> Iterator[Violation]:
         if t.module_type not in NORM_NAMES or t.attr != "weight" or not t.floating or t.zero_fraction != 1.0:
             continue
         module = rec.module(t.module)
-        if module is not None and module.residual is not None:
+        if t.branch is not None or (module is not None and module.residual is not None):
             yield Violation(
                 t.name,
                 f"scale of '{t.module}' ({t.module_type}) is all zeros, and its output is added to "

@@ -9,7 +9,13 @@ from initaudit.analysis import gains
 from initaudit.analysis.fingerprint import Fingerprint
 from initaudit.analysis.graph import LayerUse, accessor
 from initaudit.analysis.scales import Scale, recommended_std
+from initaudit.core.records import TensorRecord
 from initaudit.rules.registry import RuleContext, Violation, rule
+
+
+def frozen(t: TensorRecord) -> bool:
+    """A parameter that takes no gradient (an effective weight counts as its originals do)."""
+    return t.kind == "parameter" and not t.requires_grad
 
 
 def _fix(scales: List[Scale]) -> Optional[str]:
@@ -68,7 +74,8 @@ def variance_mismatch(ctx: RuleContext) -> Iterator[Violation]:
     severe = float(ctx.options["severe-factor"])
     signal_tol = float(ctx.options["signal-tolerance"])
     for run in ctx.analysis.runs:
-        scales = [s for s in (recommended_std(u) for u in run) if s is not None]
+        # a frozen weight (a pretrained base under adapters) is not the user's to re-initialize
+        scales = [s for s in (recommended_std(u) for u in run) if s is not None and not frozen(s.use.weight)]
         if not scales:
             continue
         log_product = sum(math.log(s.ratio) for s in scales if s.ratio > 0)

@@ -1,0 +1,93 @@
+"""What a parameter's role in the dataflow makes of a zero or a constant, and which zero
+weight a zero gradient comes from.
+
+The recorder writes each parameter's use as the autograd graph shows it
+(:mod:`initaudit.record.dataflow`: role, what its op feeds, whether that output is a
+residual branch, the nearest weights downstream); this module reads it:
+
+- :func:`deliberate_zero`: an all-zero tensor that is a known recipe, not a fault. A zero
+  *addend* (a position embedding, a class token, a bias written as a tensor) is a neutral
+  start: its gradient is the gradient of what it is added to, so it moves at step one. A
+  zero last product of a *residual branch* (Fixup, ReZero, zero-init residual, ``zero_init_last``)
+  or of a *LoRA* pair (B, Hu et al. 2021) starts the block as the identity or the base
+  layer unchanged, and the stream carries the gradient to it. A zero *head* trains from
+  the features at step one.
+- :func:`gradient_roots`: a parameter whose first-step gradient is exactly zero because
+  every product its output reaches next has an all-zero weight (LoRA's A under a zero B,
+  the layers under a zeroed hidden layer) has that weight as its root cause, directly or
+  through a chain of such parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+from initaudit.core.records import Recording, TensorRecord
+
+# why an all-zero tensor is deliberate, by pattern
+ZERO_PATTERNS = {
+    "residual": "the last layer of a residual branch (its output is added to a skip: Fixup, "
+    "zero-init residual, ZerO)",
+    "lora": "the B matrix of a LoRA pair (its product with A is added to a frozen base layer)",
+    "head": "the model's output layer: a zero-initialized head is a known good practice (the "
+    "first step trains it from the features)",
+    "additive": "added to (or concatenated with) the activations, not multiplied: a zero "
+    "addend is a neutral start (a position embedding, a class token), and its gradient is "
+    "that of what it is added to, so it trains from the first step",
+}
+
+ADDITIVE_ROLES = ("offset", "token")
+# roles whose elements do not combine inputs: a constant there is no symmetry between units
+ELEMENTWISE_ROLES = ("scale", "offset", "token", "norm", "lookup")
+
+
+def deliberate_zero(t: TensorRecord, recording: Recording, output_layer: Optional[str]) -> Optional[str]:
+    """The :data:`ZERO_PATTERNS` key of an all-zero trainable ``t`` that is a recipe, or ``None``."""
+    if not t.requires_grad:
+        return None  # frozen at zero, it never contributes: no recipe does that
+    if t.role in ADDITIVE_ROLES:
+        return "additive"
+    module = recording.module(t.module)
+    branch = t.branch or (module.residual if module is not None else None)
+    if branch in ("residual", "lora"):
+        return branch
+    if t.module == output_layer and t.module:
+        return "head"
+    return None
+
+
+def gradient_roots(recording: Recording) -> Dict[str, str]:
+    """``{parameter: the all-zero weight that zeroes its first-step gradient}`` for every
+    trainable parameter whose gradient is exactly zero for that reason alone.
+
+    ``p``'s gradient is ``dL/dy`` of its op's output chained back; when every nearest
+    product downstream (``next_weights``) multiplies by an all-zero weight, ``dL/dy`` there
+    is zero whatever the loss. A downstream weight that is not zero but whose own gradient is
+    zero for such a reason passes its root on (a zeroed hidden layer silences every layer below).
+    """
+    by_name = {name: t for t in recording.parameters for name in t.names}
+    zero_grad = {t.name for t in recording.parameters
+                 if t.grad is not None and t.grad.norm == 0 and not t.grad.nonfinite}
+    found: Dict[str, Optional[str]] = {}
+
+    def root(name: str) -> Optional[str]:
+        if name in found:
+            return found[name]
+        found[name] = None  # a cycle explains nothing
+        t = by_name[name]
+        roots: List[str] = []
+        for weight in t.next_weights:
+            w = by_name.get(weight)
+            if w is None:
+                return None
+            if w.zero_fraction == 1.0:
+                roots.append(w.name)
+            elif w.name in zero_grad and root(w.name) is not None:
+                roots.append(root(w.name) or "")
+            else:
+                return None
+        found[name] = roots[0] if roots else None
+        return found[name]
+
+    roots = {t.name: root(t.name) for t in recording.parameters if t.name in zero_grad}
+    return {name: r for name, r in roots.items() if r is not None}

@@ -1,0 +1,208 @@
+"""Parameter roles and residual branches read from the autograd graph (record.dataflow), and
+the rules that judge a zero or a constant by them (IA101, IA102, IA302, IA201 on frozen weights)."""
+
+import math
+
+import pytest
+import torch
+from conftest import codes, findings
+from torch import nn
+
+from initaudit import audit
+
+
+def uses(report):
+    return {t.name: t for t in report.recording.parameters}
+
+
+class RawLoRA(nn.Module):
+    """A frozen base layer plus ``x @ A.t() @ B.t()`` written with raw parameters, B at zero."""
+
+    def __init__(self, d: int = 16, rank: int = 2) -> None:
+        super().__init__()
+        self.base = nn.Linear(d, d)
+        self.base.requires_grad_(False)
+        self.A = nn.Parameter(torch.randn(rank, d) / math.sqrt(d))
+        self.B = nn.Parameter(torch.zeros(d, rank))
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.base(x) + (x @ self.A.t() @ self.B.t()) * 2.0))
+
+
+class Tokens(nn.Module):
+    """Token embeddings plus a position embedding and a class token, both raw parameters at zero."""
+
+    def __init__(self, vocab: int = 12, d: int = 16, length: int = 6) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.positions = nn.Parameter(torch.zeros(1, length, d))
+        self.cls = nn.Parameter(torch.zeros(1, 1, d))
+        self.mix = nn.Linear(d, d)
+        self.head = nn.Linear(d, vocab)
+
+    def forward(self, ids):
+        x = self.embed(ids) + self.positions[:, : ids.shape[1]]
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.head(torch.relu(self.mix(x)))
+
+
+class ScaledBlock(nn.Module):
+    """Residual conv block with a per-channel layer scale of shape (C, 1, 1), constant by design."""
+
+    def __init__(self, c: int = 8, scale: float = 1e-6) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+        self.gamma = nn.Parameter(torch.full((c, 1, 1), scale))
+
+    def forward(self, x):
+        return x + self.gamma * self.conv(torch.relu(x))
+
+
+class Untraceable(nn.Module):
+    """A residual MLP whose forward branches on a tensor's value (torch.fx cannot trace it),
+    with its branches' last layers at zero: the graph still shows each is a residual branch."""
+
+    def __init__(self, d: int = 32, blocks: int = 3) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, d)
+        self.fc1 = nn.ModuleList(nn.Linear(d, d) for _ in range(blocks))
+        self.fc2 = nn.ModuleList(nn.Linear(d, d) for _ in range(blocks))
+        for fc in self.fc2:
+            nn.init.zeros_(fc.weight)
+        self.head = nn.Linear(d, 2)
+
+    def forward(self, x):
+        h = self.embed(x)
+        for fc1, fc2 in zip(self.fc1, self.fc2):
+            if h.abs().sum() > 0:  # data-dependent control flow
+                h = h + fc2(torch.relu(fc1(h)))
+        return self.head(h)
+
+
+def test_roles_of_a_plain_mlp():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 2))
+    found = uses(audit(model, torch.randn(32, 8)))
+    assert found["0.weight"].role == "mixing" and found["0.weight"].feeds == "relu"
+    assert found["0.bias"].role == "offset"
+    assert found["2.weight"].feeds == "tanh" and found["0.weight"].next_weights == ["2.weight"]
+    assert found["4.weight"].branch is None and found["4.weight"].next_weights == []
+
+
+def test_raw_lora_b_at_zero_is_the_recipe_and_a_trains_from_step_two():
+    torch.manual_seed(0)
+    report = audit(RawLoRA(), torch.randn(32, 16))
+    found = uses(report)
+    assert found["B"].role == "mixing" and found["B"].branch == "lora"
+    assert found["A"].next_weights == ["B"]
+    (zero,) = findings(report, "IA101")
+    assert zero.location == "B" and zero.severity == "info" and "LoRA" in zero.message
+    (stuck,) = findings(report, "IA302")
+    assert stuck.locations == ["A"] and stuck.severity == "info" and stuck.caused_by == "IA101 B"
+    assert "step two" in stuck.message
+    assert not codes(report, "warning") and not codes(report, "error")
+
+
+def test_a_zero_product_that_is_not_added_to_a_stream_stays_an_error():
+    """The same raw parameters without the frozen base: B's zero cuts the model off from its input."""
+
+    class NoBase(RawLoRA):
+        def forward(self, x):
+            return self.head(torch.relu(x @ self.A.t() @ self.B.t()))
+
+    torch.manual_seed(0)
+    report = audit(NoBase(), torch.randn(32, 16))
+    assert uses(report)["B"].branch is None
+    (zero,) = findings(report, "IA101")
+    assert zero.location == "B" and zero.severity == "error"
+
+
+def test_zero_position_embedding_and_class_token_are_addends_not_symmetry_problems():
+    torch.manual_seed(0)
+    report = audit(Tokens(), torch.randint(0, 12, (8, 6)))
+    found = uses(report)
+    assert found["positions"].role == "offset" and found["cls"].role == "token"
+    assert found["embed.weight"].role == "lookup"
+    zero = {f.location: f for f in findings(report, "IA101")}
+    assert set(zero) == {"positions", "cls"}
+    assert all(f.severity == "info" and "added to" in f.message for f in zero.values())
+    assert "IA302" not in codes(report)  # an addend's gradient is that of what it is added to
+
+
+def test_a_frozen_zero_tensor_is_still_an_error():
+    """Frozen, it is not in the autograd graph, so its role is unknown; all zeros, it never changes."""
+    torch.manual_seed(0)
+    model = Tokens()
+    model.positions.requires_grad_(False)
+    report = audit(model, torch.randint(0, 12, (8, 6)))
+    assert uses(report)["positions"].role is None
+    (f,) = [f for f in findings(report, "IA101") if f.location == "positions"]
+    assert f.severity == "error" and "frozen" in f.message
+
+
+def test_a_constant_layer_scale_is_not_a_symmetry_problem_but_a_constant_conv_is():
+    torch.manual_seed(0)
+    block = ScaledBlock()
+    report = audit(block, torch.randn(4, 8, 6, 6))
+    assert uses(report)["gamma"].role == "scale" and uses(report)["gamma"].branch == "residual"
+    assert "IA102" not in codes(report)
+    with torch.no_grad():
+        block.conv.weight.fill_(0.01)
+    (f,) = findings(audit(block, torch.randn(4, 8, 6, 6)), "IA102")
+    assert f.location == "conv.weight"
+
+
+def test_residual_branches_found_where_fx_cannot_trace():
+    torch.manual_seed(0)
+    model = Untraceable()
+    report = audit(model, torch.randn(32, 8))
+    found = uses(report)
+    assert all(found[f"fc2.{i}.weight"].branch == "residual" for i in range(3))
+    assert {f.location for f in findings(report, "IA101")} == {f"fc2.{i}.weight" for i in range(3)}
+    assert all(f.severity == "info" for f in findings(report, "IA101"))
+    # fc1 gets no gradient at step one (fc2 is zero above it): the consequence, under its root
+    for f in findings(report, "IA302"):
+        assert f.severity == "info" and f.caused_by.startswith("IA101 fc2.")
+
+
+def test_attention_projections_feed_attention():
+    class Attention(nn.Module):
+        def __init__(self, d=16):
+            super().__init__()
+            self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+
+        def forward(self, x):
+            scores = torch.softmax(self.q(x) @ self.k(x).transpose(1, 2) / 4.0, dim=-1)
+            return x + self.o(scores @ self.v(x))
+
+    torch.manual_seed(0)
+    found = uses(audit(Attention(), torch.randn(4, 5, 16)))
+    assert found["q.weight"].feeds == "attention" and found["k.weight"].feeds == "attention"
+    assert found["v.weight"].feeds == "attention"
+    assert found["o.weight"].branch == "residual"
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_ia201_leaves_frozen_weights_alone(frozen):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+    with torch.no_grad():
+        for layer in model[:4:2]:
+            layer.weight.normal_(0, 3.0)  # 12x too large for ReLU: a variance finding when trainable
+    if frozen:
+        model[0].requires_grad_(False)
+        model[2].requires_grad_(False)
+    assert ("IA201" in codes(audit(model, torch.randn(64, 32)), "warning")) is not frozen
+
+
+def test_the_graph_walk_leaves_the_model_and_the_recording_of_plain_audits_alone():
+    torch.manual_seed(0)
+    model = RawLoRA()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    audit(model, torch.randn(8, 16))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    # without a backward there is no graph: roles stay unknown and the rules fall back
+    report = audit(model, torch.randn(8, 16), no_backward=True)
+    assert all(t.role is None for t in report.recording.parameters)
