@@ -100,7 +100,7 @@ def test_raw_lora_b_at_zero_is_the_recipe_and_a_trains_from_step_two():
     assert zero.location == "B" and zero.severity == "info" and "LoRA" in zero.message
     (stuck,) = findings(report, "IA302")
     assert stuck.locations == ["A"] and stuck.severity == "info" and stuck.caused_by == "IA101 B"
-    assert "step two" in stuck.message
+    assert "moves at step 1, and they train from step 2" in stuck.message
     assert not codes(report, "warning") and not codes(report, "error")
 
 
@@ -163,7 +163,32 @@ def test_residual_branches_found_where_fx_cannot_trace():
     assert all(f.severity == "info" for f in findings(report, "IA101"))
     # fc1 gets no gradient at step one (fc2 is zero above it): the consequence, under its root
     for f in findings(report, "IA302"):
-        assert f.severity == "info" and f.caused_by.startswith("IA101 fc2.")
+        assert f.severity == "info" and f.caused_by.startswith("IA101 fc2.") and "train from step 2" in f.message
+
+
+def test_a_chain_of_deliberate_zeros_says_when_everything_trains():
+    """Fixup-style: zero branch ends under a zero head. The head moves at step 1, the branch
+    ends at step 2 (their gradient comes through the head), the layers before them at step 3."""
+    torch.manual_seed(0)
+    model = Untraceable()
+    nn.init.zeros_(model.head.weight)
+    report = audit(model, torch.randn(32, 8))
+    messages = {f.caused_by: f for f in findings(report, "IA302")}
+    assert all(f.severity == "info" for f in messages.values())
+    assert "train from step 2" in messages["IA101 head.weight"].message
+    assert "fc2.0.weight" in messages["IA101 head.weight"].locations
+    assert "starts moving at step 2" in messages["IA101 fc2.0.weight"].message
+    assert "train from step 3" in messages["IA101 fc2.0.weight"].message
+    assert not codes(report, "warning") and not codes(report, "error")
+
+
+def test_a_zero_pair_that_never_moves_is_a_warning():
+    """LoRA with both A and B at zero: B's gradient is zero too (A's output is zero), so nothing moves."""
+    torch.manual_seed(0)
+    model = RawLoRA()
+    nn.init.zeros_(model.A)
+    report = audit(model, torch.randn(32, 16))
+    assert "warning" in {f.severity for f in findings(report, "IA302")}
 
 
 def test_attention_projections_feed_attention():

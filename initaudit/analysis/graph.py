@@ -69,6 +69,9 @@ class LayerUse:
     consumer: Optional[Activation] = None  # None until an activation is seen; linear if none
     normalized: Optional[str] = None  # name of the norm layer its run ends in, if any
     decided: bool = False  # the trace decided the consumer; call order does not override it
+    method: str = "hooks"  # what decided the consumer: "autograd", "fx" or "hooks" (call order)
+    ends: Optional[str] = None  # what its output reaches when the run ends there (autograd: add, attention, ...)
+    branch: Optional[str] = None  # "residual" or "lora": its output is a branch added to a stream
 
     @property
     def activation(self) -> Activation:
@@ -109,10 +112,24 @@ def layer_runs(recording: Recording) -> List[List[LayerUse]]:
         if not module.leaf:
             continue
         if module.kind == knowledge.LAYER and name in weights:
+            if weights[name].grad_status == "none":
+                close()  # the loss never reaches it (IA301's): it takes no part in the signal's path
+                continue
             use = LayerUse(module, weights[name], call.output)
+            previous = current[-1] if current else None
+            if previous is not None and previous.method == "autograd" and not set(use.weight.names) & set(
+                    previous.weight.next_weights):
+                close()  # the graph says the previous layer's output does not come here
             current.append(use)
-            if module.consumer_method == "fx":
+            if _from_autograd(use):
+                follows = use.weight.next_weights
+                if use.ends in ("norm",):
+                    close(norm=_next_norm(recording, call.index) or "a normalization")
+                elif use.ends is not None or len(follows) != 1:
+                    close()
+            elif module.consumer_method == "fx":
                 use.decided = True
+                use.method = "fx"
                 if module.consumer_kind == "activation":
                     use.consumer = Activation(module.consumer or "linear", module.consumer_param)
                 elif module.consumer_kind == "norm":
@@ -121,10 +138,13 @@ def layer_runs(recording: Recording) -> List[List[LayerUse]]:
                     close()  # attention's matmul and the like: the scale is not ours to model
         elif module.kind == knowledge.ACTIVATION:
             last = current[-1] if current else None
-            if last is not None and last.consumer is None and not last.decided:
+            if last is not None and not last.decided and (
+                last.consumer is None or (last.method == "autograd" and last.consumer.name == module.activation)
+            ):
                 last.consumer = Activation(module.activation or "linear", module.activation_param)
         elif module.kind == knowledge.NORM:
-            close(norm=name)
+            if not (current and current[-1].method == "autograd"):
+                close(norm=name)
         elif module.kind == knowledge.PASSTHROUGH:
             continue
         elif module.has_parameters:
@@ -132,6 +152,36 @@ def layer_runs(recording: Recording) -> List[List[LayerUse]]:
             close()
     close()
     return runs
+
+
+def _from_autograd(use: LayerUse) -> bool:
+    """Decide ``use``'s consumer from the autograd graph (``record.dataflow``) when the weight
+    was seen there as a product's operand: a nonlinearity, the next layer (linear), or the end
+    of its run (a norm, attention, a sum with a stream, a gate, a fork, the output)."""
+    w = use.weight
+    if w.role != "mixing" or w.feeds is None:
+        return False
+    use.method, use.decided, use.branch = "autograd", True, w.branch
+    if w.feeds in knowledge.ACTIVATION_TYPES:
+        if w.feeds == "leaky_relu":
+            # the graph does not say the slope: F.leaky_relu's default, unless a module follows
+            use.consumer, use.decided = Activation("leaky_relu", 0.01), False
+        else:
+            use.consumer = Activation(w.feeds)
+        use.ends = None if len(w.next_weights) == 1 else "activation"
+    elif w.feeds == "mixing" and len(w.next_weights) == 1:
+        use.consumer = knowledge.LINEAR
+    else:
+        use.ends = w.feeds
+    return True
+
+
+def _next_norm(recording: Recording, index: int) -> Optional[str]:
+    """The first normalization called after call ``index``."""
+    for call in forward_calls(recording):
+        if call.index > index and call.module.kind == knowledge.NORM:
+            return call.name
+    return None
 
 
 def accessor(qualified_name: str, root: str = "model") -> str:

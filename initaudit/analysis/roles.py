@@ -45,8 +45,8 @@ def deliberate_zero(t: TensorRecord, recording: Recording, output_layer: Optiona
     """The :data:`ZERO_PATTERNS` key of an all-zero trainable ``t`` that is a recipe, or ``None``."""
     if not t.requires_grad:
         return None  # frozen at zero, it never contributes: no recipe does that
-    if t.role in ADDITIVE_ROLES:
-        return "additive"
+    if t.role in ADDITIVE_ROLES or (t.role == "lookup" and t.feeds == "add"):
+        return "additive"  # a lookup table whose rows are added (a relative position bias)
     module = recording.module(t.module)
     branch = t.branch or (module.residual if module is not None else None)
     if branch in ("residual", "lora"):
@@ -60,9 +60,9 @@ def gradient_roots(recording: Recording) -> Dict[str, str]:
     """``{parameter: the all-zero weight that zeroes its first-step gradient}`` for every
     trainable parameter whose gradient is exactly zero for that reason alone.
 
-    ``p``'s gradient is ``dL/dy`` of its op's output chained back; when every nearest
-    product downstream (``next_weights``) multiplies by an all-zero weight, ``dL/dy`` there
-    is zero whatever the loss. A downstream weight that is not zero but whose own gradient is
+    ``p``'s gradient is ``dL/dy`` of its op's output chained back; when the nearest product on
+    every path from there to the loss (``gradient_weights``) multiplies by an all-zero weight,
+    ``dL/dy`` is zero whatever the loss. A downstream weight that is not zero but whose own gradient is
     zero for such a reason passes its root on (a zeroed hidden layer silences every layer below).
     """
     by_name = {name: t for t in recording.parameters for name in t.names}
@@ -75,19 +75,31 @@ def gradient_roots(recording: Recording) -> Dict[str, str]:
             return found[name]
         found[name] = None  # a cycle explains nothing
         t = by_name[name]
-        roots: List[str] = []
-        for weight in t.next_weights:
+        if not t.gradient_weights:
+            return None
+        direct: List[str] = []
+        passed: List[str] = []
+        for weight in t.gradient_weights:
             w = by_name.get(weight)
             if w is None:
                 return None
             if w.zero_fraction == 1.0:
-                roots.append(w.name)
+                direct.append(w.name)
             elif w.name in zero_grad and root(w.name) is not None:
-                roots.append(root(w.name) or "")
+                passed.append(root(w.name) or "")
             else:
                 return None
-        found[name] = roots[0] if roots else None
+        found[name] = (direct + passed)[0]  # a zero weight on its own paths first
         return found[name]
 
     roots = {t.name: root(t.name) for t in recording.parameters if t.name in zero_grad}
     return {name: r for name, r in roots.items() if r is not None}
+
+
+def main_path(recording: Recording, call: int) -> bool:
+    """Whether module call ``call``'s output reaches the loss with no normalization and no
+    residual sum in between on some path (``record.dataflow``); ``True`` where the graph was
+    not read (no backward), so that the rules judge as before."""
+    if call >= len(recording.call_reaches) or recording.call_reaches[call] is None:
+        return not recording.call_reaches
+    return "output" in recording.call_reaches[call].split("+")

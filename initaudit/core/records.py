@@ -62,6 +62,10 @@ class TensorRecord:
     feeds: Optional[str] = None  # what that op's output reaches first: a nonlinearity, norm, add, ...
     branch: Optional[str] = None  # "residual" or "lora": that output is added to a stream
     next_weights: List[str] = field(default_factory=list)  # weights of the nearest products downstream
+    reaches: Optional[str] = None  # where that output ends up: "branch", "norm", "output", joined by "+"
+    # the weights of the nearest products on every path from that output to the loss (None: a
+    # path reaches the loss without one): if all are zero, its first-step gradient is zero
+    gradient_weights: Optional[List[str]] = None
     clones: List[str] = field(default_factory=list)  # distinct parameters with identical values
     aliases: List[str] = field(default_factory=list)  # distinct parameters sharing its memory
     notes: List[str] = field(default_factory=list)
@@ -165,6 +169,12 @@ class Recording:
     # each module (by its first name) once, in the order its forward first started: a module
     # starts before the modules it calls, and the last to start is nearest the output
     start_order: List[str] = field(default_factory=list)
+    # the calls (indices into call_order) whose output is a residual stream: a sum x + f(x),
+    # from the autograd graph (record.dataflow); empty without a backward
+    stream_calls: List[int] = field(default_factory=list)
+    # by call index: where the call's output ends up on the way to the loss ("branch", "norm",
+    # "output", joined by "+"), matched to the graph by the node that made it; empty without a backward
+    call_reaches: List[Optional[str]] = field(default_factory=list)
     _module_index: Optional[Dict[str, ModuleRecord]] = field(default=None, init=False, repr=False, compare=False)
 
     @property

@@ -35,7 +35,7 @@ change its meaning (views, dropout, a bias, a constant or per-channel factor):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Hashable, Iterator, List, Optional, Set, Tuple
+from typing import Any, Dict, FrozenSet, Hashable, Iterator, List, Optional, Set, Tuple
 
 import torch
 
@@ -51,6 +51,14 @@ VIEWS = frozenset({
     "ViewAsRealBackward0", "ViewAsComplexBackward0", "UnfoldBackward0", "DiagonalBackward0",
     # identities that distributed wrappers insert: FSDP2's backward hook, DTensor's local views
     "RegisterPostBackwardFunctionBackward", "_FromTorchTensorBackward", "_ToTorchTensorBackward",
+})
+# elementwise functions of one tensor: a parameter passed through them (``logit_scale.clamp(max=m).exp()``,
+# ``1 + weight``, ``alpha.sigmoid()``) keeps the role of the op that then consumes it
+UNARY = frozenset({
+    "ClampBackward1", "ClampMaxBackward0", "ClampMinBackward0", "ClampBackward0", "ExpBackward0", "LogBackward0",
+    "AbsBackward0", "NegBackward0", "SqrtBackward0", "PowBackward0", "SigmoidBackward0", "TanhBackward0",
+    "SoftplusBackward0", "ReciprocalBackward0", "MulBackward1", "DivBackward1", "AddBackward1", "SubBackward1",
+    "RsubBackward1", "RsqrtBackward0", "Exp2Backward0", "LogSigmoidBackward0",
 })
 DROPOUT = frozenset({"NativeDropoutBackward0", "FeatureDropoutBackward0", "DropoutBackward0"})
 # op -> the input slots that are the operand being multiplied (the rest, where named, are offsets)
@@ -101,6 +109,8 @@ class Use:
     feeds: Optional[str] = None  # what the op's output reaches first (see the module's docstring)
     branch: Optional[str] = None  # "residual" or "lora": the op's output is added to a stream
     next_weights: List[Hashable] = field(default_factory=list)  # keys of the nearest downstream weights
+    reaches: Optional[str] = None  # where the op's output ends up: "branch", "norm", "output", joined by "+"
+    gradient_weights: Optional[List[Hashable]] = None  # keys of the nearest weights on every path to the loss
 
 
 def node_name(node: Any) -> str:
@@ -113,6 +123,8 @@ class Graph:
 
     def __init__(self, roots: List[Any], parameters: Set[int]) -> None:
         self.parameters = parameters
+        self._sides: Dict[Tuple[Any, int], Optional[str]] = {}
+        self._terminals: Dict[Any, FrozenSet[str]] = {}
         self.parents: Dict[Any, List[Tuple[Any, int]]] = {}  # node -> [(consumer node, input slot)]
         self.inputs: Dict[Any, List[Any]] = {}  # node -> its input nodes by slot (None: no gradient)
         self.leaves: Dict[int, Any] = {}  # id(leaf tensor) -> its AccumulateGrad node
@@ -158,6 +170,22 @@ class Graph:
             node = below[0]
         return node
 
+    def parameter_source(self, node: Any) -> Optional[Any]:
+        """The parameter's leaf ``node`` reads, through views and elementwise functions of it
+        alone (``alpha``, ``alpha.exp()``), or ``None``."""
+        for _ in range(16):
+            node = self.source(node)
+            if node is None:
+                return None
+            if getattr(node, "variable", None) is not None:
+                return node if id(node.variable) in self.parameters else None
+            below = [n for n in self.inputs.get(node, ()) if n is not None]
+            # a function of the parameter alone: elementwise, or with a constant tensor (alpha * gain)
+            if len(below) != 1 or node_name(node) not in UNARY | SCALES | ADDS:
+                return None
+            node = below[0]
+        return None
+
     def is_parameter_path(self, node: Any) -> bool:
         """Whether ``node`` is a parameter read through views (a bias, a scale), not an activation."""
         source = self.source(node)
@@ -180,6 +208,127 @@ class Graph:
             return None
         source = self.source(inputs[slot])
         return source if self.is_parameter_path(source) else None
+
+    def descends(self, node: Any, ancestors: Set[Any], limit: int = 4000) -> bool:
+        """Whether one of ``ancestors``' outputs is among what ``node`` was computed from
+        (within ``limit`` nodes of ``node``)."""
+        seen: Set[Any] = set()
+        stack = [node]
+        while stack and len(seen) < limit:
+            current = stack.pop()
+            if current in ancestors:
+                return True
+            if current in seen or current is None:
+                continue
+            seen.add(current)
+            stack.extend(n for n in self.inputs.get(current, ()) if n is not None)
+        return False
+
+    def addends(self, node: Any) -> Set[Any]:
+        """The terms of a sum (through views and nested sums): ``{x, a}`` for ``(x + a)``."""
+        terms: Set[Any] = set()
+        stack = [self.source(node)]
+        while stack and len(terms) < 64:
+            current = stack.pop()
+            if current is None:
+                continue
+            if node_name(current) in ("AddBackward0", "SubBackward0"):
+                stack.extend(self.source(n) for n in self.inputs.get(current, ()))
+            else:
+                terms.add(current)
+        return terms
+
+    def residual_side(self, add: Any, slot: int) -> Optional[str]:
+        """For a sum of two activations, which side the input in ``slot`` is: ``"branch"`` when
+        it was computed from a term of the other addend (``x + f(x)``: it is ``f(x)``; in a
+        parallel block ``(x + attn(x)) + mlp(x)``, ``mlp(x)``), ``"stream"`` when the other was
+        computed from one of its terms, ``None`` for a plain sum (``tok + pos``, rotary
+        embeddings' ``q cos + rot(q) sin``, a base layer plus its LoRA product)."""
+        key = (add, slot)
+        if key not in self._sides:
+            has_other, other = self.other_input(add, slot)
+            inputs = self.inputs.get(add, [])
+            mine = self.source(inputs[slot]) if slot < len(inputs) else None
+            other = self.source(other) if has_other else None
+            side = None
+            if mine is not None and other is not None and mine is not other:
+                if self.descends(mine, self.addends(other)):
+                    side = "branch"
+                elif self.descends(other, self.addends(mine)):
+                    side = "stream"
+            self._sides[key] = side
+        return self._sides[key]
+
+    def normalizes(self, op: Any) -> bool:
+        """Whether ``op`` divides its input by a root of its second moment, as a normalization
+        written with tensor ops does (``x * rsqrt(mean(x^2) + eps)``: RMSNorm in Llama, T5;
+        ``(x - mean) / sqrt(var + eps)``)."""
+        name = node_name(op)
+        inputs = [self.source(n) for n in self.inputs.get(op, ())]
+        if name == "MulBackward0":
+            return any(n is not None and node_name(n) == "RsqrtBackward0" for n in inputs)
+        if name == "DivBackward0" and len(inputs) == 2 and inputs[1] is not None:
+            return node_name(inputs[1]) in ("SqrtBackward0", "StdBackward0", "LinalgVectorNormBackward0",
+                                            "NormBackward1", "ClampMinBackward0")
+        return False
+
+    def terminals(self, node: Any) -> FrozenSet[str]:
+        """Where ``node``'s output ends up, on every path toward the loss: ``"branch"`` (it is
+        summed into a stream as a residual branch), ``"norm"`` (a normalization comes first)
+        or ``"output"`` (it reaches the loss with neither)."""
+        memo = self._terminals
+        stack: List[Tuple[Any, bool]] = [(node, False)]
+        while stack:
+            current, expanded = stack.pop()
+            if current in memo:
+                continue
+            consumers = list(self.consumers(current))
+            if not expanded:
+                stack.append((current, True))
+                stack.extend((p, False) for p, slot in consumers if self._stop(p, slot) is None and p not in memo)
+                continue
+            found: Set[str] = set() if consumers else {"output"}
+            for p, slot in consumers:
+                stop = self._stop(p, slot)
+                found |= {stop} if stop is not None else memo.get(p, frozenset())
+            memo[current] = frozenset(found)
+        return memo[node]
+
+    def _stop(self, op: Any, slot: int) -> Optional[str]:
+        if node_name(op) in NORM_OPS or self.normalizes(op):
+            return "norm"
+        if node_name(op) in ADDS:
+            if self.residual_side(op, slot) == "branch":
+                return "branch"
+            if self.adapter_sum(op, slot):
+                return "branch"  # an adapter's product added to a frozen layer's output (LoRA)
+        return None
+
+    def adapter_sum(self, add: Any, slot: int) -> bool:
+        """Whether ``add`` sums a product (the input in ``slot``, through views and scales) with a
+        frozen layer's output: a LoRA update on its base layer. Without a gradient path at all
+        the other addend is a frozen layer fed by frozen layers (the first adapted layer of a
+        frozen model), so it counts too, but only when this side is a product: ``x + eps``
+        with a constant ``eps`` is no adapter."""
+        has_other, other = self.other_input(add, slot)
+        if not has_other or (other is not None and (self.is_parameter_path(other) or not self.frozen_product(other))):
+            return False
+        inputs = self.inputs.get(add, [])
+        node = self.source(inputs[slot]) if slot < len(inputs) else None
+        for _ in range(8):
+            if node is None:
+                return False
+            name = node_name(node)
+            if name in MIXING_OPS:
+                return True
+            if name in CONSTANT_SCALES or name in DROPOUT or name in SCALES:
+                below = [n for n in self.inputs.get(node, ()) if n is not None and not self.is_parameter_path(n)]
+                if len(below) != 1:
+                    return False
+                node = self.source(below[0])
+                continue
+            return False
+        return False
 
     def frozen_product(self, node: Any) -> bool:
         """Whether ``node`` (through views and a bias) is a matrix product whose weight takes no
@@ -222,6 +371,26 @@ def role_of(op: str, slot: int) -> str:
     return "other"
 
 
+def _through_unary(graph: Graph, leaf: Any) -> List[Tuple[Any, int]]:
+    """The ops that consume a parameter, looking through views and elementwise functions of it
+    alone (:data:`UNARY`)."""
+    found: List[Tuple[Any, int]] = []
+    seen: Set[Any] = set()
+    stack = [leaf]
+    while stack:
+        node = stack.pop()
+        for parent, slot in graph.consumers(node):
+            if parent in seen:
+                continue
+            seen.add(parent)
+            alone = len([n for n in graph.inputs.get(parent, ()) if n is not None]) == 1
+            if alone and node_name(parent) in UNARY | SCALES | ADDS:  # with a constant tensor at most
+                stack.append(parent)
+            else:
+                found.append((parent, slot))
+    return found
+
+
 def _downstream(graph: Graph, op: Any) -> Tuple[Optional[str], Optional[str]]:
     """``(feeds, branch)`` of an op's output (see the module docstring)."""
     node = op
@@ -243,19 +412,22 @@ def _downstream(graph: Graph, op: Any) -> Tuple[Optional[str], Optional[str]]:
             if has_other and other is not None and graph.is_parameter_path(other):
                 node = parent  # a bias or a per-channel factor (layer scale): still this branch
                 continue
+            if graph.normalizes(parent):
+                return "norm", None
             if name in ADDS:
                 if not has_other:
                     node = parent
                     continue
-                frozen = other is None or graph.frozen_product(other)
-                return "add", ("lora" if frozen else "residual")
+                if graph.residual_side(parent, slot) == "branch":
+                    return "add", "residual"
+                return "add", ("lora" if graph.adapter_sum(parent, slot) else None)
             if not has_other or other is None:
                 node = parent  # a product with a constant tensor
                 continue
             return "gate", None
         if name in ACTIVATIONS:
             return ACTIVATIONS[name], None
-        if name in NORM_OPS:
+        if name in NORM_OPS or graph.normalizes(parent):
             return "norm", None
         if name in ATTENTION_OPS or name in ("BmmBackward0", "MatmulBackward0") and graph.weight_leaf(parent) is None:
             return "attention", None
@@ -263,6 +435,38 @@ def _downstream(graph: Graph, op: Any) -> Tuple[Optional[str], Optional[str]]:
             return "mixing", None
         return name, None
     return None, None
+
+
+def _gradient_weights(graph: Graph, op: Any, limit: int = 20000) -> Optional[List[int]]:
+    """``id``\ s of the weights of the nearest products on every path from ``op``'s output to the
+    loss, through any other operation; ``None`` when some path reaches the loss without one
+    (or the walk grows past ``limit`` nodes). If all of them are zero, ``op``'s output gradient
+    is zero: a gradient is zero wherever every path back from the loss is multiplied by zero."""
+    found: List[int] = []
+    seen: Set[Any] = set()
+    stack = [op]
+    while stack:
+        node = stack.pop()
+        consumers = list(graph.consumers(node))
+        if not consumers:
+            return None  # the loss itself
+        for parent, slot in consumers:
+            if parent in seen:
+                continue
+            seen.add(parent)
+            if len(seen) > limit:
+                return None
+            name = node_name(parent)
+            leaf = graph.weight_leaf(parent) if name in WEIGHT_SLOT and slot != WEIGHT_SLOT[name] else None
+            if leaf is None and name == "MulBackward0":
+                has_other, other = graph.other_input(parent, slot)
+                # a product with a parameter (ReZero's alpha, a layer scale, a gain) gates it too
+                leaf = graph.parameter_source(other) if has_other else None
+            if leaf is not None:
+                found.append(id(leaf.variable))
+            else:
+                stack.append(parent)
+    return found
 
 
 def _next_weights(graph: Graph, op: Any) -> List[int]:
@@ -296,22 +500,65 @@ def _next_weights(graph: Graph, op: Any) -> List[int]:
     return found
 
 
+def stream_outputs(graph: Graph, output_nodes: List[Any]) -> List[int]:
+    """The positions in ``output_nodes`` (the nodes that made modules' outputs) of the outputs
+    that are a residual stream: a sum ``x + f(x)`` (through views), as a block returns it."""
+    found = []
+    for index, node in enumerate(output_nodes):
+        source = graph.source(node) if node is not None else None
+        if source is not None and node_name(source) in ACTIVATIONS:
+            below = [n for n in graph.inputs.get(source, ()) if n is not None]
+            source = graph.source(below[0]) if len(below) == 1 else None  # relu(x + f(x)), as ResNets end a block
+        if source is None or source not in graph.inputs or node_name(source) not in ADDS:
+            continue
+        if any(graph.residual_side(source, slot) is not None for slot in range(len(graph.inputs[source]))):
+            found.append(index)
+    return found
+
+
+def read(roots: List[torch.Tensor], keys: Dict[int, Hashable],
+         output_nodes: List[Any] = ()) -> Tuple[Dict[Hashable, Use], List[int], List[Optional[str]]]:
+    """``(uses, streams, reaches)`` on one walk of the graph below ``roots``: :func:`parameter_uses`,
+    :func:`stream_outputs`, and where each module call's output ends up (as ``Use.reaches``;
+    ``None`` where the output has no gradient path), matched to the graph by the node that
+    made it, so that a frozen layer, whose weight the graph does not hold, is placed too."""
+    graph = Graph([r.grad_fn for r in roots if r.grad_fn is not None], set(keys))
+    nodes = list(output_nodes)
+    reaches: List[Optional[str]] = []
+    for node in nodes:
+        source = graph.source(node) if node is not None else None
+        reaches.append("+".join(sorted(graph.terminals(source))) or None if source in graph.inputs else None)
+    return _uses(graph, keys), stream_outputs(graph, nodes), reaches
+
+
 def parameter_uses(roots: List[torch.Tensor], keys: Dict[int, Hashable]) -> Dict[Hashable, Use]:
     """The :class:`Use` of every parameter that the graph below ``roots`` reaches, by its key
     in ``keys`` (``id`` of a tensor the graph may hold -> the parameter's key)."""
     graph = Graph([r.grad_fn for r in roots if r.grad_fn is not None], set(keys))
+    return _uses(graph, keys)
+
+
+def _uses(graph: Graph, keys: Dict[int, Hashable]) -> Dict[Hashable, Use]:
     uses: Dict[Hashable, Use] = {}
     for held, leaf in graph.leaves.items():
         key = keys.get(held)
         if key is None or key in uses:
             continue
-        consumers = list(graph.consumers(leaf))
+        consumers = _through_unary(graph, leaf)
         if not consumers:
             continue
         # a parameter read several ways (a tied embedding and head) takes its mixing use first
         ranked = sorted(consumers, key=lambda c: role_of(node_name(c[0]), c[1]) != "mixing")
         op, slot = ranked[0]
+        role = role_of(node_name(op), slot)
+        if role == "scale":
+            has_other, other = graph.other_input(op, slot)
+            if has_other and other is not None and graph.normalizes(graph.source(other)):
+                role = "norm"  # the gain of a normalization written with tensor ops (RMSNorm)
         feeds, branch = _downstream(graph, op)
         following = [keys[i] for i in _next_weights(graph, op) if i in keys]
-        uses[key] = Use(node_name(op), role_of(node_name(op), slot), feeds, branch, following)
+        reaches = "+".join(sorted(graph.terminals(op)))
+        through = _gradient_weights(graph, op)
+        gradient = [keys[i] for i in through if i in keys] if through is not None else None
+        uses[key] = Use(node_name(op), role, feeds, branch, following, reaches or None, gradient)
     return uses

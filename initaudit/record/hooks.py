@@ -48,6 +48,10 @@ class CallRecorder:
         self.first_call: Dict[int, int] = {}
         self.started: Dict[int, int] = {}  # order in which modules first started their forward
         self.call_outputs: List[Optional[CallOutput]] = []  # by call index; None: no floating output
+        # by call index: the autograd node that made the output (None: none), for record.dataflow;
+        # dropped once read, before the backward
+        self.output_nodes: List[Any] = []
+        self.call_reaches: List[Optional[str]] = []  # by call index, once the graph is read
         # average pooling divides the Jacobian's squared norm by the window: undo it in the gain
         self.pooling = 1.0
         self.running: List[int] = []
@@ -98,6 +102,7 @@ class CallRecorder:
         if self.linear_grads is not None:
             self.linear_grads.on_call(module, args, output)
         out = next((t for t in floating_tensors(output) if not t.is_complex()), None)
+        self.output_nodes.append(out.grad_fn if out is not None else None)
         if out is None:
             self.call_outputs.append(None)
             return

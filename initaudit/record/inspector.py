@@ -68,6 +68,7 @@ def inspect(
     partials = distributed.Partials()
     tensors = tensor_records(param_names, buffer_names, module_names, deferred, partials)
     backward, grads, gain, gain_note, loss_value = False, {}, None, None, None
+    streams: List[int] = []
     with preserved(model):
         progress.phase("tracing")
         flows, traced = flow.analyze(model)
@@ -82,7 +83,7 @@ def inspect(
                     progress.phase("backward")
                     loss_value = compute_loss(output, x, loss, seed)
                     # read before the backward frees the graph
-                    note_uses(tensors, loss_value, param_names, recorder)
+                    streams = note_uses(tensors, loss_value, param_names, recorder)
                     probed: Optional[List[Optional[torch.Tensor]]] = None
                     if loss is not None and leaves:
                         # a custom loss says nothing of the Jacobian: probe it with a projection of its own
@@ -119,6 +120,8 @@ def inspect(
         jacobian_note=gain_note,
         traced=traced,
         start_order=[module_names[key][1][0] for key in sorted(recorder.started, key=recorder.started.get)],
+        stream_calls=streams,
+        call_reaches=recorder.call_reaches,
         unobserved=[m.name for m in modules if m.has_parameters and m.calls == 0] if run_forward else [],
         notes=["a TorchScript module takes no forward hooks: parameters and gradients are audited, "
                "module outputs (and the signal rules) are not"] if recorder.scripted else [],
@@ -126,12 +129,13 @@ def inspect(
 
 
 def note_uses(tensors: List[Tracked], loss_value: Optional[torch.Tensor], param_names: Any,
-              recorder: CallRecorder) -> None:
-    """Write each parameter's dataflow use (:mod:`.dataflow`) into its record. A tensor the
-    forward held in a module's place (FSDP2's unsharded parameter) stands for the module's
-    parameter of that name."""
+              recorder: CallRecorder) -> List[int]:
+    """Write each parameter's dataflow use (:mod:`.dataflow`) into its record; return the calls
+    whose output is a residual stream. A tensor the forward held in a module's place (FSDP2's
+    unsharded parameter) stands for the module's parameter of that name."""
+    nodes, recorder.output_nodes = recorder.output_nodes, []  # no reference to the graph outlives the walk
     if loss_value is None or loss_value.grad_fn is None:
-        return
+        return []
     key_by_name = {name: key for key, (_, names) in param_names.items() for name in names}
     keys = {key: key for key in param_names}
     for held, (module_key, attr) in recorder.forward_parameters.items():
@@ -139,13 +143,18 @@ def note_uses(tensors: List[Tracked], loss_value: Optional[torch.Tensor], param_
         key = key_by_name.get(f"{module_name}.{attr}" if module_name else attr)
         if key is not None:
             keys.setdefault(held, key)
-    uses = dataflow.parameter_uses([loss_value], keys)
+    uses, streams, reaches = dataflow.read([loss_value], keys, nodes)
+    recorder.call_reaches = reaches
     for key, record, _ in tensors:
         use = uses.get(key)
         if record.kind != "parameter" or use is None:
             continue
         record.role, record.consumer_op, record.feeds, record.branch = use.role, use.op, use.feeds, use.branch
+        record.reaches = use.reaches
         record.next_weights = [param_names[k][1][0] for k in use.next_weights if k in param_names]
+        if use.gradient_weights is not None:
+            record.gradient_weights = [param_names[k][1][0] for k in use.gradient_weights if k in param_names]
+    return streams
 
 
 def parameter_statistics(model: nn.Module) -> List[TensorRecord]:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
-from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Set, Tuple
 
 from torch import nn
 
@@ -15,22 +16,56 @@ from initaudit.record.hooks import CallRecorder
 
 
 def declared_ties(model: nn.Module) -> Set[FrozenSet[str]]:
-    """Parameter names the model itself declares tied: Hugging Face's input/output embeddings."""
+    """Parameter names the model itself declares tied (Hugging Face's conventions).
+
+    - ``all_tied_weights_keys`` / ``_tied_weights_keys`` on any submodule, relative to it: a
+      dict target -> source (transformers v5), or a list of targets, names or patterns (v4);
+      a declaration counts where target and source are one Parameter;
+    - ``get_input_embeddings()`` and ``get_output_embeddings()`` returning one weight.
+    """
+    params = list(model.named_parameters(remove_duplicate=False))
+    names_of: Dict[int, List[str]] = {}
+    by_name: Dict[str, nn.Parameter] = {}
+    for name, p in params:
+        names_of.setdefault(id(p), []).append(name)
+        by_name[name] = p
     ties: Set[FrozenSet[str]] = set()
+    for prefix, module in model.named_modules():
+        declared = getattr(module, "all_tied_weights_keys", None) or getattr(module, "_tied_weights_keys", None)
+        if isinstance(declared, Mapping):
+            pairs = [(str(k), str(v)) for k, v in declared.items()]
+        elif isinstance(declared, (list, tuple, set)):
+            pairs = [(str(k), None) for k in declared]
+        else:
+            continue
+        head = prefix + "." if prefix else ""
+        for target, source in pairs:
+            for name in _matching(by_name, head, target):
+                group = names_of[id(by_name[name])]
+                if len(group) > 1 and (source is None or head + source in group):
+                    ties.add(frozenset(group))
     get_in = getattr(model, "get_input_embeddings", None)
     get_out = getattr(model, "get_output_embeddings", None)
-    if not (callable(get_in) and callable(get_out)):
-        return ties
-    try:
-        emb_in, emb_out = get_in(), get_out()
-    except Exception:  # a model whose accessors are not implemented declares nothing
-        return ties
-    w_in = getattr(emb_in, "weight", None)
-    w_out = getattr(emb_out, "weight", None)
-    if isinstance(w_in, nn.Parameter) and w_in is w_out:
-        names = [n for n, p in model.named_parameters(remove_duplicate=False) if p is w_in]
-        ties.add(frozenset(names))
+    if callable(get_in) and callable(get_out):
+        try:
+            emb_in, emb_out = get_in(), get_out()
+        except Exception:  # a model whose accessors are not implemented declares nothing
+            return ties
+        w_in = getattr(emb_in, "weight", None)
+        if isinstance(w_in, nn.Parameter) and w_in is getattr(emb_out, "weight", None):
+            ties.add(frozenset(names_of[id(w_in)]))
     return ties
+
+
+def _matching(by_name: Dict[str, nn.Parameter], head: str, target: str) -> List[str]:
+    """The parameter names under ``head`` that ``target`` names: exactly, or as a v4 pattern."""
+    if head + target in by_name:
+        return [head + target]
+    try:
+        pattern = re.compile(target)
+    except re.error:
+        return []
+    return [n for n in by_name if n.startswith(head) and pattern.fullmatch(n[len(head):])]
 
 
 def module_records(

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from initaudit.analysis.graph import forward_layers, split_at_average_pools
-from initaudit.analysis.roles import deliberate_zero, gradient_roots
-from initaudit.core.records import Recording
+from initaudit.analysis.roles import deliberate_zero, gradient_roots, main_path
+from initaudit.core.records import Recording, TensorRecord
 from initaudit.rules.registry import RuleContext, Violation, rule
 
 
@@ -93,20 +93,44 @@ def zero_gradient(ctx: RuleContext) -> Iterator[Violation]:
         by_root.setdefault(root, []).append(name)
     by_name = {t.name: t for t in rec.parameters}
     for root, names in by_root.items():
-        pattern = deliberate_zero(by_name[root], rec, ctx.analysis.output_layer)
-        if pattern is not None:
+        weight = by_name[root]
+        pattern = deliberate_zero(weight, rec, ctx.analysis.output_layer)
+        step = _first_move(root, by_name, roots)
+        reported = weight.ndim >= 2  # IA101 judges the root itself
+        if pattern is not None and step is not None:
             why = (f"'{root}' is all zeros by design ({pattern}), so nothing reaches them through it yet; "
-                   "its own gradient is not zero, so it moves at step one and they train from step two")
+                   + ("its own gradient is not zero, so it moves at step 1"
+                      if step == 1 else f"it starts moving at step {step}, once what zeroes its own gradient has moved")
+                   + f", and they train from step {step + 1}")
         else:
-            why = f"'{root}' is all zeros, so nothing reaches them through it (see IA101 there)"
+            why = f"'{root}' is all zeros, so nothing reaches them through it" + (
+                "" if step is not None else ", and it never moves either: nothing here trains") + (
+                " (see IA101 there)" if reported else "")
         yield Violation(
             names[0],
             f"the first-step gradient of {len(names)} trainable parameter(s) is exactly zero ({_listed(names)}): {why}",
             fix=None,
-            severity="info",
+            severity="info" if (pattern is not None and step is not None) or (reported and pattern is None) else "warning",
             locations=names,
-            caused_by=f"IA101 {root}",
+            caused_by=f"IA101 {root}" if reported else None,
         )
+
+
+def _first_move(name: str, by_name: Dict[str, TensorRecord], roots: Dict[str, str]) -> Optional[int]:
+    """The step at which ``name`` first moves: 1 with a non-zero first-step gradient, one step
+    after its own root moves when a zero weight downstream zeroes its gradient (a Fixup block
+    under a zero head), ``None`` when neither (it never moves)."""
+    steps = 1
+    seen = set()
+    while name not in seen:
+        seen.add(name)
+        t = by_name[name]
+        if t.grad is not None and t.grad.norm > 0:
+            return steps
+        if name not in roots:
+            return None
+        name, steps = roots[name], steps + 1
+    return None
 
 
 def _listed(names: List[str]) -> str:
@@ -126,6 +150,11 @@ def weight_gradients(recording: Recording) -> List[List[Tuple[str, float]]]:
         order.setdefault(call.module.name, call.index)
     found = []
     for t in recording.parameters:
+        if t.role == "lookup" or (t.module in order and not main_path(recording, order[t.module])):
+            # inside a residual branch the stream carries the gradient past it (attention's query
+            # and key get little at init, by design), and a layer a normalization follows is
+            # rescaled by it; an embedding's rows are read sparsely
+            continue
         if t.module in order and t.ndim >= 2 and t.grad is not None and t.grad.norm > 0 and t.numel:
             if math.isfinite(t.grad.norm):
                 found.append((order[t.module], t.name, t.grad.norm / math.sqrt(t.numel)))

@@ -51,7 +51,7 @@ def shared_parameter(ctx: RuleContext) -> Iterator[Violation]:
             yield Violation(
                 params[0].name,
                 f"{listed} are one tensor, tied by the model's own declaration "
-                "(get_input_embeddings() / get_output_embeddings())",
+                "(Hugging Face's _tied_weights_keys, or get_input_embeddings() / get_output_embeddings())",
                 severity="info",
                 locations=names,
             )

@@ -5,31 +5,47 @@ from __future__ import annotations
 import math
 from typing import Iterator, List, Optional, Tuple
 
-from initaudit.analysis.graph import forward_calls, forward_layers, split_at_average_pools
+from initaudit.analysis.graph import forward_calls, split_at_average_pools
+from initaudit.analysis.roles import main_path
 from initaudit.core import knowledge
 from initaudit.core.records import OutputRecord, Recording
 from initaudit.rules.registry import RuleContext, Violation, rule
 
 
-def layer_signal(recording: Recording) -> List[List[Tuple[str, float]]]:
-    """``(layer name, per-feature std across the batch)`` of every layer call, in forward order,
-    in segments split at average pooling.
+def layer_signal(recording: Recording, output_layer: Optional[str] = None) -> List[List[Tuple[str, float]]]:
+    """``(name, per-feature std across the batch)`` of the calls that carry the model's signal,
+    in forward order, in segments split at average pooling.
 
     The per-feature std is the input-dependent part of the output: a bias keeps the raw
     RMS up while the input is lost, and does not raise this. Average pooling averages the
     example's variation over a window by design (over random inputs, by the window's
     size), so the layers after it are compared with each other, not with those before.
+
+    Where the autograd graph was read (``record.dataflow``), the signal is the stream: the
+    outputs of residual sums (a block's ``x + f(x)``) and the layer calls whose output reaches
+    the loss with no normalization and no residual sum in between; not the layers inside a
+    residual branch, whose output is small by design (GPT-2, Fixup), nor those a
+    normalization rescales next, nor the head, whose scale sets the logits (small, or zero, by
+    design in many recipes), not the representation (Brock et al. 2021 measure signal
+    propagation at the residual blocks' outputs).
     """
+    streams = set(recording.stream_calls)
+    carried = [
+        call for call in forward_calls(recording)
+        if (call.index in streams and main_path(recording, call.index))  # not a sum inside a branch
+        or (call.module.kind == knowledge.LAYER and main_path(recording, call.index)
+            and not (recording.call_reaches and call.name == output_layer))
+    ]
     signal = (
         (call.index, (call.name, call.output.feature_std))
-        for call in forward_layers(recording)
+        for call in carried
         if call.output is not None and call.output.feature_std is not None and math.isfinite(call.output.feature_std)
     )
     return split_at_average_pools(recording, signal)
 
 
 def _crossing(ctx: RuleContext, direction: str) -> Iterator[Violation]:
-    for signal in layer_signal(ctx.recording):
+    for signal in layer_signal(ctx.recording, ctx.analysis.output_layer):
         found = _segment_crossing(ctx, signal, direction)
         if found is not None:
             yield found

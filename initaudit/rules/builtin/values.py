@@ -29,6 +29,8 @@ def zero_weight(ctx: RuleContext) -> Iterator[Violation]:
     for t in rec.parameters:
         if not t.floating or t.ndim < 2 or t.nonfinite or t.zero_fraction != 1.0:
             continue
+        if t.grad_status == "none":
+            continue  # the loss never reaches it: IA301 says so, and its value changes nothing
         pattern = deliberate_zero(t, rec, ctx.analysis.output_layer)
         if pattern is not None:
             yield Violation(
@@ -176,7 +178,9 @@ def cloned_init(ctx: RuleContext) -> Iterator[Violation]:
             continue
         group: List[TensorRecord] = [t] + [by_name[n] for n in t.clones if n in by_name]
         seen.update(g.name for g in group)
-        if _two_valued(t):
+        if _two_valued(t) or sum(g.requires_grad for g in group) < 2:
+            # a frozen copy never trains away from the other: a fixed table built twice
+            # (sinusoidal position embeddings in an encoder and a decoder) is that by design
             continue
         names = [g.name for g in group]
         listed = ", ".join(f"'{n}'" for n in names)

@@ -76,6 +76,11 @@ def variance_mismatch(ctx: RuleContext) -> Iterator[Violation]:
     for run in ctx.analysis.runs:
         # a frozen weight (a pretrained base under adapters) is not the user's to re-initialize
         scales = [s for s in (recommended_std(u) for u in run) if s is not None and not frozen(s.use.weight)]
+        # a small head is a recipe (small logits at init; a zero head trains from the features);
+        # a layer that is also applied before, as a hidden layer, is judged on every call
+        head = [s for s in scales if s.use.module.name == ctx.analysis.output_layer]
+        if len(head) == 1 and head[0].ratio < 1:
+            scales = [s for s in scales if s is not head[0]]
         if not scales:
             continue
         log_product = sum(math.log(s.ratio) for s in scales if s.ratio > 0)
@@ -90,12 +95,19 @@ def variance_mismatch(ctx: RuleContext) -> Iterator[Violation]:
         confirmed = signal is not None and (
             (product < 1 and signal < 1 / signal_tol) or (product > 1 and signal > signal_tol)
         )
-        normalized = run[-1].normalized
+        reaches = {end for s in scales for end in (s.use.weight.reaches or "unknown").split("+")}
+        # every path reaches a norm, directly or through a residual branch summed before it (post-LN)
+        normalized = run[-1].normalized or ("a normalization" if "norm" in reaches and reaches <= {"norm", "branch"}
+                                                  else None)
+        # inside a residual branch the stream carries the signal: a small branch is the recipe
+        # (GPT-2's 0.02, Fixup, T-Fixup, DeepNet, layer scale); only a branch that outgrows the
+        # stream compounds over the blocks
+        branch = reaches == {"branch"}
         severity = "info"
-        if not normalized and (worst.off_by > severe or (compounded and confirmed)):
+        if not normalized and not (branch and product < 1) and (worst.off_by > severe or (compounded and confirmed)):
             severity = "warning"
         init = ctx.analysis.fingerprint(worst.use.weight)
-        yield _violation(scales, worst, product, signal, normalized, severity, init)
+        yield _violation(scales, worst, product, signal, normalized, severity, init, branch)
 
 
 def _violation(
@@ -106,6 +118,7 @@ def _violation(
     normalized: Optional[str],
     severity: str,
     init: Optional[Fingerprint],
+    branch: bool = False,
 ) -> Violation:
     names: List[str] = []
     for s in scales:
@@ -129,7 +142,12 @@ def _violation(
                 f"from '{names[0]}' to '{names[-1]}'"
             )
     if normalized:
-        message += f"; the run feeds '{normalized}', a normalization, so the forward signal does not depend on this scale"
+        where = f"'{normalized}', a normalization" if normalized != "a normalization" else normalized
+        message += f"; the run feeds {where}, so the forward signal does not depend on this scale"
+    if branch:
+        message += ("; the run is a residual branch (its output is added to a stream that carries the signal), "
+                    + ("and a small branch is the recipe (GPT-2, Fixup, T-Fixup, layer scale)" if product < 1
+                       else "which it outgrows"))
     return Violation(
         location=names[0],
         message=message,
