@@ -57,9 +57,12 @@ VIEWS = frozenset({
 UNARY = frozenset({
     "ClampBackward1", "ClampMaxBackward0", "ClampMinBackward0", "ClampBackward0", "ExpBackward0", "LogBackward0",
     "AbsBackward0", "NegBackward0", "SqrtBackward0", "PowBackward0", "SigmoidBackward0", "TanhBackward0",
-    "SoftplusBackward0", "ReciprocalBackward0", "MulBackward1", "DivBackward1", "AddBackward1", "SubBackward1",
-    "RsubBackward1", "RsqrtBackward0", "Exp2Backward0", "LogSigmoidBackward0",
+    "SoftplusBackward0", "ReciprocalBackward0", "MulBackward1", "DivBackward1", "RsqrtBackward0", "Exp2Backward0",
+    "LogSigmoidBackward0",
 })
+# a constant added to a parameter: it is then an offset (Gemma's RMSNorm gain is ``1 + weight``,
+# so a zero weight is a gain of one), not the factor it feeds
+SHIFTS = frozenset({"AddBackward1", "SubBackward1", "RsubBackward1"})
 DROPOUT = frozenset({"NativeDropoutBackward0", "FeatureDropoutBackward0", "DropoutBackward0"})
 # op -> the input slots that are the operand being multiplied (the rest, where named, are offsets)
 MIXING_OPS: Dict[str, Tuple[int, ...]] = {
@@ -181,7 +184,7 @@ class Graph:
                 return node if id(node.variable) in self.parameters else None
             below = [n for n in self.inputs.get(node, ()) if n is not None]
             # a function of the parameter alone: elementwise, or with a constant tensor (alpha * gain)
-            if len(below) != 1 or node_name(node) not in UNARY | SCALES | ADDS:
+            if len(below) != 1 or node_name(node) not in UNARY | SCALES:
                 return None
             node = below[0]
         return None
@@ -364,7 +367,7 @@ def role_of(op: str, slot: int) -> str:
         return "recurrent"
     if op in SCALES:
         return "scale"
-    if op in ADDS:
+    if op in ADDS or op in SHIFTS:
         return "offset"
     if op in CONCATS:
         return "token"
@@ -384,7 +387,7 @@ def _through_unary(graph: Graph, leaf: Any) -> List[Tuple[Any, int]]:
                 continue
             seen.add(parent)
             alone = len([n for n in graph.inputs.get(parent, ()) if n is not None]) == 1
-            if alone and node_name(parent) in UNARY | SCALES | ADDS:  # with a constant tensor at most
+            if alone and node_name(parent) in UNARY | SCALES:  # with a constant tensor at most
                 stack.append(parent)
             else:
                 found.append((parent, slot))

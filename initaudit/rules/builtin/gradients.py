@@ -8,6 +8,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 from initaudit.analysis.graph import forward_layers, split_at_average_pools
 from initaudit.analysis.roles import deliberate_zero, gradient_roots, main_path
 from initaudit.core.records import Recording, TensorRecord
+from initaudit.rules.builtin.values import is_norm_gain
 from initaudit.rules.registry import RuleContext, Violation, rule
 
 
@@ -96,7 +97,9 @@ def zero_gradient(ctx: RuleContext) -> Iterator[Violation]:
         weight = by_name[root]
         pattern = deliberate_zero(weight, rec, ctx.analysis.output_layer)
         step = _first_move(root, by_name, roots)
-        reported = weight.ndim >= 2  # IA101 judges the root itself
+        # the rule that judges the root itself: IA101 a weight, IA601 a norm's gain
+        judge = "IA101" if weight.ndim >= 2 else "IA601" if is_norm_gain(weight) else None
+        reported = judge is not None
         if pattern is not None and step is not None:
             why = (f"'{root}' is all zeros by design ({pattern}), so nothing reaches them through it yet; "
                    + ("its own gradient is not zero, so it moves at step 1"
@@ -105,14 +108,14 @@ def zero_gradient(ctx: RuleContext) -> Iterator[Violation]:
         else:
             why = f"'{root}' is all zeros, so nothing reaches them through it" + (
                 "" if step is not None else ", and it never moves either: nothing here trains") + (
-                " (see IA101 there)" if reported else "")
+                f" (see {judge} there)" if reported else "")
         yield Violation(
             names[0],
             f"the first-step gradient of {len(names)} trainable parameter(s) is exactly zero ({_listed(names)}): {why}",
             fix=None,
             severity="info" if (pattern is not None and step is not None) or (reported and pattern is None) else "warning",
             locations=names,
-            caused_by=f"IA101 {root}" if reported else None,
+            caused_by=f"{judge} {root}" if reported else None,
         )
 
 

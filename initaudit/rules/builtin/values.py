@@ -219,7 +219,7 @@ def _redraw(template: TensorRecord, copy: TensorRecord, same_init: Optional[str]
 def zero_norm_scale(ctx: RuleContext) -> Iterator[Violation]:
     rec = ctx.recording
     for t in rec.parameters:
-        if t.module_type not in NORM_NAMES or t.attr != "weight" or not t.floating or t.zero_fraction != 1.0:
+        if not is_norm_gain(t) or not t.floating or t.zero_fraction != 1.0:
             continue
         module = rec.module(t.module)
         if t.branch is not None or (module is not None and module.residual is not None):
@@ -240,6 +240,12 @@ def zero_norm_scale(ctx: RuleContext) -> Iterator[Violation]:
             fix=f"nn.init.ones_({accessor(t.name)})",
             locations=t.names,
         )
+
+
+def is_norm_gain(t: TensorRecord) -> bool:
+    """A normalization's scale: the weight of a torch norm layer, or a tensor the graph shows
+    multiplying a normalized activation (an RMSNorm written with tensor ops)."""
+    return t.attr == "weight" and (t.module_type in NORM_NAMES or t.role == "norm")
 
 
 def _two_valued(record: TensorRecord) -> bool:
