@@ -231,3 +231,59 @@ def test_the_graph_walk_leaves_the_model_and_the_recording_of_plain_audits_alone
     # without a backward there is no graph: roles stay unknown and the rules fall back
     report = audit(model, torch.randn(8, 16), no_backward=True)
     assert all(t.role is None for t in report.recording.parameters)
+
+
+@pytest.mark.parametrize("module, name", [(nn.ReLU6, "relu"), (nn.SELU, "selu"), (nn.Hardtanh, "tanh"), (nn.ELU, "elu")])
+def test_the_graph_names_the_nonlinearity_by_its_gain_family(module, name):
+    torch.manual_seed(0)
+    found = uses(audit(nn.Sequential(nn.Linear(8, 16), module(), nn.Linear(16, 2)), torch.randn(32, 8)))
+    assert found["0.weight"].feeds == name
+
+
+def test_a_vanishing_stack_before_a_final_layernorm_is_still_seen():
+    """The norm at the end rescales only the last layer's output, not the stack's signal."""
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(12):
+        layers += [nn.Linear(64, 64), nn.Tanh()]
+    model = nn.Sequential(*layers, nn.LayerNorm(64), nn.Linear(64, 4))
+    with torch.no_grad():
+        for layer in model[:24:2]:
+            layer.weight.normal_(0, 0.3 / 8)  # 0.3x LeCun: the signal shrinks about 0.3x a layer
+    assert "IA202" in codes(audit(model, torch.randn(128, 64)))
+
+
+class PreLN(nn.Module):
+    """Pre-LN residual MLP blocks as modules, a final LayerNorm and a head; ``gain`` scales each
+    branch's last layer (1: PyTorch's default, 0.02: GPT-2-like; 20: a branch that outgrows the stream)."""
+
+    class Block(nn.Module):
+        def __init__(self, d):
+            super().__init__()
+            self.norm, self.fc1, self.fc2 = nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+        def forward(self, x):
+            return x + self.fc2(torch.relu(self.fc1(self.norm(x))))
+
+    def __init__(self, d=32, blocks=6, gain=1.0):
+        super().__init__()
+        self.embed = nn.Linear(8, d)
+        self.blocks = nn.Sequential(*[self.Block(d) for _ in range(blocks)])
+        with torch.no_grad():
+            for block in self.blocks:
+                block.fc2.weight.mul_(gain)
+        self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, 2)
+
+    def forward(self, x):
+        return self.head(self.norm(self.blocks(self.embed(x))))
+
+
+def test_block_outputs_are_the_stream_even_before_a_final_norm():
+    torch.manual_seed(0)
+    report = audit(PreLN(gain=0.02), torch.randn(64, 8))
+    stream = [report.recording.call_order[i] for i in report.recording.stream_calls]
+    assert stream == [f"blocks.{i}" for i in range(6)]  # the Sequential passing blocks.5's sum on is not counted again
+    assert not codes(report, "warning") and not codes(report, "error")
+    # a branch 20x too large makes the stream grow block after block: that is seen
+    torch.manual_seed(0)
+    assert "IA203" in codes(audit(PreLN(gain=20.0, blocks=8), torch.randn(64, 8)))

@@ -96,10 +96,22 @@ def gradient_roots(recording: Recording) -> Dict[str, str]:
     return {name: r for name, r in roots.items() if r is not None}
 
 
+def inside_branch(recording: Recording, call: int) -> bool:
+    """Whether module call ``call``'s output only ever ends up summed into a stream as a
+    residual branch, through any normalization on the way (``record.dataflow``)."""
+    reaches = recording.call_reaches
+    return call < len(reaches) and reaches[call] == "branch"
+
+
 def main_path(recording: Recording, call: int) -> bool:
-    """Whether module call ``call``'s output reaches the loss with no normalization and no
-    residual sum in between on some path (``record.dataflow``); ``True`` where the graph was
-    not read (no backward), so that the rules judge as before."""
+    """Whether module call ``call``'s output carries the model's signal (``record.dataflow``):
+    not inside a residual branch, and not rescaled, gated or attended right away (a normalization
+    next, a squeeze-excite or GLU gate, attention's scores). ``True`` where the graph was not
+    read (no backward), so that the rules judge as before."""
+    if not recording.call_reaches:
+        return True
     if call >= len(recording.call_reaches) or recording.call_reaches[call] is None:
-        return not recording.call_reaches
-    return "output" in recording.call_reaches[call].split("+")
+        return False  # no gradient path: it takes no part in training
+    if inside_branch(recording, call):
+        return False
+    return call >= len(recording.call_feeds) or recording.call_feeds[call] not in ("norm", "gate", "attention")

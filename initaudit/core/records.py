@@ -175,6 +175,8 @@ class Recording:
     # by call index: where the call's output ends up on the way to the loss ("branch", "norm",
     # "output", joined by "+"), matched to the graph by the node that made it; empty without a backward
     call_reaches: List[Optional[str]] = field(default_factory=list)
+    # by call index: what the call's output reaches first (as TensorRecord.feeds); empty without a backward
+    call_feeds: List[Optional[str]] = field(default_factory=list)
     _module_index: Optional[Dict[str, ModuleRecord]] = field(default=None, init=False, repr=False, compare=False)
 
     @property

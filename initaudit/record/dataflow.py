@@ -63,6 +63,10 @@ UNARY = frozenset({
 # a constant added to a parameter: it is then an offset (Gemma's RMSNorm gain is ``1 + weight``,
 # so a zero weight is a gain of one), not the factor it feeds
 SHIFTS = frozenset({"AddBackward1", "SubBackward1", "RsubBackward1"})
+# what a normalization written with tensor ops computes from its input besides the division
+STATISTICS = frozenset({"PowBackward0", "MeanBackward0", "MeanBackward1", "VarBackward0", "VarMeanBackward0",
+                        "StdBackward0", "StdMeanBackward0", "SubBackward0", "MulBackward0", "LinalgVectorNormBackward0",
+                        "NormBackward1", "SumBackward1"})
 DROPOUT = frozenset({"NativeDropoutBackward0", "FeatureDropoutBackward0", "DropoutBackward0"})
 # op -> the input slots that are the operand being multiplied (the rest, where named, are offsets)
 MIXING_OPS: Dict[str, Tuple[int, ...]] = {
@@ -94,6 +98,8 @@ ATTENTION_OPS = frozenset({
     "ScaledDotProductFlashAttentionBackward0", "ScaledDotProductCudnnAttentionBackward0",
     "ScaledDotProductAttentionMathBackward0", "SoftmaxBackward0", "LogSoftmaxBackward0",
 })
+ACTIVATION_NAMES = frozenset({"relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "elu", "selu", "hardswish",
+                              "mish", "softplus", "celu"})
 ACTIVATIONS = {
     "ReluBackward0": "relu", "Relu6Backward0": "relu", "LeakyReluBackward0": "leaky_relu", "GeluBackward0": "gelu",
     "SiluBackward0": "silu", "TanhBackward0": "tanh", "SigmoidBackward0": "sigmoid", "EluBackward0": "elu",
@@ -128,6 +134,7 @@ class Graph:
         self.parameters = parameters
         self._sides: Dict[Tuple[Any, int], Optional[str]] = {}
         self._terminals: Dict[Any, FrozenSet[str]] = {}
+        self._through: Dict[Any, FrozenSet[str]] = {}
         self.parents: Dict[Any, List[Tuple[Any, int]]] = {}  # node -> [(consumer node, input slot)]
         self.inputs: Dict[Any, List[Any]] = {}  # node -> its input nodes by slot (None: no gradient)
         self.leaves: Dict[int, Any] = {}  # id(leaf tensor) -> its AccumulateGrad node
@@ -275,11 +282,17 @@ class Graph:
                                             "NormBackward1", "ClampMinBackward0")
         return False
 
-    def terminals(self, node: Any) -> FrozenSet[str]:
+    def terminals(self, node: Any, through_norms: bool = False) -> FrozenSet[str]:
         """Where ``node``'s output ends up, on every path toward the loss: ``"branch"`` (it is
         summed into a stream as a residual branch), ``"norm"`` (a normalization comes first)
-        or ``"output"`` (it reaches the loss with neither)."""
-        memo = self._terminals
+        or ``"output"`` (it reaches the loss with neither). ``through_norms``: normalizations
+        do not end a path (where the signal goes, rescaled or not: ``"branch"`` or ``"output"``)."""
+        memo = self._through if through_norms else self._terminals
+
+        def stop(op: Any, slot: int) -> Optional[str]:
+            found = self._stop(op, slot)
+            return None if through_norms and found == "norm" else found
+
         stack: List[Tuple[Any, bool]] = [(node, False)]
         while stack:
             current, expanded = stack.pop()
@@ -288,12 +301,12 @@ class Graph:
             consumers = list(self.consumers(current))
             if not expanded:
                 stack.append((current, True))
-                stack.extend((p, False) for p, slot in consumers if self._stop(p, slot) is None and p not in memo)
+                stack.extend((p, False) for p, slot in consumers if stop(p, slot) is None and p not in memo)
                 continue
             found: Set[str] = set() if consumers else {"output"}
             for p, slot in consumers:
-                stop = self._stop(p, slot)
-                found |= {stop} if stop is not None else memo.get(p, frozenset())
+                end = stop(p, slot)
+                found |= {end} if end is not None else memo.get(p, frozenset())
             memo[current] = frozenset(found)
         return memo[node]
 
@@ -374,6 +387,33 @@ def role_of(op: str, slot: int) -> str:
     return "other"
 
 
+def activation_of(node: Any) -> Optional[str]:
+    """The nonlinearity an autograd node computes, by the gain family it belongs to; the saved
+    arguments tell ReLU6 (``hardtanh(0, 6)``) from hardtanh and SELU from ELU."""
+    name = node_name(node)
+    if name == "HardtanhBackward0":
+        return "relu" if getattr(node, "_saved_min_val", -1.0) == 0 else "tanh"
+    if name == "EluBackward0":
+        scale = getattr(node, "_saved_scale", 1.0)
+        return "selu" if scale is not None and abs(float(scale) - 1.0507) < 1e-3 else "elu"
+    return ACTIVATIONS.get(name)
+
+
+def _past_nonlinearity(graph: Graph, op: Any) -> Optional[str]:
+    """What ``op``'s output reaches first (as :func:`_downstream`), looking past one nonlinearity:
+    ``"gate"`` for a squeeze-excite or GLU branch (``sigmoid`` then a product with the stream)."""
+    feeds, _ = _downstream(graph, op)
+    if feeds in ACTIVATION_NAMES:
+        parents = list(graph.consumers(op))
+        while len(parents) == 1 and node_name(parents[0][0]) not in ACTIVATIONS:
+            parents = list(graph.consumers(parents[0][0]))  # views, a bias, dropout
+        if len(parents) == 1:
+            after, _ = _downstream(graph, parents[0][0])
+            if after in ("gate", "attention", "norm"):
+                return after
+    return feeds
+
+
 def _through_unary(graph: Graph, leaf: Any) -> List[Tuple[Any, int]]:
     """The ops that consume a parameter, looking through views and elementwise functions of it
     alone (:data:`UNARY`)."""
@@ -402,9 +442,13 @@ def _downstream(graph: Graph, op: Any) -> Tuple[Optional[str], Optional[str]]:
         if not parents:
             return "output", None
         if len(parents) > 1:
-            # used twice (a stream read by a block and by its skip): what comes first is ambiguous
-            names = {node_name(p) for p, _ in parents}
-            return ("norm" if names & NORM_OPS else "fork"), None
+            # read twice: by a normalization written with tensor ops (its statistics and the
+            # division), or by a block and its skip, where what comes first is ambiguous
+            normalizing = [graph._stop(p, slot) == "norm" for p, slot in parents]
+            statistics = [node_name(p) in STATISTICS for p, _ in parents]
+            if any(normalizing) and all(n or t for n, t in zip(normalizing, statistics)):
+                return "norm", None
+            return "fork", None
         parent, slot = parents[0]
         name = node_name(parent)
         if name in DROPOUT or name in CONSTANT_SCALES:
@@ -429,7 +473,7 @@ def _downstream(graph: Graph, op: Any) -> Tuple[Optional[str], Optional[str]]:
                 continue
             return "gate", None
         if name in ACTIVATIONS:
-            return ACTIVATIONS[name], None
+            return activation_of(parent), None
         if name in NORM_OPS or graph.normalizes(parent):
             return "norm", None
         if name in ATTENTION_OPS or name in ("BmmBackward0", "MatmulBackward0") and graph.weight_leaf(parent) is None:
@@ -507,8 +551,12 @@ def stream_outputs(graph: Graph, output_nodes: List[Any]) -> List[int]:
     """The positions in ``output_nodes`` (the nodes that made modules' outputs) of the outputs
     that are a residual stream: a sum ``x + f(x)`` (through views), as a block returns it."""
     found = []
+    seen: Set[Any] = set()
     for index, node in enumerate(output_nodes):
         source = graph.source(node) if node is not None else None
+        if source in seen:
+            continue  # a container passing its last block's sum on: one observation
+        seen.add(source)
         if source is not None and node_name(source) in ACTIVATIONS:
             below = [n for n in graph.inputs.get(source, ()) if n is not None]
             source = graph.source(below[0]) if len(below) == 1 else None  # relu(x + f(x)), as ResNets end a block
@@ -519,19 +567,23 @@ def stream_outputs(graph: Graph, output_nodes: List[Any]) -> List[int]:
     return found
 
 
-def read(roots: List[torch.Tensor], keys: Dict[int, Hashable],
-         output_nodes: List[Any] = ()) -> Tuple[Dict[Hashable, Use], List[int], List[Optional[str]]]:
-    """``(uses, streams, reaches)`` on one walk of the graph below ``roots``: :func:`parameter_uses`,
-    :func:`stream_outputs`, and where each module call's output ends up (as ``Use.reaches``;
-    ``None`` where the output has no gradient path), matched to the graph by the node that
-    made it, so that a frozen layer, whose weight the graph does not hold, is placed too."""
+def read(roots: List[torch.Tensor], keys: Dict[int, Hashable], output_nodes: List[Any] = ()
+         ) -> Tuple[Dict[Hashable, Use], List[int], List[Optional[str]], List[Optional[str]]]:
+    """``(uses, streams, reaches, feeds)`` on one walk of the graph below ``roots``:
+    :func:`parameter_uses`, :func:`stream_outputs`, and for each module call where its output
+    ends up and what it reaches first (as ``Use.reaches`` and ``Use.feeds``; ``None`` where the
+    output has no gradient path), matched to the graph by the node that made it, so that a
+    frozen layer, whose weight the graph does not hold, is placed too."""
     graph = Graph([r.grad_fn for r in roots if r.grad_fn is not None], set(keys))
     nodes = list(output_nodes)
     reaches: List[Optional[str]] = []
+    feeds: List[Optional[str]] = []
     for node in nodes:
         source = graph.source(node) if node is not None else None
-        reaches.append("+".join(sorted(graph.terminals(source))) or None if source in graph.inputs else None)
-    return _uses(graph, keys), stream_outputs(graph, nodes), reaches
+        known = source in graph.inputs
+        reaches.append("+".join(sorted(graph.terminals(source, through_norms=True))) or None if known else None)
+        feeds.append(_past_nonlinearity(graph, source) if known else None)
+    return _uses(graph, keys), stream_outputs(graph, nodes), reaches, feeds
 
 
 def parameter_uses(roots: List[torch.Tensor], keys: Dict[int, Hashable]) -> Dict[Hashable, Use]:

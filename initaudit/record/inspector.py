@@ -122,6 +122,7 @@ def inspect(
         start_order=[module_names[key][1][0] for key in sorted(recorder.started, key=recorder.started.get)],
         stream_calls=streams,
         call_reaches=recorder.call_reaches,
+        call_feeds=recorder.call_feeds,
         unobserved=[m.name for m in modules if m.has_parameters and m.calls == 0] if run_forward else [],
         notes=["a TorchScript module takes no forward hooks: parameters and gradients are audited, "
                "module outputs (and the signal rules) are not"] if recorder.scripted else [],
@@ -143,8 +144,8 @@ def note_uses(tensors: List[Tracked], loss_value: Optional[torch.Tensor], param_
         key = key_by_name.get(f"{module_name}.{attr}" if module_name else attr)
         if key is not None:
             keys.setdefault(held, key)
-    uses, streams, reaches = dataflow.read([loss_value], keys, nodes)
-    recorder.call_reaches = reaches
+    uses, streams, reaches, feeds = dataflow.read([loss_value], keys, nodes)
+    recorder.call_reaches, recorder.call_feeds = reaches, feeds
     for key, record, _ in tensors:
         use = uses.get(key)
         if record.kind != "parameter" or use is None:

@@ -6,7 +6,7 @@ import math
 from typing import Iterator, List, Optional, Tuple
 
 from initaudit.analysis.graph import forward_calls, split_at_average_pools
-from initaudit.analysis.roles import main_path
+from initaudit.analysis.roles import inside_branch, main_path
 from initaudit.core import knowledge
 from initaudit.core.records import OutputRecord, Recording
 from initaudit.rules.registry import RuleContext, Violation, rule
@@ -29,11 +29,15 @@ def layer_signal(recording: Recording, output_layer: Optional[str] = None) -> Li
     design in many recipes), not the representation (Brock et al. 2021 measure signal
     propagation at the residual blocks' outputs).
     """
-    streams = set(recording.stream_calls)
+    streams = {i for i in recording.stream_calls if not inside_branch(recording, i)}  # not a sum inside a branch
+    # a residual block's inner layers are its branch, whatever the graph says of their sums (a
+    # stage's first block adds its branch to a projected shortcut): the block's output is the signal
+    blocks = tuple(recording.call_order[i] + "." for i in streams if recording.call_order[i])
     carried = [
         call for call in forward_calls(recording)
-        if (call.index in streams and main_path(recording, call.index))  # not a sum inside a branch
+        if call.index in streams
         or (call.module.kind == knowledge.LAYER and main_path(recording, call.index)
+            and not call.name.startswith(blocks)
             and not (recording.call_reaches and call.name == output_layer))
     ]
     signal = (
