@@ -2,7 +2,7 @@
 listed here with the plain fact behind it; and every fault planted in them is found."""
 
 import pytest
-from corpus import CORPUS, FAULTS
+from corpus import CORPUS, FAULTS, vit_zero_patch_embedding
 
 from initaudit import audit
 
@@ -58,3 +58,13 @@ def test_a_fault_planted_in_a_real_model_is_found(name):
     report = audit(model, example)
     assert any(f.code == code and where in f.location and f.severity in ("warning", "error")
                for f in report.findings), [(f.code, f.severity, f.location) for f in report.findings]
+
+
+def test_a_zero_layer_that_moves_at_the_first_step_is_information():
+    """A zero patch embedding cuts the image off at init, but its own gradient is not zero: it
+    moves at step 1 and trains (the benchmark's ViT with zero embeddings trains)."""
+    model, example, code, where = vit_zero_patch_embedding()
+    report = audit(model, example)
+    (zero,) = [f for f in report.findings if f.code == code and where in f.location]
+    assert zero.severity == "info" and "moves at step 1" in zero.message
+    assert not [f for f in report.findings if f.severity in ("warning", "error")]

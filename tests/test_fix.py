@@ -323,6 +323,7 @@ def test_the_audit_after_a_fix_keeps_select_tied_and_device():
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), shared, nn.ReLU(), shared, nn.ReLU(), nn.Linear(8, 8),
                           nn.ReLU(), nn.Linear(8, 2))
     nn.init.zeros_(model[6].weight)
+    nn.init.zeros_(model[6].bias)  # a dead zero layer: nothing moves it, so IA101 is an error to fix
     tie = ["2.weight=4.weight", "2.bias=4.bias"]
     result = audit(model, torch.randn(16, 4), select=["IA1", "IA4"], tied=tie, device="cpu", fix=True)
     assert result.rules == result.fix.before.rules and all(c.startswith(("IA1", "IA4")) for c in result.rules)

@@ -53,11 +53,25 @@ def zero_weight(ctx: RuleContext) -> Iterator[Violation]:
                 locations=t.names,
             )
             continue
+        if t.grad is not None and t.grad.norm > 0 and math.isfinite(t.grad.norm):
+            # judged by its consequence: it moves at the first step, and what it cuts off gets a
+            # gradient through it from the second (a zero-initialized layer trains: Zhao et al. 2022, ZerO)
+            yield Violation(
+                t.name,
+                f"'{t.name}' ({t.module_type or 'a parameter'}, shape {list(t.shape)}) is all zeros: its output "
+                "does not depend on its input at init, but its own first-step gradient is not zero, so it "
+                "moves at step 1 and what lies before it trains from step 2; reported for information",
+                fix=None,
+                severity="info",
+                locations=t.names,
+            )
+            continue
         yield Violation(
             t.name,
-            f"weight of '{t.module}' ({t.module_type}, shape {list(t.shape)}) is all zeros: "
-            "its output no longer depends on its input, so every layer before it gets "
-            "zero gradient; with ReLU and a zero bias it and everything below stay dead",
+            f"weight of '{t.module}' ({t.module_type}, shape {list(t.shape)}) is all zeros"
+            + (" and so is its own first-step gradient" if t.grad is not None else "")
+            + ": its output does not depend on its input, every layer before it gets zero gradient, "
+            "and nothing moves it (with ReLU and a zero bias, it and everything below stay dead)",
             fix=reinit_call(t, ctx.analysis.consumers),
             locations=t.names,
         )
