@@ -287,3 +287,32 @@ def test_block_outputs_are_the_stream_even_before_a_final_norm():
     # a branch 20x too large makes the stream grow block after block: that is seen
     torch.manual_seed(0)
     assert "IA203" in codes(audit(PreLN(gain=20.0, blocks=8), torch.randn(64, 8)))
+
+
+def test_ia201_judges_a_raw_parameter_in_a_product_by_the_fan_it_is_read_with():
+    """LoRA's A drawn from N(0, 10) as a raw nn.Parameter (x @ A.t(): fan-in 16): about 40x
+    LeCun's 1/sqrt(16); such adapters fail to train in the trainability benchmark."""
+    torch.manual_seed(0)
+    model = RawLoRA()
+    report = audit(model, torch.randn(32, 16))
+    assert "IA201" not in codes(report, "warning")  # A ~ N(0, 1/16): LeCun's scale
+    with torch.no_grad():
+        model.A.normal_(0, 10.0)
+    report = audit(model, torch.randn(32, 16))
+    found = uses(report)
+    assert found["A"].layer_fan_in == 16
+    (f,) = [f for f in findings(report, "IA201") if f.location == "A"]
+    assert f.severity == "warning" and "too large" in f.message and f.fix is None
+
+
+def test_a_raw_weight_read_untransposed_has_its_first_dimension_as_fan_in():
+    class Raw(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.W = nn.Parameter(torch.randn(16, 4) / 4)  # x @ W: 16 inputs summed
+
+        def forward(self, x):
+            return x @ self.W
+
+    torch.manual_seed(0)
+    assert uses(audit(Raw(), torch.randn(8, 16)))["W"].layer_fan_in == 16

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple, TypeVar
+from typing import Dict, Iterable, Iterator, List, Optional, Set, Tuple, TypeVar
 
 from initaudit.core import knowledge
 from initaudit.core.knowledge import Activation
@@ -151,6 +151,35 @@ def layer_runs(recording: Recording) -> List[List[LayerUse]]:
             # an embedding, recurrent or attention module: its scale is not ours to model
             close()
     close()
+    judged = {id(use.weight) for run in runs for use in run}
+    return runs + _raw_runs(recording, judged)
+
+
+def _raw_runs(recording: Recording, judged: Set[int]) -> List[List[LayerUse]]:
+    """Runs of the parameters the graph shows as a matrix product's weight outside a layer
+    module (``x @ A.t() @ B.t()`` with LoRA's A and B as ``nn.Parameter``\ s, Hugging Face's
+    ``Conv1D``), each named by itself; a run follows ``next_weights`` from one to the next."""
+    raw = [t for t in recording.parameters
+           if t.kind == "parameter" and t.role == "mixing" and t.ndim == 2 and t.layer_fan_in
+           and t.module_type not in knowledge.LAYER_NAMES and id(t) not in judged]
+    by_name = {t.name: t for t in raw}
+    continued = {n for t in raw if t.feeds in knowledge.ACTIVATION_TYPES or t.feeds == "mixing"
+                 for n in t.next_weights if n in by_name and len(t.next_weights) == 1}
+    runs = []
+    for start in raw:
+        if start.name in continued:
+            continue  # in the run of the product before it
+        run: List[LayerUse] = []
+        current: Optional[TensorRecord] = start
+        while current is not None and len(run) <= len(raw):
+            stand_in = ModuleRecord(names=[current.name], type=current.module_type, kind=knowledge.LAYER,
+                                    activation=None, activation_param=0.0, leaf=True, has_parameters=True)
+            use = LayerUse(stand_in, current, None)
+            _from_autograd(use)
+            run.append(use)
+            follows = current.next_weights
+            current = by_name.get(follows[0]) if use.ends is None and len(follows) == 1 else None
+        runs.append(run)
     return runs
 
 

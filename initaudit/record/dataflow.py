@@ -120,6 +120,7 @@ class Use:
     next_weights: List[Hashable] = field(default_factory=list)  # keys of the nearest downstream weights
     reaches: Optional[str] = None  # where the op's output ends up: "branch", "norm", "output", joined by "+"
     gradient_weights: Optional[List[Hashable]] = None  # keys of the nearest weights on every path to the loss
+    fan_in: Optional[int] = None  # a matrix product's operand: the dimension summed over, as the product reads it
 
 
 def node_name(node: Any) -> str:
@@ -414,6 +415,28 @@ def _past_nonlinearity(graph: Graph, op: Any) -> Optional[str]:
     return feeds
 
 
+def _contracted(graph: Graph, leaf: Any, op: Any, slot: int) -> Optional[int]:
+    """The dimension a 2-D parameter contributes to the sum of a matrix product (``mm``,
+    ``addmm``) as its right operand: its first dimension, or its second when it is read
+    transposed (``x @ W.t()``, ``F.linear``); ``None`` for anything else."""
+    variable = leaf.variable
+    if variable.dim() != 2 or node_name(op) not in ("MmBackward0", "AddmmBackward0") or slot != WEIGHT_SLOT[node_name(op)]:
+        return None
+    node, flips = graph.inputs[op][slot], 0
+    for _ in range(16):
+        if node is None or node is leaf:
+            break
+        if node_name(node) in ("TBackward0", "TransposeBackward0"):
+            flips += 1
+        below = [n for n in graph.inputs.get(node, ()) if n is not None]
+        if len(below) != 1 or node_name(node) not in VIEWS:
+            return None
+        node = below[0]
+    if node is not leaf:
+        return None
+    return int(variable.shape[1] if flips % 2 else variable.shape[0])
+
+
 def _through_unary(graph: Graph, leaf: Any) -> List[Tuple[Any, int]]:
     """The ops that consume a parameter, looking through views and elementwise functions of it
     alone (:data:`UNARY`)."""
@@ -615,5 +638,6 @@ def _uses(graph: Graph, keys: Dict[int, Hashable]) -> Dict[Hashable, Use]:
         reaches = "+".join(sorted(graph.terminals(op)))
         through = _gradient_weights(graph, op)
         gradient = [keys[i] for i in through if i in keys] if through is not None else None
-        uses[key] = Use(node_name(op), role, feeds, branch, following, reaches or None, gradient)
+        fan_in = _contracted(graph, leaf, op, slot) if role == "mixing" else None
+        uses[key] = Use(node_name(op), role, feeds, branch, following, reaches or None, gradient, fan_in)
     return uses

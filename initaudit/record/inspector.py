@@ -17,6 +17,7 @@ from typing import Any, List, Optional
 import torch
 from torch import nn
 
+from initaudit.core import knowledge
 from initaudit.core.progress import SILENT, Progress
 from initaudit.core.records import Recording, TensorRecord
 from initaudit.record import dataflow, distributed, factored, flow, transfer
@@ -152,6 +153,8 @@ def note_uses(tensors: List[Tracked], loss_value: Optional[torch.Tensor], param_
             continue
         record.role, record.consumer_op, record.feeds, record.branch = use.role, use.op, use.feeds, use.branch
         record.reaches = use.reaches
+        if use.fan_in is not None and record.module_type not in knowledge.LAYER_NAMES:
+            record.layer_fan_in = use.fan_in  # a raw parameter in a product: the fan the product sums over
         record.next_weights = [param_names[k][1][0] for k in use.next_weights if k in param_names]
         if use.gradient_weights is not None:
             record.gradient_weights = [param_names[k][1][0] for k in use.gradient_weights if k in param_names]

@@ -22,8 +22,8 @@ def _fix(scales: List[Scale]) -> Optional[str]:
     """One line (a loop when several layers share the call) per distinct init call."""
     by_call: Dict[str, List[str]] = {}
     for s in scales:
-        if s.off_by <= 1.1:
-            continue
+        if s.off_by <= 1.1 or s.use.module.name == s.use.weight.name:
+            continue  # a raw parameter (a stand-in module named by it): no layer to re-initialize
         call = gains.init_call(s.use.activation, "model.get_submodule(name).weight", s.fan, s.use.weight.fan_in)
         names = by_call.setdefault(call, [])
         if s.use.module.name not in names:
