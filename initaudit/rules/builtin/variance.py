@@ -62,7 +62,10 @@ def _signal(run: List[LayerUse]) -> Optional[float]:
     options={
         "variance-tolerance": 2.0,  # one layer off by more than this: mismatched
         "compound-tolerance": 10.0,  # the run's product of r beyond this: mismatched
-        "severe-factor": 10.0,  # one layer off by more than this: warning
+        # one layer off by more than this: warning. 30, not 10: on the trainability benchmark's
+        # calibrate split, 10 warned on single layers 10-30x off that train (Adam rescues them):
+        # AUC 0.822 -> 0.845, precision 0.459 -> 0.500, recall unchanged (benchmarks/README.md)
+        "severe-factor": 30.0,
         "signal-tolerance": 10.0,  # measured signal change confirming the product: warning
     },
     needs="forward",
