@@ -316,3 +316,19 @@ def test_a_raw_weight_read_untransposed_has_its_first_dimension_as_fan_in():
 
     torch.manual_seed(0)
     assert uses(audit(Raw(), torch.randn(8, 16)))["W"].layer_fan_in == 16
+
+
+def test_a_product_fed_by_a_zero_product_trains_from_the_second_step():
+    """LoRA with A at zero and B drawn: B gets no gradient (its input, A x, is zero), but A
+    moves at step 1, so B trains from step 2 (such adapters train in the benchmark)."""
+    torch.manual_seed(0)
+    model = RawLoRA()
+    with torch.no_grad():
+        model.A.zero_()
+        model.B.normal_(0, 0.02)
+    report = audit(model, torch.randn(32, 16))
+    (zero,) = findings(report, "IA101")
+    assert zero.location == "A" and zero.severity == "info"
+    (stuck,) = findings(report, "IA302")
+    assert stuck.locations == ["B"] and stuck.caused_by == "IA101 A" and stuck.severity == "info"
+    assert not codes(report, "warning") and not codes(report, "error")

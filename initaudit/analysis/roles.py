@@ -93,7 +93,21 @@ def gradient_roots(recording: Recording) -> Dict[str, str]:
         return found[name]
 
     roots = {t.name: root(t.name) for t in recording.parameters if t.name in zero_grad}
+    # the other way: a product's weight gets no gradient when its input is zero, which an
+    # all-zero product right before it with nothing added makes so (LoRA's B when A is zero)
+    feeders: Dict[str, str] = {}
+    for t in recording.parameters:
+        if t.zero_fraction == 1.0 and t.role == "mixing" and len(t.next_weights) == 1 and not _has_bias(recording, t):
+            feeders.setdefault(t.next_weights[0], t.name)
+    for name, r in roots.items():
+        if r is None and by_name[name].role == "mixing" and name in feeders:
+            roots[name] = feeders[name]
     return {name: r for name, r in roots.items() if r is not None}
+
+
+def _has_bias(recording: Recording, t: TensorRecord) -> bool:
+    """Whether ``t``'s module adds a bias that is not all zero to its product."""
+    return any(b.module == t.module and b.attr == "bias" and b.zero_fraction != 1.0 for b in recording.parameters)
 
 
 def inside_branch(recording: Recording, call: int) -> bool:

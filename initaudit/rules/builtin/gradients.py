@@ -101,12 +101,12 @@ def zero_gradient(ctx: RuleContext) -> Iterator[Violation]:
         judge = "IA101" if weight.ndim >= 2 else "IA601" if is_norm_gain(weight) else None
         reported = judge is not None
         if pattern is not None and step is not None:
-            why = (f"'{root}' is all zeros by design ({pattern}), so nothing reaches them through it yet; "
+            why = (f"'{root}' is all zeros by design ({pattern}), so nothing reaches them through it (or, from it) yet; "
                    + ("its own gradient is not zero, so it moves at step 1"
                       if step == 1 else f"it starts moving at step {step}, once what zeroes its own gradient has moved")
                    + f", and they train from step {step + 1}")
         else:
-            why = f"'{root}' is all zeros, so nothing reaches them through it" + (
+            why = f"'{root}' is all zeros, so nothing reaches them through it (or, from it)" + (
                 "" if step is not None else ", and it never moves either: nothing here trains") + (
                 f" (see {judge} there)" if reported else "")
         yield Violation(
