@@ -68,3 +68,17 @@ def test_a_zero_layer_that_moves_at_the_first_step_is_information():
     (zero,) = [f for f in report.findings if f.code == code and where in f.location]
     assert zero.severity == "info" and "moves at step 1" in zero.message
     assert not [f for f in report.findings if f.severity in ("warning", "error")]
+
+
+def test_a_hugging_face_models_own_init_is_named_as_such():
+    model, example = CORPUS["hf-bert"]()
+    report = audit(model, example)
+    assert report.recording.declared_init_std == 0.02
+    notes = [f for f in report.findings if f.code == "IA201"]
+    assert notes and all(f.severity == "info" for f in notes)
+    assert any("the model's own `_init_weights`" in f.message for f in notes)
+
+
+def test_a_model_without_its_own_init_declares_none():
+    model, example = CORPUS["torch-transformer-encoder"]()
+    assert audit(model, example).recording.declared_init_std is None

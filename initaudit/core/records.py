@@ -172,6 +172,9 @@ class Recording:
     # the calls (indices into call_order) whose output is a residual stream: a sum x + f(x),
     # from the autograd graph (record.dataflow); empty without a backward
     stream_calls: List[int] = field(default_factory=list)
+    # the std the model's own init draws its weights with, when it declares one: a Hugging
+    # Face model's ``_init_weights`` with ``config.initializer_range``
+    declared_init_std: Optional[float] = None
     # by call index: where the call's output ends up on the way to the loss ("branch", "norm",
     # "output", joined by "+"), matched to the graph by the node that made it; empty without a backward
     call_reaches: List[Optional[str]] = field(default_factory=list)

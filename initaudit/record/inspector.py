@@ -24,7 +24,7 @@ from initaudit.record import dataflow, distributed, factored, flow, transfer
 from initaudit.record.backward import first_step_gradients, gradient_status
 from initaudit.record.hooks import CallRecorder, forward_with_hooks
 from initaudit.record.ignores import declared_ignores
-from initaudit.record.modules import declared_ties, module_records, output_record
+from initaudit.record.modules import declared_init_std, declared_ties, module_records, output_record
 from initaudit.record.probe import LossFn, compute_loss, jacobian_gain, probe_input, random_projection_loss
 from initaudit.record.resolve import resolve
 from initaudit.record.state import preserved, seed_torch
@@ -115,6 +115,7 @@ def inspect(
         call_order=recorder.calls,
         call_outputs=[output_record(recorder, i) for i in range(len(recorder.calls))],
         declared_ties=declared_ties(model),
+        declared_init_std=declared_init_std(_unwrapped_hf(model)),
         backward=backward,
         loss=scalars.loss,
         jacobian_gain=scalars.jacobian_gain,
@@ -159,6 +160,15 @@ def note_uses(tensors: List[Tracked], loss_value: Optional[torch.Tensor], param_
         if use.gradient_weights is not None:
             record.gradient_weights = [param_names[k][1][0] for k in use.gradient_weights if k in param_names]
     return streams
+
+
+def _unwrapped_hf(model: nn.Module) -> nn.Module:
+    """The model, or the one submodule that declares its own init (a PEFT model's base, a
+    wrapper holding a Hugging Face model as an attribute)."""
+    if declared_init_std(model) is not None:
+        return model
+    declaring = [m for m in model.modules() if declared_init_std(m) is not None]
+    return declaring[0] if declaring else model
 
 
 def parameter_statistics(model: nn.Module) -> List[TensorRecord]:

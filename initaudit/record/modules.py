@@ -15,6 +15,15 @@ from initaudit.record import flow
 from initaudit.record.hooks import CallRecorder
 
 
+def declared_init_std(model: nn.Module) -> Optional[float]:
+    """The std of a model's own init when it declares one: Hugging Face's ``_init_weights``
+    draws linear and embedding weights from N(0, ``config.initializer_range``)."""
+    std = getattr(getattr(model, "config", None), "initializer_range", None)
+    if callable(getattr(model, "_init_weights", None)) and isinstance(std, (int, float)) and std > 0:
+        return float(std)
+    return None
+
+
 def declared_ties(model: nn.Module) -> Set[FrozenSet[str]]:
     """Parameter names the model itself declares tied (Hugging Face's conventions).
 

@@ -110,7 +110,8 @@ def variance_mismatch(ctx: RuleContext) -> Iterator[Violation]:
         if not normalized and not (branch and product < 1) and (worst.off_by > severe or (compounded and confirmed)):
             severity = "warning"
         init = ctx.analysis.fingerprint(worst.use.weight)
-        yield _violation(scales, worst, product, signal, normalized, severity, init, branch)
+        yield _violation(scales, worst, product, signal, normalized, severity, init, branch,
+                         ctx.recording.declared_init_std)
 
 
 def _violation(
@@ -122,6 +123,7 @@ def _violation(
     severity: str,
     init: Optional[Fingerprint],
     branch: bool = False,
+    own_init: Optional[float] = None,
 ) -> Violation:
     names: List[str] = []
     for s in scales:
@@ -136,6 +138,8 @@ def _violation(
         f"recommended {worst.recommended()} ({gains.init_name(w.activation)}, {worst.mode}={worst.fan}), "
         f"{worst.off_by:.2g}x too {direction}"
         + (f" (it looks like {init.torch_call})" if init is not None else "")
+        + (f"; this is the model's own `_init_weights` (N(0, initializer_range={own_init:g}))"
+           if own_init is not None and abs(worst.measured - own_init) <= 0.15 * own_init else "")
     )
     if len(scales) > 1:
         message += f"; compounded over the run: {product:.2g}x"
