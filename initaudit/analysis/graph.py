@@ -157,7 +157,7 @@ def layer_runs(recording: Recording) -> List[List[LayerUse]]:
 
 def _raw_runs(recording: Recording, judged: Set[int]) -> List[List[LayerUse]]:
     """Runs of the parameters the graph shows as a matrix product's weight outside a layer
-    module (``x @ A.t() @ B.t()`` with LoRA's A and B as ``nn.Parameter``\ s, Hugging Face's
+    module (``x @ A.t() @ B.t()`` with LoRA's A and B as ``nn.Parameter`` objects, Hugging Face's
     ``Conv1D``), each named by itself; a run follows ``next_weights`` from one to the next."""
     raw = [t for t in recording.parameters
            if t.kind == "parameter" and t.role == "mixing" and t.ndim == 2 and t.layer_fan_in

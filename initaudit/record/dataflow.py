@@ -1,7 +1,7 @@
 """How each parameter enters the forward, read from the autograd graph of the audit's own forward.
 
 The loss's ``grad_fn`` graph is the forward as it ran, whatever wrote it (modules, raw
-``nn.Parameter``\\ s in ``x @ W.t()``, Hugging Face code that ``torch.fx`` cannot trace), and
+``nn.Parameter`` objects in ``x @ W.t()``, Hugging Face code that ``torch.fx`` cannot trace), and
 it costs nothing to read: it exists anyway until the backward. Each parameter is an
 ``AccumulateGrad`` node; the operation that consumes it, once views (``.t()``, slices,
 ``expand``, ``view``, dtype casts, ``chunk``) are looked through, gives its **role**:
@@ -508,7 +508,7 @@ def _downstream(graph: Graph, op: Any) -> Tuple[Optional[str], Optional[str]]:
 
 
 def _gradient_weights(graph: Graph, op: Any, limit: int = 20000) -> Optional[List[int]]:
-    """``id``\ s of the weights of the nearest products on every path from ``op``'s output to the
+    """The ``id`` values of the weights of the nearest products on every path from ``op``'s output to the
     loss, through any other operation; ``None`` when some path reaches the loss without one
     (or the walk grows past ``limit`` nodes). If all of them are zero, ``op``'s output gradient
     is zero: a gradient is zero wherever every path back from the loss is multiplied by zero."""
@@ -540,7 +540,7 @@ def _gradient_weights(graph: Graph, op: Any, limit: int = 20000) -> Optional[Lis
 
 
 def _next_weights(graph: Graph, op: Any) -> List[int]:
-    """``id``\\ s of the weights of the nearest matrix products above ``op``'s output, through
+    """The ``id`` values of the weights of the nearest matrix products above ``op``'s output, through
     nonlinearities, views, biases and scales; empty where a sum of streams, a norm or an
     unknown op comes first."""
     found: List[int] = []
