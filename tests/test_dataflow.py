@@ -332,3 +332,14 @@ def test_a_product_fed_by_a_zero_product_trains_from_the_second_step():
     (stuck,) = findings(report, "IA302")
     assert stuck.locations == ["B"] and stuck.caused_by == "IA101 A" and stuck.severity == "info"
     assert not codes(report, "warning") and not codes(report, "error")
+
+
+def test_the_json_says_the_graph_decided_a_layers_consumer():
+    import json
+
+    torch.manual_seed(0)  # Untraceable: torch.fx cannot trace it
+    document = json.loads(audit(Untraceable(), torch.randn(32, 8)).to_json())
+    modules = {m["names"][0]: m for m in document["modules"]}
+    assert modules["fc1.0"]["consumer_method"] == "autograd"
+    assert modules["fc1.0"]["consumer_kind"] == "activation" and modules["fc1.0"]["consumer"] == "relu"
+    assert modules["fc2.0"]["consumer_kind"] == "opaque" and modules["fc2.0"]["consumer"] == "add"

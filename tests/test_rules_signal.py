@@ -112,7 +112,12 @@ def test_untraceable_model_falls_back_to_hook_order():
 
     rep = audit(Branchy(), torch.randn(8, 16))
     assert rep.recording.traced == []
-    assert rep.recording.module("a").consumer_method == "hooks"
+    assert rep.recording.module("a").consumer_method == "hooks"  # what the call order found
+    # the autograd graph decides above both, and the JSON says so
+    assert rep.to_dict()["modules"][1]["consumer_method"] == "autograd"
+    assert rep.to_dict()["modules"][1]["consumer"] == "relu"
+    # without a backward there is no graph: the call order decides
+    rep = audit(Branchy(), torch.randn(8, 16), no_backward=True)
     assert rep.to_dict()["modules"][1]["consumer_method"] == "hooks"
 
 

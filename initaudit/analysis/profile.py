@@ -50,7 +50,7 @@ def depth_profile(analysis: Analysis) -> List[ProfileRow]:
                     layer=use.module.name,
                     type=use.module.type,
                     consumer=use.activation.describe() + (" -> norm" if use.normalized else ""),
-                    method=use.module.consumer_method or "hooks",
+                    method=use.method if use.method == "autograd" else use.module.consumer_method or "hooks",
                     output_rms=math.sqrt(out.mean ** 2 + out.std ** 2) if out is not None else None,
                     signal=out.feature_std if out is not None else None,
                     grad_rms=grad_rms,

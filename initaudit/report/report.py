@@ -101,7 +101,7 @@ class Report:
             "suppressed": [f.to_dict() for f in self.suppressed],
             "parameters": [self._tensor_dict(t) for t in self.parameters],
             "buffers": [self._tensor_dict(t) for t in self.buffers],
-            "modules": [m.to_dict() for m in self.modules],
+            "modules": [self._module_dict(m) for m in self.modules],
             "rules": list(self.rules),
             "notes": list(self.notes),
             "graph": {
@@ -112,6 +112,22 @@ class Report:
             "loss": finite_or_none(self.recording.loss),
             "summary": self.summary(),
         }
+
+    def _module_dict(self, m: ModuleRecord) -> Dict[str, Any]:
+        """A module's record, with its consumer as the analysis decided it where the autograd
+        graph did (``consumer_method``: ``autograd``; the recording keeps what fx or the call
+        order found)."""
+        d = m.to_dict()
+        use = self.analysis.consumers.get(m.name)
+        if use is not None and use.method == "autograd":
+            d["consumer_method"] = "autograd"
+            if use.consumer is not None:
+                kind = "layer" if use.consumer.name == "linear" else "activation"  # the next layer, nothing between
+                d["consumer_kind"], d["consumer"], d["consumer_param"] = kind, use.consumer.name, use.consumer.param
+            elif use.ends is not None:
+                d["consumer_kind"] = {"norm": "norm", "output": "output"}.get(use.ends, "opaque")
+                d["consumer"], d["consumer_param"] = use.ends, 0.0
+        return d
 
     def _tensor_dict(self, t: TensorRecord) -> Dict[str, Any]:
         """A tensor's record with the init the analysis recognised (``init``: the call and its
