@@ -35,7 +35,7 @@ change its meaning (views, dropout, a bias, a constant or per-channel factor):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, FrozenSet, Hashable, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Hashable, Iterator, List, Optional, Set, Tuple
 
 import torch
 
@@ -169,6 +169,21 @@ class Graph:
                 stack.extend(self.parents.get(parent, ()))
             else:
                 yield parent, slot
+
+    def downstream_ops(self, start: Any, follow: Callable[[Any, int], bool]) -> Iterator[Tuple[Any, int]]:
+        """Each op that reads ``start``'s output (through views), then each op reading theirs
+        where ``follow(op, slot)`` says so; every op once, as ``(op, slot)``."""
+        seen: Set[Any] = set()
+        stack = [start]
+        while stack:
+            node = stack.pop()
+            for parent, slot in self.consumers(node):
+                if parent in seen:
+                    continue
+                seen.add(parent)
+                yield parent, slot
+                if follow(parent, slot):
+                    stack.append(parent)
 
     def source(self, node: Any) -> Any:
         """``node`` with views looked through toward the inputs (a leaf, or the op that made it)."""
@@ -332,41 +347,30 @@ class Graph:
             return False
         inputs = self.inputs.get(add, [])
         node = self.source(inputs[slot]) if slot < len(inputs) else None
-        for _ in range(8):
-            if node is None:
-                return False
-            name = node_name(node)
-            if name in MIXING_OPS:
-                return True
-            if name in CONSTANT_SCALES or name in DROPOUT or name in SCALES:
-                below = [n for n in self.inputs.get(node, ()) if n is not None and not self.is_parameter_path(n)]
-                if len(below) != 1:
-                    return False
-                node = self.source(below[0])
-                continue
-            return False
-        return False
+        node = self.made_by(node, CONSTANT_SCALES | DROPOUT | SCALES)
+        return node is not None and node_name(node) in MIXING_OPS
 
     def frozen_product(self, node: Any) -> bool:
         """Whether ``node`` (through views and a bias) is a matrix product whose weight takes no
         gradient: a frozen layer's output."""
-        node = self.source(node)
-        for _ in range(4):
-            if node is None:
-                return False
-            name = node_name(node)
-            if name in WEIGHT_SLOT:
-                slot = WEIGHT_SLOT[name]
-                inputs = self.inputs.get(node, [])
-                return slot < len(inputs) and inputs[slot] is None
-            if name in ADDS or name in CONSTANT_SCALES:
-                below = [n for n in self.inputs.get(node, ()) if n is not None and not self.is_parameter_path(n)]
-                if len(below) != 1:
-                    return False
-                node = self.source(below[0])
-                continue
+        node = self.made_by(node, ADDS | CONSTANT_SCALES)
+        if node is None or node_name(node) not in WEIGHT_SLOT:
             return False
-        return False
+        slot, inputs = WEIGHT_SLOT[node_name(node)], self.inputs.get(node, [])
+        return slot < len(inputs) and inputs[slot] is None
+
+    def made_by(self, node: Any, passing: FrozenSet[str], steps: int = 8) -> Any:
+        """The op that made ``node``'s activation, looking back through views and the ops in
+        ``passing`` that pass one activation on (a bias, a constant or parameter factor, dropout)."""
+        node = self.source(node)
+        for _ in range(steps):
+            if node is None or node_name(node) not in passing:
+                return node
+            below = [n for n in self.inputs.get(node, ()) if n is not None and not self.is_parameter_path(n)]
+            if len(below) != 1:
+                return node
+            node = self.source(below[0])
+        return node
 
 
 def role_of(op: str, slot: int) -> str:
@@ -440,21 +444,11 @@ def _contracted(graph: Graph, leaf: Any, op: Any, slot: int) -> Optional[int]:
 def _through_unary(graph: Graph, leaf: Any) -> List[Tuple[Any, int]]:
     """The ops that consume a parameter, looking through views and elementwise functions of it
     alone (:data:`UNARY`)."""
-    found: List[Tuple[Any, int]] = []
-    seen: Set[Any] = set()
-    stack = [leaf]
-    while stack:
-        node = stack.pop()
-        for parent, slot in graph.consumers(node):
-            if parent in seen:
-                continue
-            seen.add(parent)
-            alone = len([n for n in graph.inputs.get(parent, ()) if n is not None]) == 1
-            if alone and node_name(parent) in UNARY | SCALES:  # with a constant tensor at most
-                stack.append(parent)
-            else:
-                found.append((parent, slot))
-    return found
+
+    def alone(op: Any, slot: int) -> bool:  # a function of it, with a constant tensor at most
+        return node_name(op) in UNARY | SCALES and len([n for n in graph.inputs.get(op, ()) if n is not None]) == 1
+
+    return [(op, slot) for op, slot in graph.downstream_ops(leaf, alone) if not alone(op, slot)]
 
 
 def _downstream(graph: Graph, op: Any) -> Tuple[Optional[str], Optional[str]]:
@@ -540,33 +534,24 @@ def _gradient_weights(graph: Graph, op: Any, limit: int = 20000) -> Optional[Lis
 
 
 def _next_weights(graph: Graph, op: Any) -> List[int]:
-    """The ``id`` values of the weights of the nearest matrix products above ``op``'s output, through
-    nonlinearities, views, biases and scales; empty where a sum of streams, a norm or an
-    unknown op comes first."""
+    """The ``id`` values of the weights of the nearest matrix products above ``op``'s output,
+    through nonlinearities, views, biases and scales; empty where a sum of streams, a norm or
+    an unknown op comes first."""
+    passing = ACTIVATIONS.keys() | DROPOUT | CONSTANT_SCALES | ADDS | SCALES
     found: List[int] = []
-    seen: Set[Any] = set()
-    stack = [op]
-    while stack:
-        node = stack.pop()
-        for parent, slot in graph.consumers(node):
-            if parent in seen:
-                continue
-            seen.add(parent)
-            name = node_name(parent)
-            if name in WEIGHT_SLOT and slot != WEIGHT_SLOT[name]:
-                leaf = graph.weight_leaf(parent)
-                if leaf is None:
-                    return []  # a frozen product: its own input gradient flows regardless
-                found.append(id(leaf.variable))
-            elif name in ACTIVATIONS or name in DROPOUT or name in CONSTANT_SCALES:
-                stack.append(parent)
-            elif name in ADDS or name in SCALES:
-                has_other, other = graph.other_input(parent, slot)
-                if has_other and other is not None and not graph.is_parameter_path(other):
-                    return []  # a sum or product with another activation: gradient arrives from there too
-                stack.append(parent)
-            else:
-                return []
+    for parent, slot in graph.downstream_ops(op, lambda p, _: node_name(p) in passing):
+        name = node_name(parent)
+        if name in WEIGHT_SLOT and slot != WEIGHT_SLOT[name]:
+            leaf = graph.weight_leaf(parent)
+            if leaf is None:
+                return []  # a frozen product: its own input gradient flows regardless
+            found.append(id(leaf.variable))
+        elif name in ADDS or name in SCALES:
+            has_other, other = graph.other_input(parent, slot)
+            if has_other and other is not None and not graph.is_parameter_path(other):
+                return []  # a sum or product with another activation: gradient arrives from there too
+        elif name not in passing:
+            return []
     return found
 
 
