@@ -329,7 +329,9 @@ def test_ia302_zero_gradients_below_a_zero_weight():
     below = by_cause["IA101 4.weight"]
     assert {"0.weight", "2.weight", "0.bias", "2.bias"} <= set(below.locations) and below.severity == "info"
     order = [(f.code, f.location) for f in report.findings]
-    assert order.index(("IA302", below.location)) == order.index(("IA101", "4.weight")) + 1
+    root, mine = order.index(("IA101", "4.weight")), order.index(("IA302", below.location))
+    # right under its root, among the root's other consequences (the dead units, the lost signal)
+    assert root < mine and all(f.caused_by == "IA101 4.weight" for f in report.findings[root + 1:mine + 1])
     # and the head's weight, which sees only relu(0 x + 0) = 0 from it
     assert "6.weight" in below.locations
     # relu(0 x + 0) is 0, where ReLU passes no gradient: the zero layer itself is stuck for
@@ -495,3 +497,19 @@ def test_ia105_leaves_copies_of_a_two_valued_pattern_alone_though_they_are_recor
     nn.init.normal_(model[2].weight)
     model[0].weight.data.copy_(model[2].weight.data)  # a random draw copied: reported
     assert "IA105" in {f.code for f in audit(model, torch.randn(32, 16)).findings}
+
+
+def test_dead_units_and_a_lost_signal_at_a_zero_layer_hang_under_its_ia101():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+                          nn.Linear(32, 2))
+    nn.init.zeros_(model[2].weight)
+    nn.init.zeros_(model[2].bias)
+    report = audit(model, torch.randn(64, 32))
+    (dead,) = findings(report, "IA204")
+    assert dead.caused_by == "IA101 2.weight"
+    (lost,) = findings(report, "IA202")
+    assert lost.caused_by == "IA101 2.weight"
+    order = [(f.code, f.location) for f in report.findings]
+    root = order.index(("IA101", "2.weight"))
+    assert {order.index(("IA204", dead.location)), order.index(("IA202", lost.location))} <= set(range(root + 1, len(order)))

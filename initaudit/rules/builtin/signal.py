@@ -73,6 +73,7 @@ def _segment_crossing(ctx: RuleContext, signal: List[Tuple[str, float]], directi
     factor = (last / first) ** (1 / steps) if last > 0 else 0.0
     name, value = signal[crossed]
     word = f"below 1/{1 / limit:g} of" if direction == "vanishing" else f"above {limit:g}x"
+    cause = zero_weight_of(ctx.recording, name) if direction == "vanishing" else None
     return Violation(
         name,
         f"the signal {direction[:-3]}es along the depth: the per-feature std across the batch of the "
@@ -84,6 +85,7 @@ def _segment_crossing(ctx: RuleContext, signal: List[Tuple[str, float]], directi
            else "Activations will overflow or saturate"),
         fix=None,
         locations=[n for n, _ in signal[: crossed + 1]][-2:],
+        caused_by=f"IA101 {cause}" if cause else None,
     )
 
 
@@ -159,6 +161,7 @@ def dead_units(ctx: RuleContext) -> Iterator[Violation]:
     if len(dead_layers) > 1:
         listed = ", ".join(f"'{w}' {d:.0%}" for w, _, d, _ in dead_layers[1:9])
         more = f"; also after {len(dead_layers) - 1} more layer(s): {listed}" + (" and others" if len(dead_layers) > 9 else "")
+    cause = zero_weight_of(rec, where)
     yield Violation(
         where,
         f"{dead:.0%} of the {unit} after '{where}' ({name}) are zero for every example in the "
@@ -166,7 +169,17 @@ def dead_units(ctx: RuleContext) -> Iterator[Violation]:
         "bias, or a weight scale far too small for the input)",
         fix=None,
         locations=[w for w, _, _, _ in dead_layers],
+        caused_by=f"IA101 {cause}" if cause else None,
     )
+
+
+def zero_weight_of(recording: Recording, module: str) -> Optional[str]:
+    """The name of ``module``'s weight when it is all zeros (2+ dimensions, IA101's to judge):
+    then a vanished signal or dead units right there are its consequence."""
+    for t in recording.parameters:
+        if t.module == module and t.attr == "weight" and t.ndim >= 2 and t.zero_fraction == 1.0:
+            return t.name
+    return None
 
 
 @rule(
