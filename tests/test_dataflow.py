@@ -343,3 +343,23 @@ def test_the_json_says_the_graph_decided_a_layers_consumer():
     assert modules["fc1.0"]["consumer_method"] == "autograd"
     assert modules["fc1.0"]["consumer_kind"] == "activation" and modules["fc1.0"]["consumer"] == "relu"
     assert modules["fc2.0"]["consumer_kind"] == "opaque" and modules["fc2.0"]["consumer"] == "add"
+
+
+def test_ia201_leaves_recurrent_weights_to_the_recurrent_rules():
+    """A GRU on CPU runs as plain products in the graph; its weights' scale is the recurrence's
+    (IA502/IA503), not a feed-forward gain's."""
+    class Sequence(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.head = nn.GRU(8, 16, batch_first=True), nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0])
+
+    torch.manual_seed(0)
+    model = Sequence()
+    with torch.no_grad():
+        for p in model.rnn.parameters():
+            p.uniform_(-10, 10)
+    report = audit(model, torch.randn(4, 6, 8))
+    assert not [f for f in findings(report, "IA201") if f.location.startswith("rnn")]

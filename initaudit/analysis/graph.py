@@ -161,7 +161,8 @@ def _raw_runs(recording: Recording, judged: Set[int]) -> List[List[LayerUse]]:
     ``Conv1D``), each named by itself; a run follows ``next_weights`` from one to the next."""
     raw = [t for t in recording.parameters
            if t.kind == "parameter" and t.role == "mixing" and t.ndim == 2 and t.layer_fan_in
-           and t.module_type not in knowledge.LAYER_NAMES and id(t) not in judged]
+           and t.module_type not in knowledge.LAYER_NAMES and t.module_type not in knowledge.RECURRENT_NAMES
+           and id(t) not in judged]  # a recurrent cell's weights are IA5xx's: their scale is the recurrence's
     by_name = {t.name: t for t in raw}
     continued = {n for t in raw if t.feeds in knowledge.ACTIVATION_TYPES or t.feeds == "mixing"
                  for n in t.next_weights if n in by_name and len(t.next_weights) == 1}
