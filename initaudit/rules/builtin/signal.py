@@ -94,7 +94,9 @@ def _segment_crossing(ctx: RuleContext, signal: List[Tuple[str, float]], directi
     "signal-vanishing",
     "warning",
     "The input-dependent part of the layer outputs falls below 1/{signal-vanishing-ratio} of the first layer's.",
-    options={"signal-vanishing-ratio": 10.0},
+    # 100, not 10: on the trainability benchmark's calibrate split, nets whose signal falls 10-100x
+    # train (Adam's normalized steps): AUC 0.850 -> 0.856, precision 0.536 -> 0.554, recall unchanged
+    options={"signal-vanishing-ratio": 100.0},
     needs="forward",
     fix="data",
     why_no_fix="repaired with data: LSUV rescales each layer, in forward order, until its output variance "
