@@ -40,6 +40,7 @@ from torch import nn
 
 from initaudit import stats
 from initaudit.core import knowledge
+from initaudit.record import dataflow
 from initaudit.record.staging import Staging
 
 _DTYPES = (torch.float32, torch.float64)
@@ -232,7 +233,9 @@ class LinearGradients:
             self.calls.clear()
             return set()
         try:
-            children, edges_into = _graph(loss.grad_fn)
+            graph = dataflow.Graph([loss.grad_fn], set())
+            children = {node: [n for n in below if n is not None] for node, below in graph.inputs.items()}
+            edges_into = {key: len(graph.parents.get(leaf, ())) for key, leaf in graph.leaves.items()}
         except (AttributeError, RuntimeError, TypeError):  # a graph node of an unusual kind: autograd forms every gradient
             self.calls.clear()
             return set()
@@ -288,26 +291,6 @@ class LinearGradients:
             handle.remove()
         self._handles.clear()
         self.calls.clear()
-
-
-def _graph(root: Any) -> Tuple[Dict[Any, List[Any]], Dict[int, int]]:
-    """``(children of every node reachable from root, edges into each leaf by id(tensor))``."""
-    children: Dict[Any, List[Any]] = {}
-    edges_into: Dict[int, int] = {}
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        if node in children:
-            continue
-        below = [n for n, _ in node.next_functions if n is not None]
-        children[node] = below
-        for child in below:
-            variable = getattr(child, "variable", None)
-            if variable is not None:
-                edges_into[id(variable)] = edges_into.get(id(variable), 0) + 1
-            if child not in children:
-                stack.append(child)
-    return children, edges_into
 
 
 def _reaching(children: Dict[Any, List[Any]], wanted: Set[int]) -> Set[Any]:
