@@ -98,8 +98,6 @@ ATTENTION_OPS = frozenset({
     "ScaledDotProductFlashAttentionBackward0", "ScaledDotProductCudnnAttentionBackward0",
     "ScaledDotProductAttentionMathBackward0", "SoftmaxBackward0", "LogSoftmaxBackward0",
 })
-ACTIVATION_NAMES = frozenset({"relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "elu", "selu", "hardswish",
-                              "mish", "softplus", "celu"})
 ACTIVATIONS = {
     "ReluBackward0": "relu", "Relu6Backward0": "relu", "LeakyReluBackward0": "leaky_relu", "GeluBackward0": "gelu",
     "SiluBackward0": "silu", "TanhBackward0": "tanh", "SigmoidBackward0": "sigmoid", "EluBackward0": "elu",
@@ -408,7 +406,7 @@ def _past_nonlinearity(graph: Graph, op: Any) -> Optional[str]:
     """What ``op``'s output reaches first (as :func:`_downstream`), looking past one nonlinearity:
     ``"gate"`` for a squeeze-excite or GLU branch (``sigmoid`` then a product with the stream)."""
     feeds, _ = _downstream(graph, op)
-    if feeds in ACTIVATION_NAMES:
+    if feeds in set(ACTIVATIONS.values()) | {"selu"}:  # the names activation_of gives
         parents = list(graph.consumers(op))
         while len(parents) == 1 and node_name(parents[0][0]) not in ACTIVATIONS:
             parents = list(graph.consumers(parents[0][0]))  # views, a bias, dropout
@@ -424,7 +422,9 @@ def _contracted(graph: Graph, leaf: Any, op: Any, slot: int) -> Optional[int]:
     ``addmm``) as its right operand: its first dimension, or its second when it is read
     transposed (``x @ W.t()``, ``F.linear``); ``None`` for anything else."""
     variable = leaf.variable
-    if variable.dim() != 2 or node_name(op) not in ("MmBackward0", "AddmmBackward0") or slot != WEIGHT_SLOT[node_name(op)]:
+    if variable.dim() != 2 or node_name(op) not in ("MmBackward0", "AddmmBackward0"):
+        return None
+    if slot != WEIGHT_SLOT[node_name(op)]:
         return None
     node, flips = graph.inputs[op][slot], 0
     for _ in range(16):
@@ -578,7 +578,7 @@ def stream_outputs(graph: Graph, output_nodes: List[Any]) -> List[int]:
 def read(roots: List[torch.Tensor], keys: Dict[int, Hashable], output_nodes: List[Any] = ()
          ) -> Tuple[Dict[Hashable, Use], List[int], List[Optional[str]], List[Optional[str]]]:
     """``(uses, streams, reaches, feeds)`` on one walk of the graph below ``roots``:
-    :func:`parameter_uses`, :func:`stream_outputs`, and for each module call where its output
+    :func:`_uses`, :func:`stream_outputs`, and for each module call where its output
     ends up and what it reaches first (as ``Use.reaches`` and ``Use.feeds``; ``None`` where the
     output has no gradient path), matched to the graph by the node that made it, so that a
     frozen layer, whose weight the graph does not hold, is placed too."""
@@ -592,13 +592,6 @@ def read(roots: List[torch.Tensor], keys: Dict[int, Hashable], output_nodes: Lis
         reaches.append("+".join(sorted(graph.terminals(source, through_norms=True))) or None if known else None)
         feeds.append(_past_nonlinearity(graph, source) if known else None)
     return _uses(graph, keys), stream_outputs(graph, nodes), reaches, feeds
-
-
-def parameter_uses(roots: List[torch.Tensor], keys: Dict[int, Hashable]) -> Dict[Hashable, Use]:
-    """The :class:`Use` of every parameter that the graph below ``roots`` reaches, by its key
-    in ``keys`` (``id`` of a tensor the graph may hold -> the parameter's key)."""
-    graph = Graph([r.grad_fn for r in roots if r.grad_fn is not None], set(keys))
-    return _uses(graph, keys)
 
 
 def _uses(graph: Graph, keys: Dict[int, Hashable]) -> Dict[Hashable, Use]:

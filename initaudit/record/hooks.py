@@ -51,8 +51,6 @@ class CallRecorder:
         # by call index: the autograd node that made the output (None: none), for record.dataflow;
         # dropped once read, before the backward
         self.output_nodes: List[Any] = []
-        self.call_reaches: List[Optional[str]] = []  # by call index, once the graph is read
-        self.call_feeds: List[Optional[str]] = []
         # average pooling divides the Jacobian's squared norm by the window: undo it in the gain
         self.pooling = 1.0
         self.running: List[int] = []

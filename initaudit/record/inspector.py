@@ -12,7 +12,7 @@ on every module (:mod:`.hooks`), the loss and Jacobian probe (:mod:`.probe`), th
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -70,6 +70,8 @@ def inspect(
     tensors = tensor_records(param_names, buffer_names, module_names, deferred, partials)
     backward, grads, gain, gain_note, loss_value = False, {}, None, None, None
     streams: List[int] = []
+    call_reaches: List[Optional[str]] = []
+    call_feeds: List[Optional[str]] = []
     with preserved(model):
         progress.phase("tracing")
         flows, traced = flow.analyze(model)
@@ -84,7 +86,7 @@ def inspect(
                     progress.phase("backward")
                     loss_value = compute_loss(output, x, loss, seed)
                     # read before the backward frees the graph
-                    streams = note_uses(tensors, loss_value, param_names, recorder)
+                    streams, call_reaches, call_feeds = note_uses(tensors, loss_value, param_names, recorder)
                     probed: Optional[List[Optional[torch.Tensor]]] = None
                     if loss is not None and leaves:
                         # a custom loss says nothing of the Jacobian: probe it with a projection of its own
@@ -123,22 +125,26 @@ def inspect(
         traced=traced,
         start_order=[module_names[key][1][0] for key in sorted(recorder.started, key=recorder.started.get)],
         stream_calls=streams,
-        call_reaches=recorder.call_reaches,
-        call_feeds=recorder.call_feeds,
+        call_reaches=call_reaches,
+        call_feeds=call_feeds,
         unobserved=[m.name for m in modules if m.has_parameters and m.calls == 0] if run_forward else [],
         notes=["a TorchScript module takes no forward hooks: parameters and gradients are audited, "
                "module outputs (and the signal rules) are not"] if recorder.scripted else [],
     )
 
 
+CallFacts = Tuple[List[int], List[Optional[str]], List[Optional[str]]]  # streams, reaches, feeds by call
+
+
 def note_uses(tensors: List[Tracked], loss_value: Optional[torch.Tensor], param_names: Any,
-              recorder: CallRecorder) -> List[int]:
+              recorder: CallRecorder) -> CallFacts:
     """Write each parameter's dataflow use (:mod:`.dataflow`) into its record; return the calls
-    whose output is a residual stream. A tensor the forward held in a module's place (FSDP2's
-    unsharded parameter) stands for the module's parameter of that name."""
+    whose output is a residual stream, and each call's reaches and feeds (as ``dataflow.read``).
+    A tensor the forward held in a module's place (FSDP2's unsharded parameter) stands for the
+    module's parameter of that name."""
     nodes, recorder.output_nodes = recorder.output_nodes, []  # no reference to the graph outlives the walk
     if loss_value is None or loss_value.grad_fn is None:
-        return []
+        return [], [], []
     key_by_name = {name: key for key, (_, names) in param_names.items() for name in names}
     keys = {key: key for key in param_names}
     for held, (module_key, attr) in recorder.forward_parameters.items():
@@ -147,7 +153,6 @@ def note_uses(tensors: List[Tracked], loss_value: Optional[torch.Tensor], param_
         if key is not None:
             keys.setdefault(held, key)
     uses, streams, reaches, feeds = dataflow.read([loss_value], keys, nodes)
-    recorder.call_reaches, recorder.call_feeds = reaches, feeds
     for key, record, _ in tensors:
         use = uses.get(key)
         if record.kind != "parameter" or use is None:
@@ -159,7 +164,7 @@ def note_uses(tensors: List[Tracked], loss_value: Optional[torch.Tensor], param_
         record.next_weights = [param_names[k][1][0] for k in use.next_weights if k in param_names]
         if use.gradient_weights is not None:
             record.gradient_weights = [param_names[k][1][0] for k in use.gradient_weights if k in param_names]
-    return streams
+    return streams, reaches, feeds
 
 
 def _unwrapped_hf(model: nn.Module) -> nn.Module:
