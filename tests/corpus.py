@@ -609,19 +609,22 @@ def zero_norm_gains(model: nn.Module, suffix: str) -> None:
 
 
 def llama_zero_norms():
-    """Every RMSNorm gain of a Llama (``LlamaRMSNorm``, the library's own class) zeroed: the
-    final norm's output is zero whatever the input, a collapsed stream."""
+    """Every RMSNorm gain of a Llama (``LlamaRMSNorm``, the library's own class) zeroed. The final
+    norm moves at step 1 and the attention sides train from step 3, but each MLP's input is
+    exactly zero, where the SwiGLU product ``silu(gate(n)) * up(n)`` passes no gradient to ``n``
+    at all: its norm's gain and the MLP never move, at any step."""
     model, x = CORPUS["hf-llama"]()
     zero_norm_gains(model, "RMSNorm")
-    return model, x, "IA601", "model.norm"
+    return model, x, "IA601", "post_attention_layernorm"
 
 
-def gpt2_zero_norms():
-    """Every LayerNorm gain of a GPT-2 (``nn.LayerNorm``) zeroed: the final ``ln_f`` outputs its
-    bias alone whatever the input, a collapsed stream."""
-    model, x = CORPUS["hf-gpt2"]()
+def bert_zero_norms():
+    """Every LayerNorm gain of a BERT (post-LN) zeroed: the embeddings' norm outputs its bias
+    alone whatever the input, every block's sum goes through another zero gain, and no step
+    brings the input back (the trainability benchmark's BERT with zero gains does not train)."""
+    model, x = CORPUS["hf-bert"]()
     zero_norm_gains(model, "LayerNorm")
-    return model, x, "IA601", "transformer.ln_f"
+    return model, x, "IA601", "embeddings.LayerNorm"
 
 
 FAULTS: dict[str, FaultBuilder] = {
@@ -629,5 +632,5 @@ FAULTS: dict[str, FaultBuilder] = {
     "hf-gpt2-shared-mlp": gpt2_shared_mlp,
     "torch-lstm-forget-in-name": lstm_forget_in_name,
     "hf-llama-zero-norms": llama_zero_norms,
-    "hf-gpt2-zero-norms": gpt2_zero_norms,
+    "hf-bert-zero-norms": bert_zero_norms,
 }

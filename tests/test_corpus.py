@@ -24,7 +24,6 @@ KNOWN = {
     "hf-esm": {"IA301": _UNUSED},
     "hf-big-bird": {"IA301": _UNUSED},
     "hf-dinov2": {"IA301": _UNUSED},
-    "hf-efficientnet": {"IA302": _ZERO_GRADIENT},
     "hf-mobilevit": {"IA302": _ZERO_GRADIENT, "IA202": _MOBILEVIT},
     "hf-mobilevitv2": {"IA202": _MOBILEVIT},
     "hf-levit": {"IA302": _ZERO_GRADIENT},

@@ -28,7 +28,15 @@ def case_ia101():
 def case_ia102():
     m = relu_stack()
     nn.init.constant_(m[2].weight, 0.5)
+    treat_inputs_alike(m[4])
     return m, torch.randn(32, 16)
+
+
+def treat_inputs_alike(layer):
+    """Every column of ``layer.weight`` the same random vector: the units feeding it get the same
+    gradient, so a constant layer below it stays symmetric (IA102's error case)."""
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(layer.out_features, 1).expand_as(layer.weight) / layer.in_features ** 0.5)
 
 
 def case_ia103():

@@ -41,11 +41,30 @@ def test_ia101_zero_biases_are_fine():
 
 # IA102 constant-weight -----------------------------------------------------------------------
 
-def test_ia102_constant_weight():
-    model = mlp(3, width=32, inputs=8, init=he_init)
+def test_ia102_constant_weight_that_stays_symmetric():
+    """The layer above weighs every unit alike (identical columns), so every unit of the constant
+    layer gets the same gradient row and they never become different."""
+    torch.manual_seed(0)
+    model = mlp(4, width=32, inputs=8, init=he_init)
     nn.init.constant_(model[2].weight, 1.0)
+    with torch.no_grad():
+        model[4].weight.copy_(torch.randn(32, 1).expand(32, 32) / 32 ** 0.5)
     (f,) = findings(audit(model), "IA102")
     assert f.severity == "error" and f.location == "2.weight"
+    assert f.fix is not None
+
+
+def test_ia102_constant_weight_under_random_layers_is_information():
+    """Random weights above a constant layer give its units different gradient rows: the first
+    step tells them apart (the trainability benchmark's constant-hidden nets mostly train)."""
+    torch.manual_seed(0)
+    model = mlp(4, width=32, inputs=8, init=he_init)
+    nn.init.constant_(model[2].weight, 1.0)
+    report = audit(model)
+    (f,) = findings(report, "IA102")
+    assert f.severity == "info" and "rows of its first-step gradient differ" in f.message
+    (record,) = [t for t in report.recording.parameters if t.name == "2.weight"]
+    assert record.grad_row_spread > 0.1
 
 
 def test_ia102_not_for_norm_gains_or_random_weights():

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from initaudit import audit
+from initaudit.record import lookahead
 
 PATCHED = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
 
@@ -26,11 +27,19 @@ def count_transfers(model, x, monkeypatch):
     return counts["n"]
 
 
-def wide(layers, width):
+def wide(layers, width, init=None):
     blocks = []
     for _ in range(layers):
         blocks += [nn.Linear(width, width), nn.ReLU()]
+        if init is not None:
+            init(blocks[-2].weight)
     return nn.Sequential(*blocks)
+
+
+def orthogonal_he(weight):
+    """Norm-preserving for ReLU: 250 layers keep a gradient everywhere (PyTorch's default init
+    loses it to exact zeros there, which makes the audit look a few steps ahead)."""
+    nn.init.orthogonal_(weight, gain=2 ** 0.5)
 
 
 # 8 wide on 16 rows: weight gradients formed by autograd; 64 wide on 4 rows: from their
@@ -40,8 +49,22 @@ def test_transfers_do_not_grow_with_the_number_of_parameters(monkeypatch, width,
     torch.manual_seed(0)
     x = torch.randn(rows, width)
     one = nn.Sequential(nn.Linear(width, width, bias=False))  # 1 parameter
-    many = wide(250, width)  # 500 parameters
+    many = wide(250, width, orthogonal_he)  # 500 parameters
     small, large = count_transfers(one, x, monkeypatch), count_transfers(many, x, monkeypatch)
     assert len(list(many.parameters())) == 500
     assert small >= 1  # the one transfer of all statistics is seen, so the patch counts
     assert small == large, (small, large)
+
+
+def test_the_look_ahead_adds_one_transfer_per_step_whatever_the_number_of_stuck_parameters(monkeypatch):
+    """PyTorch's default init loses a 250-layer ReLU stack's gradient to exact zeros, and the audit
+    steps ahead to see whether they stay so: one transfer per step taken, not one per parameter."""
+    torch.manual_seed(0)
+    x = torch.randn(16, 8)
+    healthy = count_transfers(nn.Sequential(nn.Linear(8, 8, bias=False)), x, monkeypatch)
+    torch.manual_seed(0)
+    stuck = wide(250, 8)
+    looked = count_transfers(stuck, x, monkeypatch)
+    zero = [t for t in audit(stuck, x).recording.parameters if t.grad is not None and t.grad.norm == 0]
+    assert len(zero) > 100 and all(t.moves_at_step is not None for t in zero)  # looked at, each
+    assert healthy < looked <= healthy + lookahead.STEPS, (healthy, looked)

@@ -20,6 +20,7 @@ residual branch, the nearest weights downstream); this module reads it:
 
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Optional
 
 from initaudit.core.records import Recording, TensorRecord
@@ -103,6 +104,29 @@ def gradient_roots(recording: Recording) -> Dict[str, str]:
         if r is None and by_name[name].role == "mixing" and name in feeders:
             roots[name] = feeders[name]
     return {name: r for name, r in roots.items() if r is not None}
+
+
+def stuck(recording: Recording) -> List[str]:
+    """Trainable parameters whose gradient is exactly zero at the first step and is not known to
+    be anything else later (the look-ahead, ``record.lookahead``, found it zero at every step it
+    took, or did not run): what no optimizer will move."""
+    return [t.name for t in recording.parameters
+            if t.grad is not None and t.grad.norm == 0 and not t.grad.nonfinite and not moves_later(t)]
+
+
+def moves_later(t: TensorRecord) -> bool:
+    """Whether ``t``'s first-step gradient is exactly zero and the look-ahead found a later step
+    whose gradient is not: something it depends on moved first."""
+    return t.grad is not None and t.grad.norm == 0 and bool(t.moves_at_step)
+
+
+def moves_away(recording: Recording, name: str) -> bool:
+    """Whether the all-zero weight ``name`` leaves zero at step 1 (its own first-step gradient is
+    not zero) and nothing in the model stays stuck after it (:func:`stuck`): what it silences
+    at init, a vanished signal or dead units right after it, lasts one step."""
+    t = next((p for p in recording.parameters if p.name == name), None)
+    return (t is not None and t.grad is not None and t.grad.norm > 0 and math.isfinite(t.grad.norm)
+            and not stuck(recording))
 
 
 def _has_bias(recording: Recording, t: TensorRecord) -> bool:

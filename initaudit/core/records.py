@@ -66,6 +66,12 @@ class TensorRecord:
     # the weights of the nearest products on every path from that output to the loss (None: a
     # path reaches the loss without one): if all are zero, its first-step gradient is zero
     gradient_weights: Optional[List[str]] = None
+    # a look past the first step (record.lookahead), made only where the first one leaves it open:
+    # for a first-step gradient that is exactly zero, the first later step whose gradient is not
+    # (0: none within the look-ahead: stuck); for a weight with all elements equal, max |G - G[0]| / max |G|
+    # over its gradient's rows (0: its units get the same gradient and stay alike)
+    moves_at_step: Optional[int] = None
+    grad_row_spread: Optional[float] = None
     clones: List[str] = field(default_factory=list)  # distinct parameters with identical values
     aliases: List[str] = field(default_factory=list)  # distinct parameters sharing its memory
     notes: List[str] = field(default_factory=list)
@@ -92,7 +98,7 @@ class TensorRecord:
         for key in ("gate_means", "gate_singular_values"):
             if d[key] is not None:
                 d[key] = [finite_or_none(v) for v in d[key]]
-        for key in ("spectral_radius", "kurtosis", "ortho_offdiag", "ortho_spread"):
+        for key in ("spectral_radius", "kurtosis", "ortho_offdiag", "ortho_spread", "grad_row_spread"):
             d[key] = finite_or_none(d[key])
         return d
 

@@ -39,7 +39,7 @@ def first_step_gradients(
         wrt = [t for t in wrt if id(t) not in skipped]
     try:
         if sharded:
-            grads = _accumulated_gradients(loss_value, wrt)
+            grads = accumulated_gradients(loss_value, wrt)
         else:
             grads = torch.autograd.grad(loss_value.reshape(()), wrt, allow_unused=True) if wrt else ()
     except Exception as exc:
@@ -65,7 +65,7 @@ class Factored:
     row: torch.Tensor  # [sum(G), ||G||^2, nonfinite(G)], float64, on the device
 
 
-def _accumulated_gradients(loss_value: torch.Tensor, wrt: List[torch.Tensor]) -> List[Optional[torch.Tensor]]:
+def accumulated_gradients(loss_value: torch.Tensor, wrt: List[torch.Tensor]) -> List[Optional[torch.Tensor]]:
     """Gradients through ``.grad``, for sharded parameters (FSDP2) whose gradient is
     reduce-scattered into ``.grad`` by hooks that ``torch.autograd.grad`` does not run.
 

@@ -20,7 +20,7 @@ from torch import nn
 from initaudit.core import knowledge
 from initaudit.core.progress import SILENT, Progress
 from initaudit.core.records import Recording, TensorRecord
-from initaudit.record import dataflow, distributed, factored, flow, transfer
+from initaudit.record import dataflow, distributed, factored, flow, lookahead, transfer
 from initaudit.record.backward import first_step_gradients, gradient_status
 from initaudit.record.hooks import CallRecorder, forward_with_hooks
 from initaudit.record.ignores import declared_ignores
@@ -29,7 +29,7 @@ from initaudit.record.probe import LossFn, compute_loss, jacobian_gain, probe_in
 from initaudit.record.resolve import resolve
 from initaudit.record.state import preserved, seed_torch
 from initaudit.record.tensors import Tracked, note_unjudged, tensor_records
-from initaudit.record.walk import names_by_id
+from initaudit.record.walk import call_model, names_by_id
 
 
 def inspect(
@@ -107,6 +107,8 @@ def inspect(
         if loss_value is not None:
             deferred.put(scalars, "loss", loss_value.detach().reshape(1).double(), transfer.first)
         resolve(deferred, partials, tensors, param_names, buffer_names, grads)
+        if backward:
+            look_past_first_step(model, x, loss, seed, tensors, param_names)
 
     modules = module_records(module_names, recorder, ignores, flows)
     if run_forward:
@@ -131,6 +133,31 @@ def inspect(
         notes=["a TorchScript module takes no forward hooks: parameters and gradients are audited, "
                "module outputs (and the signal rules) are not"] if recorder.scripted else [],
     )
+
+
+def look_past_first_step(model: nn.Module, x: Any, loss: Optional[LossFn], seed: int,
+                         tensors: List[Tracked], param_names: Any) -> None:
+    """Where a parameter's first-step gradient is exactly zero, or a weight's elements are all
+    equal, record what the next steps make of it (:mod:`.lookahead`); nothing runs otherwise."""
+    params = {key: record for key, record, _ in tensors
+              if record.kind == "parameter" and record.requires_grad and record.floating and key in param_names}
+    stuck = [key for key, r in params.items() if r.grad is not None and r.grad.norm == 0 and not r.grad.nonfinite]
+    constant = [key for key, r in params.items()
+                if r.ndim >= 2 and r.numel >= 2 and r.min is not None and r.min == r.max and r.min != 0]
+    if not (stuck or constant):
+        return
+    trainable = {key: param_names[key][0] for key in params}
+
+    def loss_of() -> Optional[torch.Tensor]:
+        seed_torch(seed)  # the same dropout masks as the audit's forward
+        return compute_loss(call_model(model, x), x, loss, seed)
+
+    with torch.enable_grad():
+        moves, spread = lookahead.look_ahead(loss_of, trainable, stuck, constant)
+    for key, step in moves.items():
+        params[key].moves_at_step = step
+    for key, value in spread.items():
+        params[key].grad_row_spread = value
 
 
 CallFacts = Tuple[List[int], List[Optional[str]], List[Optional[str]]]  # streams, reaches, feeds by call

@@ -6,7 +6,7 @@ import math
 from typing import Dict, Iterator, List, Optional, Tuple
 
 from initaudit.analysis.graph import forward_layers, split_at_average_pools
-from initaudit.analysis.roles import deliberate_zero, gradient_roots, main_path
+from initaudit.analysis.roles import deliberate_zero, gradient_roots, main_path, moves_later
 from initaudit.core.records import Recording, TensorRecord
 from initaudit.rules.builtin.values import is_norm_gain
 from initaudit.rules.registry import RuleContext, Violation, rule
@@ -77,22 +77,39 @@ def zero_gradient(ctx: RuleContext) -> Iterator[Violation]:
     if not zero:
         return
     roots = gradient_roots(rec)
+    by_name = {t.name: t for t in rec.parameters}
     unexplained = [t.name for t in zero if t.name not in roots]
-    if unexplained:
+    later = [name for name in unexplained if moves_later(by_name[name])]
+    dead = [name for name in unexplained if name not in later]
+    if dead:
         # one finding: dead units or a loss that ignores a path zero the gradients of many at once
+        looked = all(by_name[name].moves_at_step is not None for name in dead)
         yield Violation(
-            unexplained[0],
-            f"the first-step gradient of {len(unexplained)} trainable parameter(s) is exactly zero "
-            f"({_listed(unexplained)}): the optimizer will not move them (dead units above them, or a "
-            "loss that ignores their path)",
+            dead[0],
+            f"the first-step gradient of {len(dead)} trainable parameter(s) is exactly zero "
+            f"({_listed(dead)})" + (", and still zero after three optimizer steps of everything else" if looked else "")
+            + ": the optimizer will not move them (dead units above them, a chain of zero weights or "
+            "gains, or a loss that ignores their path)",
             fix=None,
-            locations=unexplained,
+            locations=dead,
+        )
+    if later:
+        # what zeroes them moves first (a zero norm gain, a zero weight with more zeros in the
+        # way): judged by the consequence that a few steps measure, as IA101 judges a zero weight
+        last = max(by_name[name].moves_at_step or 0 for name in later)
+        yield Violation(
+            later[0],
+            f"the first-step gradient of {len(later)} trainable parameter(s) is exactly zero "
+            f"({_listed(later)}), but not once what silences them has moved: optimizer steps of everything "
+            f"else give all of them a gradient by step {last}, so they train from there; reported for information",
+            fix=None,
+            severity="info",
+            locations=later,
         )
     # the rest, one finding per root: a consequence of the zero weight, reported under it
     by_root: Dict[str, List[str]] = {}
     for name, root in roots.items():
         by_root.setdefault(root, []).append(name)
-    by_name = {t.name: t for t in rec.parameters}
     for root, names in by_root.items():
         weight = by_name[root]
         pattern = deliberate_zero(weight, rec, ctx.analysis.output_layer)
@@ -105,6 +122,10 @@ def zero_gradient(ctx: RuleContext) -> Iterator[Violation]:
                    + ("its own gradient is not zero, so it moves at step 1"
                       if step == 1 else f"it starts moving at step {step}, once what zeroes its own gradient has moved")
                    + f", and they train from step {step + 1}")
+        elif step is None and all(moves_later(by_name[name]) for name in names):
+            why = (f"'{root}' is all zeros, so nothing reaches them through it (or, from it) yet, but optimizer "
+                   f"steps of everything else give them a gradient by step "
+                   f"{max(by_name[name].moves_at_step or 0 for name in names)}, and they train from there")
         else:
             why = f"'{root}' is all zeros, so nothing reaches them through it (or, from it)" + (
                 "" if step is not None else ", and it never moves either: nothing here trains") + (
@@ -113,7 +134,8 @@ def zero_gradient(ctx: RuleContext) -> Iterator[Violation]:
             names[0],
             f"the first-step gradient of {len(names)} trainable parameter(s) is exactly zero ({_listed(names)}): {why}",
             fix=None,
-            severity="info" if (pattern is not None and step is not None) or (reported and pattern is None) else "warning",
+            severity="info" if (pattern is not None and step is not None) or (reported and pattern is None)
+            or all(moves_later(by_name[name]) for name in names) else "warning",
             locations=names,
             caused_by=f"{judge} {root}" if reported else None,
         )

@@ -6,7 +6,7 @@ import math
 from typing import Iterator, List, Optional, Tuple
 
 from initaudit.analysis.graph import forward_calls, split_at_average_pools
-from initaudit.analysis.roles import inside_branch, main_path
+from initaudit.analysis.roles import inside_branch, main_path, moves_away
 from initaudit.core import knowledge
 from initaudit.core.records import OutputRecord, Recording
 from initaudit.rules.registry import RuleContext, Violation, rule
@@ -74,6 +74,7 @@ def _segment_crossing(ctx: RuleContext, signal: List[Tuple[str, float]], directi
     name, value = signal[crossed]
     word = f"below 1/{1 / limit:g} of" if direction == "vanishing" else f"above {limit:g}x"
     cause = zero_weight_of(ctx.recording, name) if direction == "vanishing" else None
+    passing = cause is not None and moves_away(ctx.recording, cause)
     return Violation(
         name,
         f"the signal {direction[:-3]}es along the depth: the per-feature std across the batch of the "
@@ -82,9 +83,11 @@ def _segment_crossing(ctx: RuleContext, signal: List[Tuple[str, float]], directi
         f"{last:.3g} at '{last_name}'; "
         + (f"about {factor:.3g}x per layer. " if factor > 0 else "the input-dependent signal is lost entirely. ")
         + ("The output is losing its dependence on the input" if direction == "vanishing"
-           else "Activations will overflow or saturate"),
+           else "Activations will overflow or saturate")
+        + (_LASTS_ONE_STEP if passing else ""),
         fix=None,
         locations=[n for n, _ in signal[: crossed + 1]][-2:],
+        severity="info" if passing else None,
         caused_by=f"IA101 {cause}" if cause else None,
     )
 
@@ -164,15 +167,23 @@ def dead_units(ctx: RuleContext) -> Iterator[Violation]:
         listed = ", ".join(f"'{w}' {d:.0%}" for w, _, d, _ in dead_layers[1:9])
         more = f"; also after {len(dead_layers) - 1} more layer(s): {listed}" + (" and others" if len(dead_layers) > 9 else "")
     cause = zero_weight_of(rec, where)
+    passing = cause is not None and moves_away(rec, cause)
     yield Violation(
         where,
         f"{dead:.0%} of the {unit} after '{where}' ({name}) are zero for every example in the "
         f"batch{more}. A dead ReLU passes no gradient, so those units never recover (a negative "
-        "bias, or a weight scale far too small for the input)",
+        "bias, or a weight scale far too small for the input)"
+        + (_LASTS_ONE_STEP if passing else ""),
         fix=None,
         locations=[w for w, _, _, _ in dead_layers],
+        severity="info" if passing else None,
         caused_by=f"IA101 {cause}" if cause else None,
     )
+
+
+# said of a finding whose cause is a zero weight that moves at step 1 (IA101's information)
+_LASTS_ONE_STEP = (": here only because the all-zero weight there outputs zero at init; it moves at step 1 and "
+                   "nothing stays stuck after it (measured), so this lasts one step; reported for information")
 
 
 def zero_weight_of(recording: Recording, module: str) -> Optional[str]:

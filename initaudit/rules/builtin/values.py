@@ -7,7 +7,7 @@ from typing import Dict, Iterator, List, Optional, Set
 
 from initaudit.analysis.advice import reinit_call
 from initaudit.analysis.graph import LayerUse, accessor
-from initaudit.analysis.roles import ELEMENTWISE_ROLES, ZERO_PATTERNS, deliberate_zero
+from initaudit.analysis.roles import ELEMENTWISE_ROLES, ZERO_PATTERNS, deliberate_zero, moves_later, stuck
 from initaudit.core.knowledge import NORM_NAMES
 from initaudit.core.records import TensorRecord
 from initaudit.rules.registry import RuleContext, Violation, rule
@@ -77,6 +77,12 @@ def zero_weight(ctx: RuleContext) -> Iterator[Violation]:
         )
 
 
+# the gradient-row spread above which the units of a constant weight are told apart at step 1:
+# far above float32 rounding (about 1e-7 of the largest element), far below the O(1) spread
+# that random weights above it give
+SYMMETRY_BROKEN = 1e-4
+
+
 @rule(
     "IA102",
     "constant-weight",
@@ -85,6 +91,9 @@ def zero_weight(ctx: RuleContext) -> Iterator[Violation]:
     fix="safe",
 )
 def constant_weight(ctx: RuleContext) -> Iterator[Violation]:
+    """A constant weight whose units get different first-step gradients (``grad_row_spread``,
+    measured by ``record.lookahead``) separates at step 1: information. One whose units all get
+    the same gradient stays symmetric: an error."""
     for t in ctx.recording.parameters:
         if not t.floating or t.ndim < 2 or t.numel < 2 or t.nonfinite:
             continue
@@ -93,6 +102,20 @@ def constant_weight(ctx: RuleContext) -> Iterator[Violation]:
             # elements mix nothing and no two units are tied (CaiT's layer scale, Swin v2's logit scale)
             continue
         if t.min is None or t.min != t.max or t.min == 0:
+            continue
+        if t.grad_row_spread is not None and t.grad_row_spread > SYMMETRY_BROKEN:
+            # judged by its consequence: the units are alike now, but the layers above are not,
+            # so each unit's gradient row differs and the first step tells them apart
+            yield Violation(
+                t.name,
+                f"every element of '{t.name}' ({t.module_type}, shape {list(t.shape)}) is {t.min:g}: its units "
+                "compute the same function at init, but the rows of its first-step gradient differ (spread "
+                f"{t.grad_row_spread:.2g} of the largest), so the first step makes them different; reported "
+                "for information",
+                fix=None,
+                severity="info",
+                locations=t.names,
+            )
             continue
         yield Violation(
             t.name,
@@ -242,6 +265,21 @@ def zero_norm_scale(ctx: RuleContext) -> Iterator[Violation]:
                 f"scale of '{t.module}' ({t.module_type}) is all zeros, and its output is added to "
                 "a skip connection: the zero-init residual pattern (Goyal et al. 2017; torchvision's "
                 "zero_init_residual), a deliberate choice, reported for information",
+                severity="info",
+                locations=t.names,
+            )
+            continue
+        moves = t.grad is not None and math.isfinite(t.grad.norm) and (t.grad.norm > 0 or moves_later(t))
+        if moves and not stuck(rec):
+            # judged by its consequence, as IA101 judges a zero weight: it moves at step 1 (or once
+            # a zero gain after it has), and the look-ahead shows everything it silenced moving next
+            step = 1 if t.grad is not None and t.grad.norm > 0 else t.moves_at_step
+            yield Violation(
+                t.name,
+                f"scale of '{t.module}' ({t.module_type}) is all zeros: its output is its bias alone at init, "
+                f"but it moves at step {step}, and a few optimizer steps give every parameter it silences a "
+                "gradient (measured); reported for information",
+                fix=None,
                 severity="info",
                 locations=t.names,
             )
