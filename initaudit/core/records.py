@@ -66,6 +66,8 @@ class TensorRecord:
     # the weights of the nearest products on every path from that output to the loss (None: a
     # path reaches the loss without one): if all are zero, its first-step gradient is zero
     gradient_weights: Optional[List[str]] = None
+    input_normalized: bool = False  # a product's activation operand is a normalization's output (pre-LN)
+    stream_reaches: Optional[str] = None  # a residual branch's: where the stream it joins ends up, as reaches
     # a look past the first step (record.lookahead), made only where the first one leaves it open:
     # for a first-step gradient that is exactly zero, the first later step whose gradient is not
     # (0: none within the look-ahead: stuck); for a weight with all elements equal, max |G - G[0]| / max |G|
@@ -186,6 +188,9 @@ class Recording:
     call_reaches: List[Optional[str]] = field(default_factory=list)
     # by call index: what the call's output reaches first (as TensorRecord.feeds); empty without a backward
     call_feeds: List[Optional[str]] = field(default_factory=list)
+    # by call index: as call_reaches, but a normalization ends a path ("norm" alone: every path from
+    # the output meets a norm before the loss, as a pre-LN stack's stream meets its final norm)
+    call_ends: List[Optional[str]] = field(default_factory=list)
     _module_index: Optional[Dict[str, ModuleRecord]] = field(default=None, init=False, repr=False, compare=False)
 
     @property

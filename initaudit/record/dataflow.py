@@ -119,6 +119,8 @@ class Use:
     reaches: Optional[str] = None  # where the op's output ends up: "branch", "norm", "output", joined by "+"
     gradient_weights: Optional[List[Hashable]] = None  # keys of the nearest weights on every path to the loss
     fan_in: Optional[int] = None  # a matrix product's operand: the dimension summed over, as the product reads it
+    input_normalized: bool = False  # a product's activation operand comes straight from a normalization
+    stream_reaches: Optional[str] = None  # for a residual branch: where the stream it joins ends up (as reaches)
 
 
 def node_name(node: Any) -> str:
@@ -295,6 +297,46 @@ class Graph:
             return node_name(inputs[1]) in ("SqrtBackward0", "StdBackward0", "LinalgVectorNormBackward0",
                                             "NormBackward1", "ClampMinBackward0")
         return False
+
+    def normalized_input(self, op: Any) -> bool:
+        """Whether the activation operand of the mixing ``op`` is a normalization's output, through
+        views, dropout and the norm's own affine (a gain, a bias): a pre-LN block's first layer."""
+        slot = WEIGHT_SLOT.get(node_name(op))
+        inputs = self.inputs.get(op, [])
+        activations = [n for i, n in enumerate(inputs) if i != slot and n is not None and not self.is_parameter_path(n)]
+        if len(activations) != 1:
+            return False
+        node = self.source(activations[0])
+        for _ in range(8):
+            if node is None:
+                return False
+            name = node_name(node)
+            if name in NORM_OPS or self.normalizes(node):
+                return True
+            below = [n for n in self.inputs.get(node, ()) if n is not None and not self.is_parameter_path(n)]
+            if name not in DROPOUT | ADDS | SCALES | CONSTANT_SCALES or len(below) != 1:
+                return False  # an affine's factor or addend is a parameter: one activation input remains
+            node = self.source(below[0])
+        return False
+
+    def stream_reaches(self, op: Any, limit: int = 2000) -> FrozenSet[str]:
+        """Where the streams that ``op``'s output joins as a residual branch end up (as
+        :meth:`terminals`: ``{"norm"}`` when every path of those sums meets a normalization
+        before the loss, as a pre-LN stack's final norm makes it); empty when it joins none."""
+        found: Set[str] = set()
+        seen: Set[Any] = set()
+        stack = [op]
+        while stack and len(seen) < limit:
+            node = stack.pop()
+            for parent, slot in self.consumers(node):
+                if parent in seen:
+                    continue
+                seen.add(parent)
+                if node_name(parent) in ADDS and self.residual_side(parent, slot) == "branch":
+                    found |= self.terminals(parent)
+                elif node_name(parent) not in NORM_OPS and not self.normalizes(parent):
+                    stack.append(parent)
+        return frozenset(found)
 
     def terminals(self, node: Any, through_norms: bool = False) -> FrozenSet[str]:
         """Where ``node``'s output ends up, on every path toward the loss: ``"branch"`` (it is
@@ -575,23 +617,29 @@ def stream_outputs(graph: Graph, output_nodes: List[Any]) -> List[int]:
     return found
 
 
+CallFacts = Tuple[List[int], List[Optional[str]], List[Optional[str]], List[Optional[str]]]
+
+
 def read(roots: List[torch.Tensor], keys: Dict[int, Hashable], output_nodes: List[Any] = ()
-         ) -> Tuple[Dict[Hashable, Use], List[int], List[Optional[str]], List[Optional[str]]]:
-    """``(uses, streams, reaches, feeds)`` on one walk of the graph below ``roots``:
+         ) -> Tuple[Dict[Hashable, Use], CallFacts]:
+    """``(uses, (streams, reaches, feeds, ends))`` on one walk of the graph below ``roots``:
     :func:`_uses`, :func:`stream_outputs`, and for each module call where its output
-    ends up and what it reaches first (as ``Use.reaches`` and ``Use.feeds``; ``None`` where the
-    output has no gradient path), matched to the graph by the node that made it, so that a
-    frozen layer, whose weight the graph does not hold, is placed too."""
+    ends up through normalizations and before them, and what it reaches first (as
+    ``Use.reaches`` and ``Use.feeds``; ``None`` where the output has no gradient path), matched
+    to the graph by the node that made it, so that a frozen layer, whose weight the graph
+    does not hold, is placed too."""
     graph = Graph([r.grad_fn for r in roots if r.grad_fn is not None], set(keys))
     nodes = list(output_nodes)
     reaches: List[Optional[str]] = []
     feeds: List[Optional[str]] = []
+    ends: List[Optional[str]] = []
     for node in nodes:
         source = graph.source(node) if node is not None else None
         known = source in graph.inputs
         reaches.append("+".join(sorted(graph.terminals(source, through_norms=True))) or None if known else None)
+        ends.append("+".join(sorted(graph.terminals(source))) or None if known else None)
         feeds.append(_past_nonlinearity(graph, source) if known else None)
-    return _uses(graph, keys), stream_outputs(graph, nodes), reaches, feeds
+    return _uses(graph, keys), (stream_outputs(graph, nodes), reaches, feeds, ends)
 
 
 def _uses(graph: Graph, keys: Dict[int, Hashable]) -> Dict[Hashable, Use]:
@@ -617,5 +665,7 @@ def _uses(graph: Graph, keys: Dict[int, Hashable]) -> Dict[Hashable, Use]:
         through = _gradient_weights(graph, op)
         gradient = [keys[i] for i in through if i in keys] if through is not None else None
         fan_in = _contracted(graph, leaf, op, slot) if role == "mixing" else None
-        uses[key] = Use(node_name(op), role, feeds, branch, following, reaches or None, gradient, fan_in)
+        stream = "+".join(sorted(graph.stream_reaches(op))) if "branch" in (reaches or "") else ""
+        uses[key] = Use(node_name(op), role, feeds, branch, following, reaches or None, gradient, fan_in,
+                        role == "mixing" and graph.normalized_input(op), stream or None)
     return uses

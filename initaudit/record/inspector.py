@@ -72,6 +72,7 @@ def inspect(
     streams: List[int] = []
     call_reaches: List[Optional[str]] = []
     call_feeds: List[Optional[str]] = []
+    call_ends: List[Optional[str]] = []
     with preserved(model):
         progress.phase("tracing")
         flows, traced = flow.analyze(model)
@@ -86,7 +87,7 @@ def inspect(
                     progress.phase("backward")
                     loss_value = compute_loss(output, x, loss, seed)
                     # read before the backward frees the graph
-                    streams, call_reaches, call_feeds = note_uses(tensors, loss_value, param_names, recorder)
+                    streams, call_reaches, call_feeds, call_ends = note_uses(tensors, loss_value, param_names, recorder)
                     probed: Optional[List[Optional[torch.Tensor]]] = None
                     if loss is not None and leaves:
                         # a custom loss says nothing of the Jacobian: probe it with a projection of its own
@@ -129,6 +130,7 @@ def inspect(
         stream_calls=streams,
         call_reaches=call_reaches,
         call_feeds=call_feeds,
+        call_ends=call_ends,
         unobserved=[m.name for m in modules if m.has_parameters and m.calls == 0] if run_forward else [],
         notes=["a TorchScript module takes no forward hooks: parameters and gradients are audited, "
                "module outputs (and the signal rules) are not"] if recorder.scripted else [],
@@ -160,18 +162,15 @@ def look_past_first_step(model: nn.Module, x: Any, loss: Optional[LossFn], seed:
         params[key].grad_row_spread = value
 
 
-CallFacts = Tuple[List[int], List[Optional[str]], List[Optional[str]]]  # streams, reaches, feeds by call
-
-
 def note_uses(tensors: List[Tracked], loss_value: Optional[torch.Tensor], param_names: Any,
-              recorder: CallRecorder) -> CallFacts:
+              recorder: CallRecorder) -> dataflow.CallFacts:
     """Write each parameter's dataflow use (:mod:`.dataflow`) into its record; return the calls
-    whose output is a residual stream, and each call's reaches and feeds (as ``dataflow.read``).
+    whose output is a residual stream, and each call's reaches, feeds and ends (as ``dataflow.read``).
     A tensor the forward held in a module's place (FSDP2's unsharded parameter) stands for the
     module's parameter of that name."""
     nodes, recorder.output_nodes = recorder.output_nodes, []  # no reference to the graph outlives the walk
     if loss_value is None or loss_value.grad_fn is None:
-        return [], [], []
+        return [], [], [], []
     key_by_name = {name: key for key, (_, names) in param_names.items() for name in names}
     keys = {key: key for key in param_names}
     for held, (module_key, attr) in recorder.forward_parameters.items():
@@ -179,19 +178,19 @@ def note_uses(tensors: List[Tracked], loss_value: Optional[torch.Tensor], param_
         key = key_by_name.get(f"{module_name}.{attr}" if module_name else attr)
         if key is not None:
             keys.setdefault(held, key)
-    uses, streams, reaches, feeds = dataflow.read([loss_value], keys, nodes)
+    uses, facts = dataflow.read([loss_value], keys, nodes)
     for key, record, _ in tensors:
         use = uses.get(key)
         if record.kind != "parameter" or use is None:
             continue
         record.role, record.consumer_op, record.feeds, record.branch = use.role, use.op, use.feeds, use.branch
-        record.reaches = use.reaches
+        record.reaches, record.input_normalized, record.stream_reaches = use.reaches, use.input_normalized, use.stream_reaches
         if use.fan_in is not None and record.module_type not in knowledge.LAYER_NAMES:
             record.layer_fan_in = use.fan_in  # a raw parameter in a product: the fan the product sums over
         record.next_weights = [param_names[k][1][0] for k in use.next_weights if k in param_names]
         if use.gradient_weights is not None:
             record.gradient_weights = [param_names[k][1][0] for k in use.gradient_weights if k in param_names]
-    return streams, reaches, feeds
+    return facts
 
 
 def _unwrapped_hf(model: nn.Module) -> nn.Module:

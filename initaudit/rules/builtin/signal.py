@@ -75,6 +75,9 @@ def _segment_crossing(ctx: RuleContext, signal: List[Tuple[str, float]], directi
     word = f"below 1/{1 / limit:g} of" if direction == "vanishing" else f"above {limit:g}x"
     cause = zero_weight_of(ctx.recording, name) if direction == "vanishing" else None
     passing = cause is not None and moves_away(ctx.recording, cause)
+    # a stream that meets a normalization on every path to the loss (a pre-LN stack's final norm)
+    # grows by the sum of its branches, and the norm rescales it: the size reaches no loss
+    rescaled = direction == "exploding" and meets_norms(ctx.recording, name)
     return Violation(
         name,
         f"the signal {direction[:-3]}es along the depth: the per-feature std across the batch of the "
@@ -84,10 +87,11 @@ def _segment_crossing(ctx: RuleContext, signal: List[Tuple[str, float]], directi
         + (f"about {factor:.3g}x per layer. " if factor > 0 else "the input-dependent signal is lost entirely. ")
         + ("The output is losing its dependence on the input" if direction == "vanishing"
            else "Activations will overflow or saturate")
-        + (_LASTS_ONE_STEP if passing else ""),
+        + (_LASTS_ONE_STEP if passing else "")
+        + (_RESCALED if rescaled else ""),
         fix=None,
         locations=[n for n, _ in signal[: crossed + 1]][-2:],
-        severity="info" if passing else None,
+        severity="info" if passing or rescaled else None,
         caused_by=f"IA101 {cause}" if cause else None,
     )
 
@@ -184,6 +188,18 @@ def dead_units(ctx: RuleContext) -> Iterator[Violation]:
 # said of a finding whose cause is a zero weight that moves at step 1 (IA101's information)
 _LASTS_ONE_STEP = (": here only because the all-zero weight there outputs zero at init; it moves at step 1 and "
                    "nothing stays stuck after it (measured), so this lasts one step; reported for information")
+
+
+_RESCALED = ("; but every path from there meets a normalization before the loss (a pre-LN stack's final "
+             "norm), which rescales the stream, so its size reaches neither the output nor the gradients; "
+             "reported for information")
+
+
+def meets_norms(recording: Recording, module: str) -> bool:
+    """Whether every path from ``module``'s (first) output meets a normalization before the loss."""
+    record = recording.module(module)
+    call = record.first_call if record is not None else None
+    return call is not None and call < len(recording.call_ends) and recording.call_ends[call] == "norm"
 
 
 def zero_weight_of(recording: Recording, module: str) -> Optional[str]:

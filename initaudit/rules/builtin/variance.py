@@ -106,12 +106,17 @@ def variance_mismatch(ctx: RuleContext) -> Iterator[Violation]:
         # (GPT-2's 0.02, Fixup, T-Fixup, DeepNet, layer scale); only a branch that outgrows the
         # stream compounds over the blocks
         branch = reaches == {"branch"}
+        # a branch that reads a normalized stream (pre-LN) is bounded by its input's unit scale:
+        # however large, it adds to the stream, it does not multiply it block after block, and
+        # where that stream meets a norm before the loss (a final norm) its size reaches nothing
+        bounded = branch and run[0].weight.input_normalized and run[-1].weight.stream_reaches == "norm"
         severity = "info"
-        if not normalized and not (branch and product < 1) and (worst.off_by > severe or (compounded and confirmed)):
+        if (not normalized and not (branch and product < 1) and not bounded
+                and (worst.off_by > severe or (compounded and confirmed))):
             severity = "warning"
         init = ctx.analysis.fingerprint(worst.use.weight)
         yield _violation(scales, worst, product, signal, normalized, severity, init, branch,
-                         ctx.recording.declared_init_std)
+                         ctx.recording.declared_init_std, bounded)
 
 
 def _violation(
@@ -124,6 +129,7 @@ def _violation(
     init: Optional[Fingerprint],
     branch: bool = False,
     own_init: Optional[float] = None,
+    bounded: bool = False,
 ) -> Violation:
     names: List[str] = []
     for s in scales:
@@ -154,6 +160,9 @@ def _violation(
     if branch:
         message += ("; the run is a residual branch (its output is added to a stream that carries the signal), "
                     + ("and a small branch is the recipe (GPT-2, Fixup, T-Fixup, layer scale)" if product < 1
+                       else "which it outgrows, but it reads a normalized stream (pre-LN), so it adds a bounded "
+                       "term to the stream instead of multiplying it block after block, and the stream meets a "
+                       "normalization before the loss" if bounded
                        else "which it outgrows"))
     return Violation(
         location=names[0],

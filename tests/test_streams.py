@@ -1,0 +1,52 @@
+"""Branches that read a normalized stream, and streams that meet a norm before the loss."""
+
+import torch
+from conftest import findings
+from torch import nn
+
+from initaudit import audit
+
+
+class PreNorm(nn.Module):
+    """``h = h + fc2(relu(fc1(LN(h))))`` per block, with or without a final norm before the head."""
+
+    def __init__(self, final_norm: bool, d: int = 64, blocks: int = 3, std: float = 4.0) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, d)
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(blocks))
+        self.fc1 = nn.ModuleList(nn.Linear(d, d) for _ in range(blocks))
+        self.fc2 = nn.ModuleList(nn.Linear(d, d) for _ in range(blocks))
+        self.final = nn.LayerNorm(d) if final_norm else nn.Identity()
+        self.head = nn.Linear(d, 4)
+        for layer in [*self.fc1, *self.fc2]:
+            nn.init.normal_(layer.weight, std=std)  # 32x LeCun's 1/sqrt(64)
+
+    def forward(self, x):
+        h = self.embed(x)
+        for norm, fc1, fc2 in zip(self.norms, self.fc1, self.fc2):
+            h = h + fc2(torch.relu(fc1(norm(h))))
+        return self.head(self.final(h))
+
+
+def test_a_large_branch_on_a_normalized_stream_that_meets_a_final_norm_is_information():
+    """Each branch reads LN(h), so it adds a bounded term; the final norm rescales the sum."""
+    torch.manual_seed(0)
+    report = audit(PreNorm(final_norm=True), torch.randn(32, 8))
+    found = findings(report, "IA201")
+    assert found and {f.severity for f in found} == {"info"}
+    assert "reads a normalized stream" in found[0].message
+    assert all(f.severity == "info" for f in findings(report, "IA203"))
+    fc1 = next(t for t in report.recording.parameters if t.name == "fc1.0.weight")
+    fc2 = next(t for t in report.recording.parameters if t.name == "fc2.0.weight")
+    assert fc1.input_normalized and not fc2.input_normalized
+    assert fc2.stream_reaches == "norm"
+
+
+def test_the_same_branches_whose_stream_reaches_the_head_unnormalized_are_a_warning():
+    """Without the final norm the head reads a stream hundreds of times its input's size."""
+    torch.manual_seed(0)
+    report = audit(PreNorm(final_norm=False), torch.randn(32, 8))
+    assert "warning" in {f.severity for f in findings(report, "IA201")}
+    assert "warning" in {f.severity for f in findings(report, "IA203")}
+    fc2 = next(t for t in report.recording.parameters if t.name == "fc2.0.weight")
+    assert fc2.stream_reaches is not None and "output" in fc2.stream_reaches.split("+")
