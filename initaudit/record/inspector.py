@@ -12,7 +12,7 @@ on every module (:mod:`.hooks`), the loss and Jacobian probe (:mod:`.probe`), th
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional
 
 import torch
 from torch import nn
@@ -184,7 +184,8 @@ def note_uses(tensors: List[Tracked], loss_value: Optional[torch.Tensor], param_
         if record.kind != "parameter" or use is None:
             continue
         record.role, record.consumer_op, record.feeds, record.branch = use.role, use.op, use.feeds, use.branch
-        record.reaches, record.input_normalized, record.stream_reaches = use.reaches, use.input_normalized, use.stream_reaches
+        record.reaches, record.stream_reaches = use.reaches, use.stream_reaches
+        record.input_normalized = use.input_normalized
         if use.fan_in is not None and record.module_type not in knowledge.LAYER_NAMES:
             record.layer_fan_in = use.fan_in  # a raw parameter in a product: the fan the product sums over
         record.next_weights = [param_names[k][1][0] for k in use.next_weights if k in param_names]

@@ -97,7 +97,8 @@ def look_ahead(
             with torch.no_grad():
                 for k, g in grads.items():
                     if g is not None:
-                        local(trainable[k]).sub_(STEP * torch.nan_to_num(local(g), nan=0.0, posinf=0.0, neginf=0.0).sign())
+                        direction = torch.nan_to_num(local(g), nan=0.0, posinf=0.0, neginf=0.0).sign()
+                        local(trainable[k]).sub_(STEP * direction)
             grads = dict(zip(keys, _gradients(loss_of, [trainable[k] for k in keys])))
             nonzero = [k for k in waiting if grads[k] is not None]
             counts = _nonzero_counts([grads[k] for k in nonzero])
