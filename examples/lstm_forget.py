@@ -1,4 +1,4 @@
-"""The popular LSTM recipe that never sets the forget bias: IA501 forget-bias-unset (warning).
+"""The popular LSTM recipe that never sets the forget bias: IA501 forget-bias-unset (info).
 
 The loop tests `'forget' in name`, but PyTorch names its LSTM biases `bias_ih_l0`,
 `bias_hh_l0`, ...: the forget gate is the slice [H:2H] of each, and no name contains

@@ -53,11 +53,24 @@ def case_ia104():
     return m, torch.randn(32, 16)
 
 
+class TwinBranches(nn.Module):
+    """Two deep copies of one layer on the same input, summed: they stay copies (IA105's warning)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(16, 32), nn.ReLU())
+        first = nn.Linear(32, 32)
+        nn.init.kaiming_normal_(first.weight, nonlinearity="relu")
+        self.a, self.b = first, copy.deepcopy(first)
+        self.head = nn.Linear(32, 2)
+
+    def forward(self, x):
+        h = self.body(x)
+        return self.head(torch.relu(self.a(h) + self.b(h)))
+
+
 def case_ia105():
-    first = nn.Linear(32, 32)
-    nn.init.kaiming_normal_(first.weight, nonlinearity="relu")
-    m = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), first, nn.ReLU(), copy.deepcopy(first), nn.ReLU(), nn.Linear(32, 2))
-    return m, torch.randn(32, 16)
+    return TwinBranches(), torch.randn(32, 16)
 
 
 def case_ia201():

@@ -318,7 +318,7 @@ def test_ia501_default_lstm_every_layer_and_direction():
     assert sorted(f.location for f in found) == [
         "bias_ih_l0", "bias_ih_l0_reverse", "bias_ih_l1", "bias_ih_l1_reverse",
     ]
-    assert all(f.severity == "warning" for f in found)
+    assert all(f.severity == "info" for f in found)  # PyTorch's default trains (the benchmark's LSTMs)
 
 
 def test_ia501_forget_in_name_recipe_is_caught():

@@ -13,7 +13,10 @@ from initaudit.rules.registry import RuleContext, Violation, rule
 @rule(
     "IA501",
     "forget-bias-unset",
-    "warning",
+    # info, not warning: on the trainability benchmark's calibrate split every LSTM with a forget
+    # bias below 0.5 trains (7 of 7: PyTorch's default, zero, the 'forget' in name recipe); the
+    # recommendation is about how fast long-range memory is learnt, which no label there measures
+    "info",
     "An LSTM's forget-gate bias (bias_ih + bias_hh, slice [H:2H]) has mean below {forget-bias-min}.",
     options={"forget-bias-min": 0.5},
     fix="safe",

@@ -221,6 +221,19 @@ def cloned_init(ctx: RuleContext) -> Iterator[Violation]:
             continue
         names = [g.name for g in group]
         listed = ", ".join(f"'{n}'" for n in names)
+        if _gradients_differ(group):
+            # judged by its consequence: copies in series (nn.TransformerEncoder's deep copies) sit
+            # at different depths, get different first-step gradients and part at step 1
+            yield Violation(
+                t.name,
+                f"{len(group)} distinct parameters hold bit-identical values ({listed}), but their first-step "
+                "gradients differ (their inputs or what follows them do), so the first step makes them "
+                "different; reported for information",
+                fix=None,
+                severity="info",
+                locations=names,
+            )
+            continue
         # each copy redrawn the way the first was drawn, so that only the values change
         fixes = [_redraw(t, g, ctx.analysis.init_call(t, accessor(g.name)), ctx.analysis.consumers) for g in group[1:]]
         yield Violation(
@@ -232,6 +245,16 @@ def cloned_init(ctx: RuleContext) -> Iterator[Violation]:
             fix="\n".join(f for f in fixes if f) or None,
             locations=names,
         )
+
+
+def _gradients_differ(group: List[TensorRecord]) -> bool:
+    """Whether the first-step gradients of identical copies differ: their norms are more than
+    float rounding apart (equal norms are read as equal gradients: copies that see the same
+    input and the same gradient from above, such as two heads of one sum, stay copies)."""
+    norms = [g.grad.norm for g in group if g.requires_grad and g.grad is not None]
+    if len(norms) < 2 or not all(math.isfinite(n) for n in norms):
+        return False
+    return max(norms) - min(norms) > 1e-4 * max(norms)
 
 
 def _redraw(template: TensorRecord, copy: TensorRecord, same_init: Optional[str],
