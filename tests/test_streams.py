@@ -50,3 +50,36 @@ def test_the_same_branches_whose_stream_reaches_the_head_unnormalized_are_a_warn
     assert "warning" in {f.severity for f in findings(report, "IA203")}
     fc2 = next(t for t in report.recording.parameters if t.name == "fc2.0.weight")
     assert fc2.stream_reaches is not None and "output" in fc2.stream_reaches.split("+")
+
+
+def too_large_stack(norm_before_head: bool) -> nn.Sequential:
+    """Eight ReLU layers drawn at twice He's std (4x the variance each), optionally a LayerNorm
+    between the last hidden layer and the head."""
+    layers = []
+    for _ in range(8):
+        layer = nn.Linear(64, 64)
+        nn.init.normal_(layer.weight, std=2 * (2 / 64) ** 0.5)
+        layers += [layer, nn.ReLU()]
+    if norm_before_head:
+        layers.append(nn.LayerNorm(64))
+    return nn.Sequential(*layers, nn.Linear(64, 4))
+
+
+def test_ia206_a_huge_gain_that_reaches_the_head_is_a_warning():
+    torch.manual_seed(0)
+    report = audit(too_large_stack(False), torch.randn(32, 64))
+    (f,) = findings(report, "IA206")
+    assert report.recording.jacobian_gain > 1000 and f.severity == "warning"
+
+
+def test_ia206_a_huge_gain_before_a_head_that_reads_a_norm_is_information():
+    """Hugging Face's MobileNet v1 at its own init: the measured gain is far above 1000, but its
+    classifier reads the last BatchNorm through a ReLU6 and global pooling, which sets its scale."""
+    from corpus import CORPUS
+
+    model, example = CORPUS["hf-mobilenet-v1"]()
+    report = audit(model, example)
+    (f,) = findings(report, "IA206")
+    assert report.recording.jacobian_gain > 1000 and f.severity == "info"
+    head = next(t for t in report.recording.parameters if t.name == "classifier.weight")
+    assert head.input_normalized

@@ -91,6 +91,8 @@ RECURRENT_OPS = frozenset({"MkldnnRnnLayerBackward0", "CudnnRnnBackward0", "Miop
                            "ThnnFusedLstmCellBackward0", "ThnnFusedGruCellBackward0"})
 ADDS = frozenset({"AddBackward0", "SubBackward0", "AddcmulBackward0", "AddcdivBackward0", "RsubBackward0"})
 SCALES = frozenset({"MulBackward0", "DivBackward0"})
+POOLS = frozenset({"MeanBackward0", "MeanBackward1", "AvgPool1DBackward0", "AvgPool2DBackward0", "AvgPool3DBackward0",
+                   "AdaptiveAvgPool2DBackward0", "AdaptiveAvgPool3DBackward0", "MaxPool2DWithIndicesBackward0"})
 CONSTANT_SCALES = frozenset({"MulBackward1", "DivBackward1", "NegBackward0", "AddBackward1", "SubBackward1"})
 CONCATS = frozenset({"CatBackward0", "StackBackward0"})
 ATTENTION_OPS = frozenset({
@@ -105,6 +107,11 @@ ACTIVATIONS = {
     "MishBackward0": "mish", "SoftplusBackward0": "softplus", "ThresholdBackward0": "relu",
     "CeluBackward0": "celu", "PreluKernelBackward0": "leaky_relu", "ClampMinBackward0": "relu",
 }
+# what a normalization's output may pass through and still be read as normalized: views aside,
+# dropout, its affine, an elementwise nonlinearity, average or max pooling, padding, an in-place
+# write of it into another tensor (``CopySlices``: the value written is what is read)
+PASSING_TO_NORM = (DROPOUT | ADDS | SCALES | CONSTANT_SCALES | POOLS | frozenset(ACTIVATIONS)
+                   | {"ConstantPadNdBackward0", "CopySlices"})
 
 
 @dataclass
@@ -300,24 +307,31 @@ class Graph:
 
     def normalized_input(self, op: Any) -> bool:
         """Whether the activation operand of the mixing ``op`` is a normalization's output, through
-        views, dropout and the norm's own affine (a gain, a bias): a pre-LN block's first layer."""
+        views, dropout, the norm's own affine (a gain, a bias), elementwise nonlinearities, pooling,
+        and sums whose every term is one: a pre-LN block's first layer, a pre-activation block's, a
+        CNN's classifier after its last BatchNorm (added to a normalized shortcut), ReLU and pooling."""
         slot = WEIGHT_SLOT.get(node_name(op))
         inputs = self.inputs.get(op, [])
         activations = [n for i, n in enumerate(inputs) if i != slot and n is not None and not self.is_parameter_path(n)]
-        if len(activations) != 1:
+        return len(activations) == 1 and self._normalized(self.source(activations[0]), {})
+
+    def _normalized(self, node: Any, memo: Dict[Any, bool], depth: int = 0) -> bool:
+        if node is None or depth > 12:
             return False
-        node = self.source(activations[0])
-        for _ in range(8):
-            if node is None:
-                return False
-            name = node_name(node)
-            if name in NORM_OPS or self.normalizes(node):
-                return True
-            below = [n for n in self.inputs.get(node, ()) if n is not None and not self.is_parameter_path(n)]
-            if name not in DROPOUT | ADDS | SCALES | CONSTANT_SCALES or len(below) != 1:
-                return False  # an affine's factor or addend is a parameter: one activation input remains
-            node = self.source(below[0])
-        return False
+        if node in memo:
+            return memo[node]
+        memo[node] = False  # a cycle proves nothing
+        name = node_name(node)
+        below = [self.source(n) for n in self.inputs.get(node, ()) if n is not None and not self.is_parameter_path(n)]
+        if name in NORM_OPS or self.normalizes(node):
+            found = True
+        elif name in ADDS and len(below) >= 2:
+            found = all(self._normalized(n, memo, depth + 1) for n in below)  # a sum of normalized terms
+        else:
+            # an affine's factor or addend is a parameter: one activation input remains
+            found = name in PASSING_TO_NORM and len(below) == 1 and self._normalized(below[0], memo, depth + 1)
+        memo[node] = found
+        return found
 
     def stream_reaches(self, op: Any, limit: int = 2000) -> FrozenSet[str]:
         """Where the streams that ``op``'s output joins as a residual branch end up (as
