@@ -214,7 +214,10 @@ def _gradient_trend(ctx: RuleContext, direction: str) -> Iterator[Violation]:
 @rule(
     "IA304",
     "gradient-vanishing",
-    "warning",
+    # info, not warning: on the trainability benchmark's calibrate split, as a warning it fired on
+    # 11 failing configurations and 4 that train, and was the only warning on none of the failing
+    # ones and on 1 that trains: it never decided a verdict that was right
+    "info",
     "The weight-gradient RMS of the first layer is over {gradient-ratio}x smaller than the last layer's.",
     options={"gradient-ratio": 100.0},
     needs="backward",
@@ -228,7 +231,10 @@ def gradient_vanishing(ctx: RuleContext) -> Iterator[Violation]:
 @rule(
     "IA305",
     "gradient-exploding",
-    "warning",
+    # info, not warning: on the trainability benchmark's calibrate split, as a warning it fired on
+    # 2 failing configurations and 1 that trains, and was the only warning on none of the failing
+    # ones and on the one that trains: it never decided a verdict that was right
+    "info",
     "The weight-gradient RMS of the first layer is over {gradient-ratio}x larger than the last layer's.",
     options={"gradient-ratio": 100.0},
     needs="backward",

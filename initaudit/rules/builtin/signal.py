@@ -214,7 +214,10 @@ def zero_weight_of(recording: Recording, module: str) -> Optional[str]:
 @rule(
     "IA205",
     "saturated-units",
-    "warning",
+    # info, not warning: on the trainability benchmark's calibrate split, as a warning it fired on
+    # 3 failing configurations and 5 that train, and was the only warning on none of the failing
+    # ones and on 4 that train (residual tanh and sigmoid CNNs, whose stream bypasses the saturation)
+    "info",
     "More than {saturated-fraction:share} of a tanh's outputs beyond |0.99|, or of a sigmoid's outside (0.01, 0.99).",
     options={"saturated-fraction": 0.5},
     needs="forward",
