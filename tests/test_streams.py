@@ -83,3 +83,61 @@ def test_ia206_a_huge_gain_before_a_head_that_reads_a_norm_is_information():
     assert report.recording.jacobian_gain > 1000 and f.severity == "info"
     head = next(t for t in report.recording.parameters if t.name == "classifier.weight")
     assert head.input_normalized
+
+
+# IA202: a representation that collapsed onto one vector ------------------------------------------
+
+def ln_stack(activation, depth: int = 16, width: int = 128, he: bool = False) -> nn.Sequential:
+    """``Linear -> (LayerNorm -> activation -> Linear) x depth``: the norms hold every layer's
+    output at unit size whatever happens to its dependence on the input."""
+    torch.manual_seed(0)
+    layers = [nn.Linear(32, width)]
+    for _ in range(depth):
+        layers += [nn.LayerNorm(width), activation(), nn.Linear(width, width if _ < depth - 1 else 4)]
+    model = nn.Sequential(*layers)
+    for layer in model:
+        if he and isinstance(layer, nn.Linear):
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
+    return model
+
+
+def test_ia202_a_deep_sigmoid_stack_with_layernorm_collapses_onto_one_vector():
+    # sigmoid's outputs share a large positive mean, PyTorch's default init maps it on, and the
+    # examples' differences shrink layer after layer (the ordered phase); LayerNorm keeps the size.
+    # The trainability benchmark's configuration 12 is this net: no optimizer gets it to learn.
+    model = ln_stack(nn.Sigmoid)
+    report = audit(model, torch.randn(64, 32))
+    (f,) = findings(report, "IA202")
+    assert f.severity == "warning" and f.location == "47" and "nearly the same vector" in f.message
+    head = next(t for t in report.recording.parameters if t.name == "48.weight")
+    assert head.input_from == "47"
+    read = report.recording.module("47").output
+    assert read.feature_std < 1e-4 * (read.std ** 2 + read.mean ** 2) ** 0.5  # the measured fact itself
+
+
+def test_ia202_no_collapse_in_a_relu_stack_with_layernorm():
+    assert not findings(audit(ln_stack(nn.ReLU, he=True), torch.randn(64, 32)), "IA202")
+    assert not findings(audit(ln_stack(nn.Tanh), torch.randn(64, 32)), "IA202")
+
+
+class PooledCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.Sigmoid(),
+                                  nn.Conv2d(16, 16, 3, padding=1), nn.Sigmoid())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.head(self.pool(self.conv(x)).flatten(1))
+
+
+def test_ia202_the_input_of_a_pooled_head_is_what_the_pool_averages():
+    # averaging a sigmoid's map over 16x16 positions leaves little that varies per example, by
+    # design: the representation judged is the pool's input
+    report = audit(PooledCNN(), torch.randn(32, 3, 16, 16))
+    head = next(t for t in report.recording.parameters if t.name == "head.weight")
+    assert head.input_from == "conv.3"
+    assert not findings(report, "IA202")

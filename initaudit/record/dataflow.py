@@ -113,6 +113,10 @@ ACTIVATIONS = {
 PASSING_TO_NORM = (DROPOUT | ADDS | SCALES | CONSTANT_SCALES | POOLS | frozenset(ACTIVATIONS)
                    | {"ConstantPadNdBackward0", "CopySlices"})
 
+# ops between a module call's output and a product that reads it which keep what the output
+# carries about the input (a pooled or padded representation depends on the input as it does)
+OPERAND_PASSING = DROPOUT | POOLS | {"ConstantPadNdBackward0"}
+
 
 @dataclass
 class Use:
@@ -128,6 +132,7 @@ class Use:
     fan_in: Optional[int] = None  # a matrix product's operand: the dimension summed over, as the product reads it
     input_normalized: bool = False  # a product's activation operand comes straight from a normalization
     stream_reaches: Optional[str] = None  # for a residual branch: where the stream it joins ends up (as reaches)
+    input_call: Optional[int] = None  # a product's: the module call whose output is its activation operand
 
 
 def node_name(node: Any) -> str:
@@ -314,6 +319,27 @@ class Graph:
         inputs = self.inputs.get(op, [])
         activations = [n for i, n in enumerate(inputs) if i != slot and n is not None and not self.is_parameter_path(n)]
         return len(activations) == 1 and self._normalized(self.source(activations[0]), {})
+
+    def operand_call(self, op: Any, made: Dict[Any, int]) -> Optional[int]:
+        """The module call (by index, ``made``: the node that made each call's output) whose output
+        is the activation operand of the mixing ``op``, through views, dropout, padding and
+        pooling (they keep what the call's output carries, or average it over a window, which
+        by design leaves less that varies from one example to the next); ``None`` where an
+        unrecorded op (a sum written in a forward, a functional nonlinearity) comes between."""
+        slot = WEIGHT_SLOT.get(node_name(op))
+        inputs = self.inputs.get(op, [])
+        activations = [n for i, n in enumerate(inputs) if i != slot and n is not None and not self.is_parameter_path(n)]
+        node = self.source(activations[0]) if len(activations) == 1 else None
+        for _ in range(16):
+            if node is None:
+                return None
+            if node in made and node_name(node) not in POOLS:  # a pooling module: what it averages
+                return made[node]
+            below = [n for n in self.inputs.get(node, ()) if n is not None and not self.is_parameter_path(n)]
+            if node_name(node) not in OPERAND_PASSING or len(below) != 1:
+                return None
+            node = self.source(below[0])
+        return None
 
     def _normalized(self, node: Any, memo: Dict[Any, bool], depth: int = 0) -> bool:
         if node is None or depth > 12:
@@ -647,16 +673,19 @@ def read(roots: List[torch.Tensor], keys: Dict[int, Hashable], output_nodes: Lis
     reaches: List[Optional[str]] = []
     feeds: List[Optional[str]] = []
     ends: List[Optional[str]] = []
-    for node in nodes:
+    made: Dict[Any, int] = {}
+    for index, node in enumerate(nodes):
         source = graph.source(node) if node is not None else None
+        if source is not None:
+            made.setdefault(source, index)  # the innermost call: a container passing it on returns later
         known = source in graph.inputs
         reaches.append("+".join(sorted(graph.terminals(source, through_norms=True))) or None if known else None)
         ends.append("+".join(sorted(graph.terminals(source))) or None if known else None)
         feeds.append(_past_nonlinearity(graph, source) if known else None)
-    return _uses(graph, keys), (stream_outputs(graph, nodes), reaches, feeds, ends)
+    return _uses(graph, keys, made), (stream_outputs(graph, nodes), reaches, feeds, ends)
 
 
-def _uses(graph: Graph, keys: Dict[int, Hashable]) -> Dict[Hashable, Use]:
+def _uses(graph: Graph, keys: Dict[int, Hashable], made: Dict[Any, int]) -> Dict[Hashable, Use]:
     uses: Dict[Hashable, Use] = {}
     for held, leaf in graph.leaves.items():
         key = keys.get(held)
@@ -681,5 +710,6 @@ def _uses(graph: Graph, keys: Dict[int, Hashable]) -> Dict[Hashable, Use]:
         fan_in = _contracted(graph, leaf, op, slot) if role == "mixing" else None
         stream = "+".join(sorted(graph.stream_reaches(op))) if "branch" in (reaches or "") else ""
         uses[key] = Use(node_name(op), role, feeds, branch, following, reaches or None, gradient, fan_in,
-                        role == "mixing" and graph.normalized_input(op), stream or None)
+                        role == "mixing" and graph.normalized_input(op), stream or None,
+                        graph.operand_call(op, made) if role == "mixing" else None)
     return uses

@@ -186,6 +186,8 @@ def note_uses(tensors: List[Tracked], loss_value: Optional[torch.Tensor], param_
         record.role, record.consumer_op, record.feeds, record.branch = use.role, use.op, use.feeds, use.branch
         record.reaches, record.stream_reaches = use.reaches, use.stream_reaches
         record.input_normalized = use.input_normalized
+        if use.input_call is not None and use.input_call < len(recorder.calls):
+            record.input_from = recorder.calls[use.input_call]
         if use.fan_in is not None and record.module_type not in knowledge.LAYER_NAMES:
             record.layer_fan_in = use.fan_in  # a raw parameter in a product: the fan the product sums over
         record.next_weights = [param_names[k][1][0] for k in use.next_weights if k in param_names]

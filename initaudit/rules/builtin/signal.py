@@ -100,17 +100,66 @@ def _segment_crossing(ctx: RuleContext, signal: List[Tuple[str, float]], directi
     "IA202",
     "signal-vanishing",
     "warning",
-    "The input-dependent part of the layer outputs falls below 1/{signal-vanishing-ratio} of the first layer's.",
+    "The input-dependent part of the layer outputs falls below 1/{signal-vanishing-ratio} of the first layer's, "
+    "or that of the output layer's input, for its size, below 1/{collapse-ratio} of the first layer's.",
     # 100, not 10: on the trainability benchmark's calibrate split, nets whose signal falls 10-100x
     # train (Adam's normalized steps): AUC 0.850 -> 0.856, precision 0.536 -> 0.554, recall unchanged
-    options={"signal-vanishing-ratio": 100.0},
+    # collapse-ratio: the representation the output layer reads varies with the input less than
+    # 1/1000 as much, for its size, as the first layer's output. On the calibrate split the failing
+    # configurations it newly catches (deep sigmoid and ReLU MLPs with LayerNorm) sit below 1e-6; of
+    # those that train, all but two (already warned: their signal also vanishes) stay above 1e-3
+    options={"signal-vanishing-ratio": 100.0, "collapse-ratio": 1000.0},
     needs="forward",
     fix="data",
     why_no_fix="repaired with data: LSUV rescales each layer, in forward order, until its output variance "
     "on the example batch is 1",
 )
 def signal_vanishing(ctx: RuleContext) -> Iterator[Violation]:
-    yield from _crossing(ctx, "vanishing")
+    found = list(_crossing(ctx, "vanishing"))
+    yield from found or _collapse(ctx)
+
+
+def input_dependence(output: OutputRecord) -> Optional[float]:
+    """``feature_std / sqrt(std^2 + mean^2)``: the share of an output's size that varies from one
+    example to the next. Near 0, every example gets nearly the same vector: for outputs
+    ``h_b = c + e_b``, the mean cosine between two examples is about ``1 - (|e| / |c|)^2``."""
+    size = math.sqrt(output.std ** 2 + output.mean ** 2)
+    return output.feature_std / size if size > 0 and math.isfinite(size) else None
+
+
+def _collapse(ctx: RuleContext) -> Iterator[Violation]:
+    """The representation the output layer reads varies with the input less than
+    1/collapse-ratio as much, relative to its size, as the first layer's output: the
+    examples have collapsed onto one vector (the ordered phase of a deep net, Poole et al. 2016,
+    Schoenholz et al. 2017), which a normalization between the layers hides from the size of
+    the signal but not from its dependence on the input."""
+    rec = ctx.recording
+    head = _head_weight(ctx)
+    read = rec.module(head.input_from) if head is not None and head.input_from else None
+    first = next((c for c in forward_calls(rec) if c.module.kind == knowledge.LAYER and c.module.leaf
+                  and c.output is not None), None)
+    if read is None or read.output is None or first is None or read.first_call is None:
+        return
+    at_head, at_first = input_dependence(read.output), input_dependence(first.output)
+    limit = 1 / float(ctx.options["collapse-ratio"])
+    if at_head is None or at_first is None or at_head >= at_first * limit:
+        return
+    cause = next((w for c in forward_calls(rec) if c.index <= read.first_call
+                  for w in [zero_weight_of(rec, c.name)] if w is not None), None)
+    passing = cause is not None and moves_away(rec, cause)
+    yield Violation(
+        read.name,
+        f"the representation the output layer '{head.module}' reads, the output of '{read.name}', varies "
+        f"from one example to the next by {at_head:.3g} of its size, against {at_first:.3g} at the first "
+        f"layer '{first.name}' (below 1/{1 / limit:g} of it): every example reaches the output as nearly "
+        "the same vector, so the output no longer depends on the input, whatever the size of the signal "
+        "(deep nets in the ordered phase map all inputs together, Schoenholz et al. 2017)"
+        + (_LASTS_ONE_STEP if passing else ""),
+        fix=None,
+        locations=[first.name, read.name],
+        severity="info" if passing else None,
+        caused_by=f"IA101 {cause}" if cause else None,
+    )
 
 
 @rule(
