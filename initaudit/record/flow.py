@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -191,18 +191,23 @@ def _slope(node: fx.Node) -> float:
     return float(value) if isinstance(value, (int, float)) else 0.01
 
 
-def analyze(model: nn.Module, max_depth: int = 4) -> Tuple[Dict[str, Flow], List[str]]:
+def analyze(model: nn.Module, max_depth: int = 4, only: Optional[Set[str]] = None
+            ) -> Tuple[Dict[str, Flow], List[str]]:
     """``(flow by module name, names of the modules that were traced)``.
 
     Flows are given for layers and norms whose consumer the trace decides. A traced
     submodule's layer whose output leaves the submodule gets no flow from it: its consumer
-    is outside, in an untraced parent, and forward-hook order decides it.
+    is outside, in an untraced parent, and forward-hook order decides it. With ``only``
+    (module names), just the modules that hold one of them are traced: the autograd graph
+    has decided the rest (a failed trace of a large model costs as much as a forward).
     """
     flows: Dict[str, Flow] = {}
     traced: List[str] = []
     def visit(module: nn.Module, prefix: str, depth: int) -> None:
         if next(module.children(), None) is None:
             return  # a leaf has no inner flow to trace
+        if only is not None and not any(name.startswith(prefix) for name in only):
+            return  # nothing below it is left for the trace to decide
         gm = trace(module)
         if gm is None:
             if depth < max_depth:

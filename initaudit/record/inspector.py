@@ -12,7 +12,7 @@ on every module (:mod:`.hooks`), the loss and Jacobian probe (:mod:`.probe`), th
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Set
 
 import torch
 from torch import nn
@@ -74,8 +74,6 @@ def inspect(
     call_feeds: List[Optional[str]] = []
     call_ends: List[Optional[str]] = []
     with preserved(model):
-        progress.phase("tracing")
-        flows, traced = flow.analyze(model)
         if run_forward:
             progress.phase("forward")
             model.train()
@@ -110,6 +108,10 @@ def inspect(
         resolve(deferred, partials, tensors, param_names, buffer_names, grads)
         if backward:
             look_past_first_step(model, x, loss, seed, tensors, param_names)
+        progress.phase("tracing")
+        # torch.fx only for what the autograd graph did not place: a frozen layer, or no backward
+        placed = loss_value is not None and loss_value.grad_fn is not None
+        flows, traced = flow.analyze(model, only=undecided_modules(tensors) if placed else None)
 
     modules = module_records(module_names, recorder, ignores, flows)
     if run_forward:
@@ -160,6 +162,14 @@ def look_past_first_step(model: nn.Module, x: Any, loss: Optional[LossFn], seed:
         params[key].moves_at_step = step
     for key, value in spread.items():
         params[key].grad_row_spread = value
+
+
+def undecided_modules(tensors: List[Tracked]) -> Set[str]:
+    """The modules holding a parameter that the autograd graph did not show being used (frozen,
+    or off the loss's path), or whose product feeds a leaky ReLU (the graph does not hold its
+    slope): what it consumes is left to torch.fx or the call order."""
+    return {t.record.module for t in tensors if t.record.kind == "parameter"
+            and (t.record.role is None or t.record.feeds == "leaky_relu")}
 
 
 def note_uses(tensors: List[Tracked], loss_value: Optional[torch.Tensor], param_names: Any,
