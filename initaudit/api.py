@@ -83,6 +83,7 @@ def audit(
     target: Optional[str] = None,
     fix: bool = False,
     unsafe_fixes: bool = False,
+    fail_on: str = "warning",
     params_only: bool = False,
     no_backward: bool = False,
     progress: Optional["Progress"] = None,
@@ -97,7 +98,10 @@ def audit(
     ``unsafe_fixes=True``, the structural ones), audit again with exactly the same options,
     and return the report of that second audit: the model as it is now. What the fix did is
     ``report.fix``, a :class:`~initaudit.fixing.fixer.FixResult` (``.before`` is the first
-    audit's report, then the changes, the LSUV factors and what was not fixed).
+    audit's report, then the changes, the LSUV factors and what was not fixed). The fix acts
+    on the findings at or above ``fail_on`` that are not the consequence of another; an info
+    only with ``fail_on="info"``, and never one a rule lowered to info because here it is a
+    recipe that trains (:func:`initaudit.fixing.fixer.to_repair`).
 
     ``example_input`` is a tensor, a tuple (positional arguments) or a dict (keyword
     arguments); when ``None`` it is inferred from the first layer (or built with
@@ -120,7 +124,7 @@ def audit(
     report, x = audit_once(model, example_input, run)
     if not fix:
         return report
-    return fix_and_audit(model, report, x, run, unsafe=unsafe_fixes)
+    return fix_and_audit(model, report, x, run, unsafe=unsafe_fixes, fail_on=fail_on)
 
 
 def fix(
@@ -130,14 +134,15 @@ def fix(
     *,
     unsafe: bool = False,
     lsuv: bool = True,
+    fail_on: str = "warning",
     **audit_options: Any,
 ) -> Report:
     """Repair ``report``'s findings on ``model`` in place, then audit it again.
 
     ``audit_options`` are :func:`audit`'s (without ``fix``); the audit after the repair runs
     with them, on ``example_input`` (inferred when ``None``, unless ``params_only``).
-    ``lsuv=False`` leaves the signal findings to the caller. Returns that audit's report,
-    with what the repair did as ``report.fix``.
+    ``lsuv=False`` leaves the signal findings to the caller; ``fail_on`` is as :func:`audit`'s.
+    Returns that audit's report, with what the repair did as ``report.fix``.
     """
     unknown = sorted(set(audit_options) - {f.name for f in fields(AuditRun)})
     if unknown:
@@ -146,18 +151,18 @@ def fix(
         audit_options[key] = _tuple(audit_options.get(key))
     run = AuditRun(**audit_options)
     x = example_input
-    if x is None and lsuv and not run.params_only and needs_data(report):
+    if x is None and lsuv and not run.params_only and needs_data(report, fail_on):
         x = inputs.make_input(model, run.input_shape, batch=run.batch_size, seed=run.seed)
-    return fix_and_audit(model, report, x, run, unsafe=unsafe, lsuv=lsuv)
+    return fix_and_audit(model, report, x, run, unsafe=unsafe, lsuv=lsuv, fail_on=fail_on)
 
 
 def fix_and_audit(model: nn.Module, report: Report, example_input: Any, run: AuditRun, *, unsafe: bool,
-                  lsuv: bool = True) -> Report:
+                  lsuv: bool = True, fail_on: str = "warning") -> Report:
     """The fix, then the audit again with the same ``run``: the one loop both entry points use."""
     model, _ = unwrap(model)
     # the repair runs where the parameters live, so that it lasts: on their own device and dtype
     x = inputs.to_device(example_input, inputs.model_device(model)) if example_input is not None else None
-    repaired = repair(model, report, x, unsafe=unsafe, seed=run.seed, lsuv=lsuv)
+    repaired = repair(model, report, x, unsafe=unsafe, seed=run.seed, lsuv=lsuv, fail_on=fail_on)
     after, _ = audit_once(model, x, run)
     after.target = report.target
     after.fix = repaired
@@ -267,6 +272,7 @@ def audit_target(
         target=spec,
         fix=fix,
         unsafe_fixes=unsafe_fixes,
+        fail_on=settings.fail_on,
         params_only=params_only,
         no_backward=no_backward,
         progress=progress,

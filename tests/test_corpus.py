@@ -2,10 +2,12 @@
 listed here with the plain fact behind it; and every fault planted in them is found."""
 
 import pytest
+import torch
 from corpus import CORPUS, FAULTS, vit_zero_patch_embedding
 
 from initaudit import audit
 from initaudit.core.options import SEVERITIES
+from initaudit.fixing.fixer import repair
 from initaudit.rules.registry import load_rules
 
 _UNUSED = ("a parameter the model's own forward never lets reach this loss (a pooler under the "
@@ -40,13 +42,25 @@ def test_the_corpus_is_large_enough():
     assert set(KNOWN) <= set(CORPUS)
 
 
+# known-good models whose findings --fix acts on (the rest come out of it bit-identical)
+CHANGED_BY_FIX = {
+    "hf-mobilevit": "IA202's LSUV rescales the main-path convolutions",
+    "hf-mobilevitv2": "IA202's LSUV rescales the main-path convolutions",
+}
+
+
 @pytest.mark.parametrize("name", sorted(CORPUS))
-def test_a_known_good_model_gets_no_warning(name):
+def test_a_known_good_model_gets_no_warning_and_fix_leaves_it_alone(name):
     model, example = CORPUS[name]()
     report = audit(model, example)
     flagged = {f.code for f in report.findings if f.severity in ("warning", "error")}
     details = [f"{f.code} {f.location}: {f.message}" for f in report.findings if f.severity != "info"]
     assert flagged == set(KNOWN.get(name, {})), details
+    # the fix acts on warnings and errors only: the recipes reported as info keep every bit
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    repair(model, report, example)
+    changed = sorted(k for k, v in model.state_dict().items() if not torch.equal(v, before[k]))
+    assert bool(changed) == (name in CHANGED_BY_FIX), changed[:10]
 
 
 @pytest.mark.parametrize("name", sorted(FAULTS))

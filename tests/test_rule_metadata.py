@@ -108,7 +108,7 @@ def test_fixer_leaves_a_plugin_rule_that_declares_no_fix(scratch_registry):
 
 
 def test_fixer_makes_an_unsafe_plugin_fix_only_when_asked(scratch_registry):
-    rule("ZZ101", "removable-bias", "info", "A layer has a bias.", fix="unsafe",
+    rule("ZZ101", "removable-bias", "warning", "A layer has a bias.", fix="unsafe",
          why_no_fix="removes the bias: run with --unsafe-fixes")(removable_bias)
     model = nn.Linear(3, 2)
     result = audit(model, torch.randn(4, 3), select=["ZZ"], fix=True)

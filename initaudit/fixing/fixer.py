@@ -18,12 +18,13 @@ import functools
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import torch
 from torch import nn
 
 from initaudit.analysis.graph import accessor
+from initaudit.analysis.roles import main_path
 from initaudit.core import knowledge
 from initaudit.core.files import write_atomically
 from initaudit.core.numbers import short_number
@@ -31,7 +32,7 @@ from initaudit.record import transfer
 from initaudit.record.hooks import CallRecorder
 from initaudit.record.state import RNGState, preserved, seed_torch
 from initaudit.record.walk import call_model, names_by_id
-from initaudit.report.report import Report
+from initaudit.report.report import Report, fails
 from initaudit.rules.engine import Finding
 from initaudit.rules.registry import DEFAULT_WHY_NO_FIX, Rule, load_rules
 
@@ -110,10 +111,47 @@ def _std(model: nn.Module, name: str) -> Optional[float]:
     return float(t.detach().double().std(correction=0))
 
 
-def needs_data(report: Report) -> bool:
+def fix_level(fail_on: str = "warning") -> str:
+    """The lowest severity a fix acts on: ``fail_on``, but warning for ``never`` (which changes
+    the exit code, not what is wrong)."""
+    return "warning" if fail_on == "never" else fail_on
+
+
+def to_repair(report: Report, fail_on: str = "warning") -> List[Finding]:
+    """The findings a fix acts on: at or above :func:`fix_level`; not a consequence of another
+    (``caused_by``), which its root's repair removes; and never a finding its rule lowered to
+    info because here it is a recipe that trains (a LoRA B, a zero residual end, a small head,
+    a normalized branch). An info of a rule that is info by default (IA501's forget bias) is a
+    recommendation, repaired with ``fail_on="info"``."""
+    level = fix_level(fail_on)
+    rules = load_rules()
+    return [f for f in report.findings if fails(f.severity, level) and not f.caused_by
+            and not (f.severity == "info" and f.code in rules and rules[f.code].severity != "info")]
+
+
+def needs_data(report: Report, fail_on: str = "warning") -> bool:
     """Whether repairing ``report`` takes the example batch (LSUV for the signal findings)."""
     rules = load_rules()
-    return any(fix_safety(rules, f.code)[0] == "data" for f in report.findings)
+    return any(fix_safety(rules, f.code)[0] == "data" for f in to_repair(report, fail_on))
+
+
+def lsuv_layers(report: Report) -> Set[str]:
+    """The layers LSUV may scale: those on the model's main path (not inside a residual branch,
+    whose small output is the recipe, nor right before a normalization, which rescales it
+    anyway), neither the output layer (its scale sets the logits: scaling it to unit output
+    variance is what makes a regression head diverge) nor frozen; every name of each."""
+    rec = report.recording
+    head = report.analysis.output_layer
+    frozen = {t.module for t in rec.parameters if t.attr == "weight" and not t.requires_grad}
+    return {name for m in rec.modules if m.kind == knowledge.LAYER and m.first_call is not None
+            and main_path(rec, m.first_call) and head not in m.names and not frozen & set(m.names)
+            for name in m.names}
+
+
+def _frozen(model: nn.Module, names: List[str]) -> List[str]:
+    """Those of ``names`` that are parameters the optimizer will not train."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    return [n for n in names if n in params and not params[n].requires_grad]
 
 
 def repair(
@@ -124,14 +162,17 @@ def repair(
     unsafe: bool = False,
     seed: int = 0,
     lsuv: bool = True,
+    fail_on: str = "warning",
 ) -> FixResult:
     """Repair ``report``'s findings on ``model`` in place; returns what was done.
 
-    Runs under ``torch.no_grad()`` on each parameter's own device and dtype, with the RNG
-    seeded by ``seed`` (and the caller's RNG state restored afterwards). Parameters that no
-    finding names are not touched. The signal findings are repaired by LSUV on
-    ``example_input``; without one (an audit of the parameters alone) they are left unfixed.
-    Auditing the model again is the caller's (:func:`initaudit.api.audit`).
+    Acts on the findings at or above ``fail_on`` (:func:`to_repair`: never an info, never a
+    consequence, which its root's repair removes). Runs under ``torch.no_grad()`` on each
+    parameter's own device and dtype, with the RNG seeded by ``seed`` (and the caller's RNG
+    state restored afterwards). Parameters that no such finding names, and frozen ones, are
+    not touched. The signal findings are repaired by LSUV on ``example_input``, on the main
+    path only (:func:`lsuv_layers`); without an input (an audit of the parameters alone)
+    they are left unfixed. Auditing the model again is the caller's (:func:`initaudit.api.audit`).
     """
     lines: List[str] = []
     changes: List[Change] = []
@@ -141,10 +182,13 @@ def repair(
     rng = RNGState()
     try:
         seed_torch(seed)
-        for f in report.findings:
+        for f in to_repair(report, fail_on):
             safety, why = fix_safety(rules, f.code)
-            if safety == "safe" and f.fix:
-                names = [n for n in dict.fromkeys([f.location, *f.locations])]
+            names = [n for n in dict.fromkeys([f.location, *f.locations])]
+            frozen = _frozen(model, names)
+            if frozen and safety in ("safe", "unsafe"):
+                unfixed.append((f, f"{', '.join(frozen)} is frozen (requires_grad=False): not the fix's to change"))
+            elif safety == "safe" and f.fix:
                 before = {n: _std(model, n) for n in names}
                 run_fix_line(model, f)
                 lines.append(f"# {f.code} {f.rule}: {f.location}\n{f.fix}")
@@ -160,11 +204,11 @@ def repair(
             else:
                 unfixed.append((f, "no automatic fix: " + why))
         factors: Dict[str, float] = {}
-        if lsuv and example_input is not None and needs_data(report):
+        if lsuv and example_input is not None and needs_data(report, fail_on):
             old = {}
             for layer in _layers(model):
                 old[layer] = _std(model, layer + ".weight")
-            factors = lsuv_scale(model, example_input)
+            factors = lsuv_scale(model, example_input, layers=lsuv_layers(report))
             for layer, factor in factors.items():
                 lines.append(f"# LSUV: output variance 1 on the example batch\n{accessor(layer + '.weight')}.mul_({factor!r})")
                 changes.append(Change(layer + ".weight", "LSUV", old.get(layer), _std(model, layer + ".weight")))
@@ -203,10 +247,11 @@ def _layers(model: nn.Module) -> List[str]:
 
 
 def lsuv_scale(model: nn.Module, example_input: Any, tolerance: float = LSUV_TOLERANCE,
-               iterations: int = LSUV_ITERATIONS) -> Dict[str, float]:
+               iterations: int = LSUV_ITERATIONS, layers: Optional[Set[str]] = None) -> Dict[str, float]:
     """LSUV (Mishkin & Matas 2016): in forward order, scale each layer's weight until the
     variance of its output on the example batch is 1 (within ``tolerance``, at most
-    ``iterations`` forwards per layer). Returns the total factor per layer.
+    ``iterations`` forwards per layer). Returns the total factor per layer. With ``layers``,
+    only the layers named there are scaled.
 
     The forwards run in training mode without gradients, and leave buffers, flags and RNG
     as they were (:func:`initaudit.record.state.preserved`); only the weights are scaled.
@@ -229,8 +274,8 @@ def lsuv_scale(model: nn.Module, example_input: Any, tolerance: float = LSUV_TOL
         factors: Dict[str, float] = {}
         for name in order:
             layer = modules[name]
-            if not layer.weight.requires_grad:
-                continue  # frozen: not ours to change
+            if not layer.weight.requires_grad or (layers is not None and name not in layers):
+                continue  # frozen, or not on the main path: not ours to change
             total = 1.0
             for _ in range(iterations):
                 captured: List[torch.Tensor] = []
