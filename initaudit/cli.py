@@ -130,8 +130,10 @@ def show_fix(after: "Report", emit_code: bool, machine_output: bool) -> None:
               help="Load this state dict (torch.save, read with weights_only=True) into the model first.")
 @click.option("--fix", "do_fix", is_flag=True, help="Repair the findings that have a safe fix, in place, and audit again.")
 @click.option("--unsafe-fixes", is_flag=True, help="With --fix, also make structural fixes (untie shared parameters).")
-@click.option("--save", type=click.Path(dir_okay=False), help="With --fix, torch.save the fixed state_dict to FILE.")
-@click.option("--force", is_flag=True, help="Let --save overwrite an existing file.")
+@click.option("--save", type=click.Path(dir_okay=False),
+              help="With --fix, torch.save the fixed state_dict to FILE (not when the audit after the fix still fails).")
+@click.option("--force", is_flag=True,
+              help="Let --save overwrite an existing file, and save even when the audit after the fix still fails.")
 @click.option("--emit-code", is_flag=True,
               help="With --fix, print `def init_weights(model)` reproducing the safe fixes (tables go to stderr).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
@@ -219,7 +221,15 @@ def main(
                 root = distributed.rank() == 0  # a factory may have joined a process group itself
                 if root:
                     show_fix(report, emit_code, output_format != "table" and not output)
-                if save and root:
+                if save and root and not report.ok(settings.fail_on) and not force:
+                    # weights that do not audit clean are not written over the user's good ones
+                    from initaudit.report.report import fails
+
+                    left = sorted({f.code for f in report.findings if fails(f.severity, settings.fail_on)})
+                    error(f"--save {save}: not written: the audit after the fix still fails ({', '.join(left)}; "
+                          "the fix's table says what it could not fix); pass --force to save anyway", None, verbose)
+                    status = EXIT_ERROR
+                elif save and root:
                     from initaudit.fixing.fixer import save_state_dict
 
                     save_state_dict(report.fix.model, save, force=force)

@@ -484,3 +484,22 @@ def test_lsuv_scales_the_main_path_only():
     assert result.fix.lsuv and set(result.fix.lsuv) <= {"main.0", "main.2", "main.4", "main.6"}
     assert {k.rsplit(".", 1)[0] for k in changed(model, before)} <= {"main.0", "main.2", "main.4", "main.6"}
     assert not [f for f in result.findings if f.severity != "info"]
+
+
+def test_cli_save_refuses_weights_whose_reaudit_still_fails(tmp_path):
+    # a layer shared where two were meant (IA401) has only an unsafe fix: without --unsafe-fixes
+    # the audit after the fix still has the warning, so the weights are not saved
+    path = tmp_path / "fixed.pt"
+    source = tmp_path / "shared.py"
+    source.write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "def build():\n"
+        "    layer = nn.Linear(16, 16)\n"
+        "    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), layer, nn.ReLU(), layer, nn.ReLU(), nn.Linear(16, 2))\n"
+    )
+    refused = CliRunner().invoke(main, [f"{source}:build", "--fix", "--save", str(path)])
+    assert refused.exit_code == 2 and "not written" in refused.stderr and "IA401" in refused.stderr
+    assert not path.exists()
+    assert "After the fix" in refused.output  # the report is still shown
+    forced = CliRunner().invoke(main, [f"{source}:build", "--fix", "--save", str(path), "--force"])
+    assert forced.exit_code == 1 and path.exists()  # saved as asked; the findings still fail the run
