@@ -503,3 +503,15 @@ def test_cli_save_refuses_weights_whose_reaudit_still_fails(tmp_path):
     assert "After the fix" in refused.output  # the report is still shown
     forced = CliRunner().invoke(main, [f"{source}:build", "--fix", "--save", str(path), "--force"])
     assert forced.exit_code == 1 and path.exists()  # saved as asked; the findings still fail the run
+
+
+def test_a_signal_finding_lsuv_cannot_reach_is_listed_with_why():
+    # every layer of this collapsed sigmoid stack feeds a LayerNorm: no main-path scale to change
+    from test_streams import ln_stack
+
+    model = ln_stack(nn.Sigmoid)
+    before = state(model)
+    result = audit(model, torch.randn(64, 32), fix=True)
+    assert "IA202" in codes(result.fix.before) and result.fix.lsuv == {}
+    (why,) = [why for f, why in result.fix.unfixed if f.code == "IA202"]
+    assert "nothing to rescale" in why and changed(model, before) == []

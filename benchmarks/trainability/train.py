@@ -48,17 +48,24 @@ def train_run(model: torch.nn.Module, task: Task, optimizer: str, lr: float, see
     return sum(tail) / len(tail)
 
 
+def train_all(model: torch.nn.Module, task: Task, seed: int) -> List[float]:
+    """The losses of the :data:`RUNS` from ``model``'s weights, on one thread: the same sums in
+    the same order, so that losses reproduce (and a fixed model is trained exactly as its
+    configuration was labelled)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return [train_run(model, task, opt, lr, seed=seed) for opt, lr in RUNS]
+    finally:
+        torch.set_num_threads(threads)
+
+
 def label(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """``cfg`` with its losses (one per run, in :data:`RUNS` order), the task's baseline and
     its label, ``"trains"`` or ``"fails"``."""
     task = task_for(cfg)
     model = build(cfg, task)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread: the same sums in the same order, so losses reproduce
-    try:
-        losses = [train_run(model, task, opt, lr, seed=cfg["index"]) for opt, lr in RUNS]
-    finally:
-        torch.set_num_threads(threads)
+    losses = train_all(model, task, seed=cfg["index"])
     best = min(losses)
     return {
         "config": cfg,

@@ -209,6 +209,11 @@ def repair(
             for layer in _layers(model):
                 old[layer] = _std(model, layer + ".weight")
             factors = lsuv_scale(model, example_input, layers=lsuv_layers(report))
+            if not factors:
+                unfixed += [(f, "LSUV had nothing to rescale: no layer on the main path (every one feeds a "
+                             "normalization, sits in a residual branch, or is the output layer) is off unit "
+                             "variance; the cause is the architecture or the nonlinearity, not a layer's scale")
+                            for f in to_repair(report, fail_on) if fix_safety(rules, f.code)[0] == "data"]
             for layer, factor in factors.items():
                 lines.append(f"# LSUV: output variance 1 on the example batch\n{accessor(layer + '.weight')}.mul_({factor!r})")
                 changes.append(Change(layer + ".weight", "LSUV", old.get(layer), _std(model, layer + ".weight")))

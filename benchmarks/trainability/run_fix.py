@@ -1,0 +1,177 @@
+"""Does ``--fix`` make failing models train, and leave the ones that train alone?
+
+    python benchmarks/trainability/run_fix.py [--split calibrate|report|all] [--jobs N] [--json FILE]
+
+For every labelled configuration of the split, the model is built and audited as
+``run.py`` audits it (its task's first batch and loss, seed 0), then repaired with
+``initaudit.fix`` (the default: findings at or above warning) and compared bit for bit
+with what was built.
+
+- A configuration labelled **fails** whose model the fix changed is trained again exactly as
+  it was labelled (``train.train_all``: the six optimizer settings, the same seed, one
+  thread); it is **rescued** when it now trains (some run below half the baseline).
+- A configuration labelled **trains** whose model the fix changed is trained the same way;
+  it is **harmed** when its best loss is more than 10% above the labelled best.
+- The known-good models of ``tests/corpus.py`` (real architectures at their own init) are
+  audited and repaired; **untouched** counts those that come out bit-identical.
+
+Configurations are spread over ``--jobs`` processes (one thread each, as labelled). The last
+line reads ``fix: rescued R/F failing, harmed H/T training, untouched U/K known-good``, where
+F counts the failing configurations the fix changed and T every configuration that trains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from typing import Any, Dict, List, Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+HARM = 1.10  # harmed: the best loss after the fix above this times the labelled best
+LABELS = os.path.join(HERE, "labels.json")
+
+
+def _changed(model: Any, before: Dict[str, Any]) -> List[str]:
+    import torch
+
+    return sorted(k for k, v in model.state_dict().items() if not torch.equal(v, before[k]))
+
+
+def fix_and_train(row: Dict[str, Any]) -> Dict[str, Any]:
+    """One configuration: audit, fix, and (where the fix changed it) train it as labelled."""
+    import torch
+
+    import initaudit
+    from configs import build
+    from tasks import task_for
+    from train import THRESHOLD, train_all
+
+    torch.set_num_threads(1)
+    cfg = row["config"]
+    task = task_for(cfg)
+    model = build(cfg, task)
+    x, y = task.batches(0)
+
+    def loss(out: Any, _x: Any) -> Any:
+        return task.loss(out, y)
+
+    result: Dict[str, Any] = {"index": cfg["index"], "family": cfg["family"], "label": row["label"]}
+    try:
+        report = initaudit.audit(model, x, loss=loss, seed=0)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        after = initaudit.fix(model, report, x, loss=loss, seed=0)
+    except Exception as exc:  # reported, not fatal: one configuration the audit cannot run
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        return result
+    result["warned"] = sorted({f.code for f in report.findings if f.severity != "info"})
+    result["left"] = sorted({f.code for f in after.findings if f.severity != "info"})
+    result["unfixed"] = sorted({f.code for f, _ in after.fix.unfixed})
+    result["changed"] = _changed(model, before)
+    if not result["changed"]:
+        return result
+    losses = train_all(model, task, seed=cfg["index"])
+    best = min(losses)
+    labelled = [v for v in row["losses"] if v is not None]
+    labelled_best = min(labelled) if labelled else math.inf
+    result["losses"] = [v if math.isfinite(v) else None for v in losses]
+    result["best_ratio"] = best / task.baseline if math.isfinite(best) else None
+    result["labelled_best_ratio"] = row["best_ratio"]
+    result["trains_after"] = best < THRESHOLD * task.baseline
+    result["harmed"] = row["label"] == "trains" and not best <= HARM * labelled_best
+    return result
+
+
+def known_good() -> Dict[str, Any]:
+    """``{"models": K, "untouched": U, "changed": {name: first changed names}}`` over the corpus
+    of real models in ``tests/corpus.py`` (needs the test extras: transformers, peft)."""
+    import torch
+
+    from initaudit import audit
+    from initaudit.fixing.fixer import repair
+
+    sys.path.insert(0, os.path.join(HERE, "..", "..", "tests"))
+    from corpus import CORPUS
+
+    changed: Dict[str, List[str]] = {}
+    for name in sorted(CORPUS):
+        model, example = CORPUS[name]()
+        report = audit(model, example)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        repair(model, report, example)
+        names = sorted(k for k, v in model.state_dict().items() if not torch.equal(v, before[k]))
+        if names:
+            changed[name] = names[:5]
+    return {"models": len(CORPUS), "untouched": len(CORPUS) - len(changed), "changed": changed}
+
+
+def main() -> None:
+    from run import in_split
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--split", choices=("calibrate", "report", "all"), default="all")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes (one thread each)")
+    parser.add_argument("--json", help="write the per-configuration results to FILE")
+    parser.add_argument("--no-corpus", action="store_true", help="skip the known-good corpus")
+    args = parser.parse_args()
+    with open(LABELS) as f:
+        rows = [r for r in json.load(f)["labels"] if in_split(r["config"]["index"], args.split)]
+    started = time.time()
+    with ProcessPoolExecutor(max_workers=max(args.jobs, 1), mp_context=get_context("spawn")) as pool:
+        results = list(pool.map(fix_and_train, rows, chunksize=1))
+    seconds = time.time() - started
+    corpus: Optional[Dict[str, Any]] = None if args.no_corpus else known_good()
+
+    failing = [r for r in results if r["label"] == "fails"]
+    training = [r for r in results if r["label"] == "trains"]
+    fixable = [r for r in failing if r.get("changed")]
+    rescued = [r for r in fixable if r["trains_after"]]
+    touched = [r for r in training if r.get("changed")]
+    harmed = [r for r in touched if r["harmed"]]
+    print(f"fixed and trained {len(fixable) + len(touched)} of {len(results)} configurations in {seconds:.0f} s "
+          f"(split {args.split})")
+    print(f"{'family':<12} {'fail':>5} {'warned':>6} {'fixed':>6} {'rescued':>7} {'trains':>7} {'changed':>7} {'harmed':>6}")
+    for family in sorted({r["family"] for r in results}):
+        mine = [r for r in results if r["family"] == family]
+        fail = [r for r in mine if r["label"] == "fails"]
+        print(f"{family:<12} {len(fail):>5} {sum(bool(r.get('warned')) for r in fail):>6} "
+              f"{sum(bool(r.get('changed')) for r in fail):>6} "
+              f"{sum(bool(r.get('changed')) and r['trains_after'] for r in fail):>7} "
+              f"{len(mine) - len(fail):>7} {sum(bool(r.get('changed')) for r in mine if r['label'] == 'trains'):>7} "
+              f"{sum(bool(r.get('harmed')) for r in mine):>6}")
+    for r in results:
+        if "error" in r:
+            print(f"  config {r['index']}: {r['error']}")
+    not_rescued = [r for r in fixable if not r["trains_after"]]
+    if not_rescued:
+        print("fixed but still failing (index family: warned -> left after the fix; best loss / baseline):")
+        for r in not_rescued:
+            ratio = "inf" if r["best_ratio"] is None else f"{r['best_ratio']:.2f}"
+            print(f"  {r['index']} {r['family']}: {','.join(r['warned'])} -> {','.join(r['left']) or 'clean'}; {ratio}")
+    warned_unfixed = [r for r in failing if r.get("warned") and not r.get("changed")]
+    if warned_unfixed:
+        print("failing, warned, and left as they were (no automatic fix): "
+              + ", ".join(f"{r['index']} ({','.join(r['unfixed'] or r['warned'])})" for r in warned_unfixed))
+    for r in harmed:
+        print(f"  harmed: {r['index']} {r['family']}: best {r['labelled_best_ratio']:.3f} -> "
+              f"{'inf' if r['best_ratio'] is None else format(r['best_ratio'], '.3f')} of the baseline")
+    if corpus is not None:
+        for name, names in corpus["changed"].items():
+            print(f"  known-good {name}: the fix changed {', '.join(names)}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"split": args.split, "results": results, "corpus": corpus}, f, indent=1)
+    untouched = f"untouched {corpus['untouched']}/{corpus['models']} known-good" if corpus else "known-good not run"
+    print(f"fix: rescued {len(rescued)}/{len(fixable)} failing, harmed {len(harmed)}/{len(training)} training, "
+          f"{untouched}")
+
+
+if __name__ == "__main__":
+    main()
