@@ -19,25 +19,29 @@ def frozen(t: TensorRecord) -> bool:
 
 
 def _fix(scales: List[Scale]) -> Optional[str]:
-    """One line (a loop when several layers share the call) per distinct init call."""
+    """One line (a loop when several layers share the call) per distinct init call. A raw
+    parameter in a product (a stand-in module named by the parameter itself, LoRA's A and B
+    written as ``nn.Parameter``) is re-drawn itself, with the fan the product sums over."""
     by_call: Dict[str, List[str]] = {}
     for s in scales:
-        if s.off_by <= 1.1 or s.use.module.name == s.use.weight.name:
-            continue  # a raw parameter (a stand-in module named by it): no layer to re-initialize
-        call = gains.init_call(s.use.activation, "model.get_submodule(name).weight", s.fan, s.use.weight.fan_in)
+        if s.off_by <= 1.1:
+            continue
+        raw = s.use.module.name == s.use.weight.name
+        target = s.use.weight.name if raw else s.use.module.name + ".weight"
+        call = gains.init_call(s.use.activation, "model.get_parameter(name)", s.fan, s.use.weight.fan_in)
         names = by_call.setdefault(call, [])
-        if s.use.module.name not in names:
-            names.append(s.use.module.name)
+        if target not in names:
+            names.append(target)
     if not by_call:
         return None
     lines = []
     for call, names in by_call.items():
         if len(names) == 1:
-            lines.append(call.replace("model.get_submodule(name).weight", accessor(names[0] + ".weight")))
+            lines.append(call.replace("model.get_parameter(name)", accessor(names[0])))
         elif "math.sqrt(" in call:  # the fan differs per layer: one call each
             for name in names:
-                s = next(x for x in scales if x.use.module.name == name)
-                lines.append(gains.init_call(s.use.activation, accessor(name + ".weight"), s.fan, s.use.weight.fan_in))
+                s = next(x for x in scales if name in (x.use.weight.name, x.use.module.name + ".weight"))
+                lines.append(gains.init_call(s.use.activation, accessor(name), s.fan, s.use.weight.fan_in))
         else:
             lines.append(f"for name in {names!r}: {call}")
     return "\n".join(lines)
