@@ -302,7 +302,11 @@ def test_ia201_judges_a_raw_parameter_in_a_product_by_the_fan_it_is_read_with():
     found = uses(report)
     assert found["A"].layer_fan_in == 16
     (f,) = [f for f in findings(report, "IA201") if f.location == "A"]
-    assert f.severity == "warning" and "too large" in f.message and f.fix is None
+    assert f.severity == "warning" and "too large" in f.message and f.fix.startswith("nn.init.")
+    # the fix re-draws the raw parameter itself, at the fan the product sums over
+    after = audit(model, torch.randn(32, 16), fix=True)
+    assert 0.15 < float(model.A.std()) < 0.4  # LeCun's 1/sqrt(16) = 0.25, whatever init draws it
+    assert "IA201" not in codes(after, "warning")
 
 
 def test_a_raw_weight_read_untransposed_has_its_first_dimension_as_fan_in():
