@@ -166,8 +166,8 @@ def repair(
 ) -> FixResult:
     """Repair ``report``'s findings on ``model`` in place; returns what was done.
 
-    Acts on the findings at or above ``fail_on`` (:func:`to_repair`: never an info, never a
-    consequence, which its root's repair removes). Runs under ``torch.no_grad()`` on each
+    Acts on the findings at or above ``fail_on`` (:func:`to_repair`: never a consequence, which
+    its root's repair removes, nor a recipe its rule lowered to info). Runs under ``torch.no_grad()`` on each
     parameter's own device and dtype, with the RNG seeded by ``seed`` (and the caller's RNG
     state restored afterwards). Parameters that no such finding names, and frozen ones, are
     not touched. The signal findings are repaired by LSUV on ``example_input``, on the main

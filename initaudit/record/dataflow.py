@@ -315,10 +315,16 @@ class Graph:
         views, dropout, the norm's own affine (a gain, a bias), elementwise nonlinearities, pooling,
         and sums whose every term is one: a pre-LN block's first layer, a pre-activation block's, a
         CNN's classifier after its last BatchNorm (added to a normalized shortcut), ReLU and pooling."""
+        operand = self.activation_operand(op)
+        return operand is not None and self._normalized(operand, {})
+
+    def activation_operand(self, op: Any) -> Any:
+        """The source of the mixing ``op``'s one activation operand (the input it multiplies by
+        the weight); ``None`` where it has none, or several."""
         slot = WEIGHT_SLOT.get(node_name(op))
         inputs = self.inputs.get(op, [])
         activations = [n for i, n in enumerate(inputs) if i != slot and n is not None and not self.is_parameter_path(n)]
-        return len(activations) == 1 and self._normalized(self.source(activations[0]), {})
+        return self.source(activations[0]) if len(activations) == 1 else None
 
     def operand_call(self, op: Any, made: Dict[Any, int]) -> Optional[int]:
         """The module call (by index, ``made``: the node that made each call's output) whose output
@@ -326,10 +332,7 @@ class Graph:
         pooling (they keep what the call's output carries, or average it over a window, which
         by design leaves less that varies from one example to the next); ``None`` where an
         unrecorded op (a sum written in a forward, a functional nonlinearity) comes between."""
-        slot = WEIGHT_SLOT.get(node_name(op))
-        inputs = self.inputs.get(op, [])
-        activations = [n for i, n in enumerate(inputs) if i != slot and n is not None and not self.is_parameter_path(n)]
-        node = self.source(activations[0]) if len(activations) == 1 else None
+        node = self.activation_operand(op)
         for _ in range(16):
             if node is None:
                 return None
