@@ -209,7 +209,9 @@ def repair(
     rng = RNGState()
     try:
         seed_torch(seed)
-        for f in to_repair(report, fail_on):
+        acting = to_repair(report, fail_on)
+        data = [f for f in acting if fix_safety(rules, f.code)[0] == "data"]
+        for f in acting:
             safety, why = fix_safety(rules, f.code)
             names = [n for n in dict.fromkeys([f.location, *f.locations])]
             frozen = _frozen(model, names)
@@ -231,7 +233,7 @@ def repair(
             else:
                 unfixed.append((f, "no automatic fix: " + why))
         factors: Dict[str, float] = {}
-        if lsuv and example_input is not None and needs_data(report, fail_on):
+        if lsuv and example_input is not None and data:
             old = {}
             for layer in _layers(model):
                 old[layer] = _std(model, layer + ".weight")
@@ -240,7 +242,7 @@ def repair(
                 unfixed += [(f, "LSUV had nothing to rescale: no layer on the main path (every one feeds a "
                              "normalization, sits in a residual branch, or is the output layer) is off unit "
                              "variance; the cause is the architecture or the nonlinearity, not a layer's scale")
-                            for f in to_repair(report, fail_on) if fix_safety(rules, f.code)[0] == "data"]
+                            for f in data]
             for layer, factor in factors.items():
                 lines.append(f"# LSUV: output variance 1 on the example batch\n{accessor(layer + '.weight')}.mul_({factor!r})")
                 changes.append(Change(layer + ".weight", "LSUV", old.get(layer), _std(model, layer + ".weight")))

@@ -26,8 +26,7 @@ def _fix(scales: List[Scale]) -> Optional[str]:
     for s in scales:
         if s.off_by <= 1.1:
             continue
-        raw = s.use.module.name == s.use.weight.name
-        target = s.use.weight.name if raw else s.use.module.name + ".weight"
+        target = s.use.weight.name  # a layer's weight, or the raw parameter itself
         call = gains.init_call(s.use.activation, "model.get_parameter(name)", s.fan, s.use.weight.fan_in)
         names = by_call.setdefault(call, [])
         if target not in names:
@@ -40,7 +39,7 @@ def _fix(scales: List[Scale]) -> Optional[str]:
             lines.append(call.replace("model.get_parameter(name)", accessor(names[0])))
         elif "math.sqrt(" in call:  # the fan differs per layer: one call each
             for name in names:
-                s = next(x for x in scales if name in (x.use.weight.name, x.use.module.name + ".weight"))
+                s = next(x for x in scales if x.use.weight.name == name)
                 lines.append(gains.init_call(s.use.activation, accessor(name), s.fan, s.use.weight.fan_in))
         else:
             lines.append(f"for name in {names!r}: {call}")
