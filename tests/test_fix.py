@@ -251,6 +251,54 @@ def test_emitted_code_fixes_a_freshly_built_model(example):
     assert [f for f in after.findings if f.severity != "info"] == [], after.table()
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
+def test_emitted_code_reproduces_the_saved_fix_bit_for_bit(write_target, tmp_path, dtype):
+    # a deep ReLU stack on PyTorch's default init (IA201: random re-draws, then LSUV scales):
+    # the emitted code must give exactly the values --fix --save wrote
+    path = write_target(
+        "import torch\n"
+        "from torch import nn\n"
+        "def build():\n"
+        "    layers = [nn.Linear(16, 64), nn.ReLU()]\n"
+        "    for _ in range(12):\n"
+        "        layers += [nn.Linear(64, 64), nn.ReLU()]\n"
+        f"    return nn.Sequential(*layers, nn.Linear(64, 4)).to(torch.{dtype})\n",
+        name=f"emit_{dtype}.py",
+    )
+    saved = tmp_path / "fixed.pt"
+    fixed = CliRunner().invoke(main, [f"{path}:build", "--fix", "--save", str(saved), "--force"])
+    assert saved.exists(), fixed.output
+    emitted = CliRunner().invoke(main, [f"{path}:build", "--fix", "--emit-code", "--force"])
+    code = emitted.stdout
+    assert "generator=generator" in code and "kaiming_normal_" in code
+    namespace = {}
+    exec(code, namespace)
+    sys.path.insert(0, str(tmp_path))
+    module = __import__(f"emit_{dtype}")
+    torch.manual_seed(0)  # the CLI builds with --seed's default, 0
+    fresh = module.build()
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    rng = torch.get_rng_state()
+    namespace["init_weights"](fresh)
+    assert torch.equal(torch.get_rng_state(), rng)  # the caller's RNG is not drawn from
+    want = torch.load(saved, weights_only=True)
+    got = fresh.state_dict()
+    assert want.keys() == got.keys()
+    for name in want:
+        assert want[name].dtype == got[name].dtype == getattr(torch, dtype)
+        assert torch.equal(want[name], got[name]), name
+    assert not torch.equal(before["2.weight"], got["2.weight"])  # the fix did change the model
+
+
+def test_seeded_adds_the_generator_to_random_draws_only():
+    from initaudit.fixing.fixer import seeded
+
+    line = "nn.init.normal_(model.a, std=0.02); nn.init.zeros_(model.b)  # keep ( this"
+    assert seeded(line) == "nn.init.normal_(model.a, std=0.02, generator=generator); nn.init.zeros_(model.b)  # keep ( this"
+    assert seeded("torch.nn.init.orthogonal_(w)\nnn.init.uniform_(w, generator=g)") == \
+        "torch.nn.init.orthogonal_(w, generator=generator)\nnn.init.uniform_(w, generator=g)"
+
+
 def test_unsafe_fixes_through_the_cli(write_target):
     path = write_target(
         "from torch import nn\n"
