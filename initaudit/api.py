@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import random
 import sys
 import time
@@ -12,7 +14,7 @@ import torch
 from torch import nn
 
 from initaudit.analysis.model import analyze
-from initaudit.fixing.fixer import needs_data, repair
+from initaudit.fixing.fixer import needs_data, repair, values_kept
 from initaudit.gate import suppress
 from initaudit.load import inputs, trace
 from initaudit.load.model import check_devices, resolve_device, unwrap
@@ -83,6 +85,7 @@ def audit(
     target: Optional[str] = None,
     fix: bool = False,
     unsafe_fixes: bool = False,
+    dry_run: bool = False,
     fail_on: str = "warning",
     params_only: bool = False,
     no_backward: bool = False,
@@ -101,7 +104,9 @@ def audit(
     audit's report, then the changes, the LSUV factors and what was not fixed). The fix acts
     on the findings at or above ``fail_on`` that are not the consequence of another; an info
     only with ``fail_on="info"``, and never one a rule lowered to info because here it is a
-    recipe that trains (:func:`initaudit.fixing.fixer.to_repair`).
+    recipe that trains (:func:`initaudit.fixing.fixer.to_repair`). With ``dry_run=True`` as
+    well, the fix and the audit after it are made and reported, and then the model's values
+    are put back: ``report.fix`` says what would change, and the model is as it was.
 
     ``example_input`` is a tensor, a tuple (positional arguments) or a dict (keyword
     arguments); when ``None`` it is inferred from the first layer (or built with
@@ -124,7 +129,7 @@ def audit(
     report, x = audit_once(model, example_input, run)
     if not fix:
         return report
-    return fix_and_audit(model, report, x, run, unsafe=unsafe_fixes, fail_on=fail_on)
+    return fix_and_audit(model, report, x, run, unsafe=unsafe_fixes, fail_on=fail_on, dry_run=dry_run)
 
 
 def fix(
@@ -135,13 +140,15 @@ def fix(
     unsafe: bool = False,
     lsuv: bool = True,
     fail_on: str = "warning",
+    dry_run: bool = False,
     **audit_options: Any,
 ) -> Report:
     """Repair ``report``'s findings on ``model`` in place, then audit it again.
 
     ``audit_options`` are :func:`audit`'s (without ``fix``); the audit after the repair runs
     with them, on ``example_input`` (inferred when ``None``, unless ``params_only``).
-    ``lsuv=False`` leaves the signal findings to the caller; ``fail_on`` is as :func:`audit`'s.
+    ``lsuv=False`` leaves the signal findings to the caller; ``fail_on`` and ``dry_run`` are
+    as :func:`audit`'s.
     Returns that audit's report, with what the repair did as ``report.fix``.
     """
     unknown = sorted(set(audit_options) - {f.name for f in fields(AuditRun)})
@@ -153,17 +160,26 @@ def fix(
     x = example_input
     if x is None and lsuv and not run.params_only and needs_data(report, fail_on):
         x = inputs.make_input(model, run.input_shape, batch=run.batch_size, seed=run.seed)
-    return fix_and_audit(model, report, x, run, unsafe=unsafe, lsuv=lsuv, fail_on=fail_on)
+    return fix_and_audit(model, report, x, run, unsafe=unsafe, lsuv=lsuv, fail_on=fail_on, dry_run=dry_run)
 
 
 def fix_and_audit(model: nn.Module, report: Report, example_input: Any, run: AuditRun, *, unsafe: bool,
-                  lsuv: bool = True, fail_on: str = "warning") -> Report:
-    """The fix, then the audit again with the same ``run``: the one loop both entry points use."""
+                  lsuv: bool = True, fail_on: str = "warning", dry_run: bool = False) -> Report:
+    """The fix, then the audit again with the same ``run``: the one loop both entry points use.
+    A dry run makes both on the model and then puts its values back (a structural fix, which
+    changes modules, on a deep copy instead)."""
     model, _ = unwrap(model)
     # the repair runs where the parameters live, so that it lasts: on their own device and dtype
     x = inputs.to_device(example_input, inputs.model_device(model)) if example_input is not None else None
-    repaired = repair(model, report, x, unsafe=unsafe, seed=run.seed, lsuv=lsuv, fail_on=fail_on)
-    after, _ = audit_once(model, x, run)
+    target = model
+    if dry_run and unsafe:
+        target = copy.deepcopy(model)
+    with values_kept(target) if dry_run else contextlib.nullcontext():
+        repaired = repair(target, report, x, unsafe=unsafe, seed=run.seed, lsuv=lsuv, fail_on=fail_on)
+        after, _ = audit_once(target, x, run)
+    if dry_run:
+        repaired.model = None  # nothing was fixed: there is no fixed model to save
+        repaired.dry_run = True
     after.target = report.target
     after.fix = repaired
     return after
@@ -240,6 +256,7 @@ def audit_target(
     batch_size: int = inputs.DEFAULT_BATCH,
     fix: bool = False,
     unsafe_fixes: bool = False,
+    dry_run: bool = False,
     checkpoint: Optional[str] = None,
     params_only: bool = False,
     no_backward: bool = False,
@@ -272,6 +289,7 @@ def audit_target(
         target=spec,
         fix=fix,
         unsafe_fixes=unsafe_fixes,
+        dry_run=dry_run,
         fail_on=settings.fail_on,
         params_only=params_only,
         no_backward=no_backward,

@@ -83,13 +83,15 @@ def show_fix(after: "Report", emit_code: bool, machine_output: bool) -> None:
     the tables then go to stderr."""
     result = after.fix
     to_stderr = emit_code or machine_output
+    done, then = (("Would change (--dry-run: nothing was changed):", "After the fix, as it would be:")
+                  if result.dry_run else ("Fixed:", "After the fix:"))
     click.echo(f"Before the fix:\n{result.before.table()}\n", err=to_stderr)
-    click.echo(f"Fixed:\n{result.table()}\n", err=to_stderr)
+    click.echo(f"{done}\n{result.table()}\n", err=to_stderr)
     if emit_code:
-        click.echo(f"After the fix:\n{after.table()}", err=True)
+        click.echo(f"{then}\n{after.table()}", err=True)
         click.echo(result.emit_code())
     else:
-        click.echo("After the fix:", err=to_stderr)
+        click.echo(then, err=to_stderr)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -134,6 +136,9 @@ def show_fix(after: "Report", emit_code: bool, machine_output: bool) -> None:
               help="With --fix, torch.save the fixed state_dict to FILE (not when the audit after the fix still fails).")
 @click.option("--force", is_flag=True,
               help="Let --save overwrite an existing file, and save even when the audit after the fix still fails.")
+@click.option("--dry-run", is_flag=True,
+              help="With --fix, show what it would change (old and new std, and why) and audit that, "
+                   "changing nothing; exits as the audit of the model as it is.")
 @click.option("--emit-code", is_flag=True,
               help="With --fix, print `def init_weights(model)` reproducing the safe fixes (tables go to stderr).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
@@ -166,6 +171,7 @@ def main(
     unsafe_fixes: bool,
     save: Optional[str],
     force: bool,
+    dry_run: bool,
     emit_code: bool,
     quiet: bool,
     verbose: bool,
@@ -192,8 +198,10 @@ def main(
         shape = parse_shape(input_shape) if input_shape else None
         kwargs = parse_factory_args(list(factory_args))
         accepted = baseline.load(baseline_path) if baseline_path else None
-        if (save or emit_code or unsafe_fixes) and not do_fix:
-            raise ValueError("--save, --emit-code and --unsafe-fixes need --fix")
+        if (save or emit_code or unsafe_fixes or dry_run) and not do_fix:
+            raise ValueError("--save, --emit-code, --unsafe-fixes and --dry-run need --fix")
+        if save and dry_run:
+            raise ValueError("--save and --dry-run: a dry run changes nothing, so there is nothing to save")
         if save and os.path.exists(save) and not force:
             raise ValueError(f"--save {save}: the file exists; pass --force to overwrite it")
         if do_fix and len(targets) > 1 and (save or emit_code):
@@ -214,7 +222,7 @@ def main(
         progress = Progress(enabled=not quiet and distributed.rank() == 0)
         try:
             report = audit_target(target, settings, factory_args=kwargs, input_shape=shape, batch_size=batch_size,
-                                  fix=do_fix, unsafe_fixes=unsafe_fixes, checkpoint=checkpoint,
+                                  fix=do_fix, unsafe_fixes=unsafe_fixes, dry_run=dry_run, checkpoint=checkpoint,
                                   params_only=params_only, no_backward=no_backward, progress=progress)
             progress.done()
             if do_fix:
@@ -250,7 +258,9 @@ def main(
         if accepted is not None:
             baseline.apply(report, accepted)
         reports.append(report)
-        if not report.ok(settings.fail_on):
+        # a dry run changed nothing: the exit code is the model's as it is
+        judged = report.fix.before if dry_run else report
+        if not judged.ok(settings.fail_on):
             status = max(status, EXIT_FINDINGS)
 
     root = distributed.rank() == 0

@@ -299,6 +299,39 @@ def test_seeded_adds_the_generator_to_random_draws_only():
         "torch.nn.init.orthogonal_(w, generator=generator)\nnn.init.uniform_(w, generator=g)"
 
 
+def test_dry_run_reports_the_fix_and_changes_nothing():
+    torch.manual_seed(0)
+    layers = [nn.Linear(16, 64), nn.ReLU()]
+    for _ in range(12):
+        layers += [nn.Linear(64, 64), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Linear(64, 4))
+    shared = nn.Linear(64, 64)
+    model[6] = model[10] = shared  # IA401: a structural fix, made on a copy
+    state = {k: v.clone() for k, v in model.state_dict(keep_vars=False).items()}
+    x = torch.randn(32, 16)
+    report = audit(model, x, fix=True, dry_run=True, unsafe_fixes=True)
+    assert report.fix.dry_run and report.fix.model is None
+    assert {c.code for c in report.fix.changes} >= {"IA201", "LSUV"} and report.fix.unsafe
+    assert all(c.why for c in report.fix.changes)
+    assert {"IA201", "IA401"} <= set(codes(report.fix.before)) and not set(codes(report)) & {"IA201", "IA401"}
+    assert model[6] is model[10]  # not untied
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, state[name]), name
+    # the same fix for real gives the values the dry run audited
+    fixed = audit(model, x, fix=True, unsafe_fixes=True)
+    assert [(c.name, c.new_std) for c in fixed.fix.changes] == [(c.name, c.new_std) for c in report.fix.changes]
+
+
+def test_cli_dry_run_exits_as_the_model_is_and_refuses_save(tmp_path):
+    target = f"{EXAMPLES / 'deep_mlp.py'}:build"
+    result = CliRunner().invoke(main, [target, "--fix", "--dry-run"])
+    assert result.exit_code == 1, result.output  # the model as it is still fails
+    assert "Would change (--dry-run" in result.stdout and "variance-mismatch" in result.stdout
+    refused = CliRunner().invoke(main, [target, "--fix", "--dry-run", "--save", str(tmp_path / "x.pt")])
+    assert refused.exit_code == 2 and "nothing to save" in refused.stderr and not (tmp_path / "x.pt").exists()
+    assert CliRunner().invoke(main, [target, "--dry-run"]).exit_code == 2  # needs --fix
+
+
 def test_unsafe_fixes_through_the_cli(write_target):
     path = write_target(
         "from torch import nn\n"

@@ -14,12 +14,14 @@ finding is listed as unfixed, with its rule's reason.
 from __future__ import annotations
 
 import ast
+import contextlib
 import copy
 import functools
+import itertools
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 import torch
 from torch import nn
@@ -53,6 +55,7 @@ class Change:
     code: str
     old_std: Optional[float]
     new_std: Optional[float]
+    why: str = ""  # the rule's name, or what the data-dependent fix aims at
 
 
 @dataclass
@@ -67,12 +70,13 @@ class FixResult:
     unfixed: List[Tuple[Finding, str]] = field(default_factory=list)  # and why
     model: Optional[nn.Module] = None  # the model, fixed in place
     seed: int = 0  # of the generator the fixes drew from
+    dry_run: bool = False  # made, audited and then undone: what a fix would change
 
     def table(self) -> str:
         from tabulate import tabulate
 
-        rows = [[c.name, c.code, _num(c.old_std), _num(c.new_std)] for c in self.changes]
-        text = tabulate(rows, headers=["parameter", "finding", "old std", "new std"], tablefmt="simple",
+        rows = [[c.name, c.code, _num(c.old_std), _num(c.new_std), c.why] for c in self.changes]
+        text = tabulate(rows, headers=["parameter", "finding", "old std", "new std", "why"], tablefmt="simple",
                         disable_numparse=True) if rows else "Nothing was changed."
         if self.lsuv:
             text += "\n\nLSUV scale factors (Mishkin & Matas 2016): " + ", ".join(
@@ -264,7 +268,8 @@ def repair(
                 code = seeded(f.fix)
                 run_fix_line(model, code, f"{f.code} {f.location}", generator)
                 lines.append(f"# {f.code} {f.rule}: {f.location}\n{code}")
-                changes += [Change(n, f.code, before[n], _std(model, n)) for n in names if _std(model, n) != before[n]]
+                changes += [Change(n, f.code, before[n], _std(model, n), f.rule) for n in names
+                            if _std(model, n) != before[n]]
             elif safety == "unsafe":
                 if unsafe:
                     structural.append(structural_fix(model, f))
@@ -290,7 +295,8 @@ def repair(
                 lines.append("# LSUV (Mishkin & Matas 2016): output variance 1 on the example batch, main path only\n"
                              + "\n".join(f"{accessor(layer + '.weight')}.mul_({factor!r})" for layer, factor in factors.items()))
             for layer, factor in factors.items():
-                changes.append(Change(layer + ".weight", "LSUV", old.get(layer), _std(model, layer + ".weight")))
+                changes.append(Change(layer + ".weight", "LSUV", old.get(layer), _std(model, layer + ".weight"),
+                                      "output variance 1 on the example batch"))
     finally:
         rng.restore()
     return FixResult(report, lines, changes, factors, structural, unfixed, model, seed)
@@ -402,6 +408,19 @@ def untie(model: nn.Module, finding: Finding) -> str:
                     setattr(current, attr_name, nn.Parameter(shared.detach().clone(), requires_grad=shared.requires_grad))
                     done.append(f"'{n}' now has its own Parameter")
     return "; ".join(done)
+
+
+@contextlib.contextmanager
+def values_kept(model: nn.Module) -> Iterator[None]:
+    """Put back every parameter's and buffer's values on leaving (a dry run of a fix)."""
+    kept = {id(t): (t, t.detach().clone()) for _, t in itertools.chain(
+        model.named_parameters(remove_duplicate=False), model.named_buffers(remove_duplicate=False))}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for tensor, value in kept.values():
+                tensor.copy_(value)
 
 
 def save_state_dict(model: nn.Module, path: str, force: bool = False) -> None:
