@@ -332,6 +332,40 @@ def test_cli_dry_run_exits_as_the_model_is_and_refuses_save(tmp_path):
     assert CliRunner().invoke(main, [target, "--dry-run"]).exit_code == 2  # needs --fix
 
 
+class TiedLM(nn.Module):
+    """An embedding tied to the output head, drawn far too large (IA201 on the embedding)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(100, 32)
+        self.body = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU())
+        self.head = nn.Linear(32, 100, bias=False)
+        self.head.weight = self.emb.weight
+        nn.init.normal_(self.emb.weight, std=30.0)
+
+    def forward(self, ids):
+        return self.head(self.body(self.emb(ids)))
+
+
+def test_a_tied_parameter_is_changed_once_and_its_other_use_named():
+    import dataclasses
+
+    from initaudit.fixing.fixer import repair
+
+    torch.manual_seed(0)
+    model, ids = TiedLM(), torch.randint(0, 100, (16, 8))
+    report = audit(model, ids, tied=[("emb.weight", "head.weight")])
+    (scale,) = [f for f in report.findings if f.code == "IA201" and "emb.weight" in f.locations]
+    # the same tensor found wrong for its other use as well: it must be drawn once, not twice
+    other = dataclasses.replace(scale, location="head.weight", locations=["head.weight"],
+                                fix="nn.init.normal_(model.head.weight, std=0.02)")
+    report.findings.append(other)
+    result = repair(model, report, ids)
+    assert any("'emb.weight'" in t and "'head.weight'" in t for t in result.tied), result.tied
+    assert any(f is other and "already changed by the fix of IA201" in why for f, why in result.unfixed)
+    assert model.head.weight is model.emb.weight and 0.05 < float(model.emb.weight.std()) < 1  # not 0.02
+
+
 def test_unsafe_fixes_through_the_cli(write_target):
     path = write_target(
         "from torch import nn\n"

@@ -68,6 +68,7 @@ class FixResult:
     lsuv: Dict[str, float] = field(default_factory=dict)  # layer -> total scale factor
     unsafe: List[str] = field(default_factory=list)  # structural changes made
     unfixed: List[Tuple[Finding, str]] = field(default_factory=list)  # and why
+    tied: List[str] = field(default_factory=list)  # a changed tensor's other uses, in words
     model: Optional[nn.Module] = None  # the model, fixed in place
     seed: int = 0  # of the generator the fixes drew from
     dry_run: bool = False  # made, audited and then undone: what a fix would change
@@ -81,6 +82,8 @@ class FixResult:
         if self.lsuv:
             text += "\n\nLSUV scale factors (Mishkin & Matas 2016): " + ", ".join(
                 f"{name} x{factor:.4g}" for name, factor in self.lsuv.items())
+        if self.tied:
+            text += "\n\nTied parameters (one tensor, several uses):\n" + "\n".join(f"  {t}" for t in self.tied)
         if self.unsafe:
             text += "\n\nStructural (unsafe) fixes: " + "; ".join(self.unsafe)
         if self.unfixed:
@@ -220,6 +223,15 @@ def lsuv_layers(report: Report) -> Set[str]:
             for name in m.names}
 
 
+def aliases(model: nn.Module) -> Dict[str, List[str]]:
+    """Every parameter name of ``model`` -> all the names of its tensor (itself included)."""
+    by_tensor: Dict[int, List[str]] = {}
+    named = list(model.named_parameters(remove_duplicate=False))
+    for name, p in named:
+        by_tensor.setdefault(id(p), []).append(name)
+    return {name: by_tensor[id(p)] for name, p in named}
+
+
 def _frozen(model: nn.Module, names: List[str]) -> List[str]:
     """Those of ``names`` that are parameters the optimizer will not train."""
     params = dict(model.named_parameters(remove_duplicate=False))
@@ -250,7 +262,10 @@ def repair(
     changes: List[Change] = []
     unfixed: List[Tuple[Finding, str]] = []
     structural: List[str] = []
+    tied: List[str] = []
     rules = load_rules()
+    names_of = aliases(model)
+    changed_by: Dict[str, str] = {}  # a tensor's first name -> the finding whose fix changed it
     rng = RNGState()
     generator = fix_generator(model, seed)
     try:
@@ -263,6 +278,10 @@ def repair(
             frozen = _frozen(model, names)
             if frozen and safety in ("safe", "unsafe"):
                 unfixed.append((f, f"{', '.join(frozen)} is frozen (requires_grad=False): not the fix's to change"))
+            elif safety == "safe" and f.fix and _already_changed(names, names_of, changed_by):
+                # a tied tensor is changed once: for the first use found wrong
+                unfixed.append((f, f"already changed by the fix of {_already_changed(names, names_of, changed_by)}: "
+                                   "one tensor, tied to another use"))
             elif safety == "safe" and f.fix:
                 before = {n: _std(model, n) for n in names}
                 code = seeded(f.fix)
@@ -270,6 +289,13 @@ def repair(
                 lines.append(f"# {f.code} {f.rule}: {f.location}\n{code}")
                 changes += [Change(n, f.code, before[n], _std(model, n), f.rule) for n in names
                             if _std(model, n) != before[n]]
+                for n in names:
+                    if n in names_of and before[n] != _std(model, n):
+                        changed_by.setdefault(names_of[n][0], f"{f.code} {f.location}")
+                        others = [o for o in names_of[n] if o not in names]
+                        if others:
+                            tied.append(f"{f.code} changed '{n}' for this use; it is tied to "
+                                        f"{', '.join(repr(o) for o in others)}, whose use changes with it")
             elif safety == "unsafe":
                 if unsafe:
                     structural.append(structural_fix(model, f))
@@ -299,7 +325,16 @@ def repair(
                                       "output variance 1 on the example batch"))
     finally:
         rng.restore()
-    return FixResult(report, lines, changes, factors, structural, unfixed, model, seed)
+    return FixResult(report, lines, changes, factors, unsafe=structural, unfixed=unfixed, tied=tied, model=model,
+                     seed=seed)
+
+
+def _already_changed(names: List[str], names_of: Dict[str, List[str]], changed_by: Dict[str, str]) -> Optional[str]:
+    """The fix that already changed every parameter in ``names`` (through a tie), or None."""
+    params = [n for n in names if n in names_of]
+    if not params or any(names_of[n][0] not in changed_by for n in params):
+        return None
+    return changed_by[names_of[params[0]][0]]
 
 
 def fix_safety(rules: Dict[str, Rule], code: str) -> Tuple[str, str]:
