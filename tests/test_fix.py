@@ -1,6 +1,7 @@
 """--fix: every safe fix repairs its finding, touches nothing else, keeps device and dtype."""
 
 import copy
+import math
 import sys
 
 import pytest
@@ -364,6 +365,130 @@ def test_a_tied_parameter_is_changed_once_and_its_other_use_named():
     assert any("'emb.weight'" in t and "'head.weight'" in t for t in result.tied), result.tied
     assert any(f is other and "already changed by the fix of IA201" in why for f, why in result.unfixed)
     assert model.head.weight is model.emb.weight and 0.05 < float(model.emb.weight.std()) < 1  # not 0.02
+
+
+class ResidualMLP(nn.Module):
+    """h = embed(x); h = h + fc2(relu(fc1(h))) per block; head(h)."""
+
+    def __init__(self, blocks=8, width=64, d_in=16, d_out=4):
+        super().__init__()
+        self.embed = nn.Linear(d_in, width)
+        self.fc1 = nn.ModuleList([nn.Linear(width, width) for _ in range(blocks)])
+        self.fc2 = nn.ModuleList([nn.Linear(width, width) for _ in range(blocks)])
+        self.head = nn.Linear(width, d_out)
+
+    def forward(self, x):
+        h = self.embed(x)
+        for fc1, fc2 in zip(self.fc1, self.fc2):
+            h = h + fc2(torch.relu(fc1(h)))
+        return self.head(h)
+
+
+def _output_variance(model, layer, x):
+    seen = []
+    handle = layer.register_forward_hook(lambda m, a, out: seen.append(float(out.var())))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    return seen[0]
+
+
+def test_fix_shrinks_residual_branches_that_blow_up_the_stream():
+    torch.manual_seed(0)
+    model = ResidualMLP()
+    for layer in [model.embed, *model.fc1, *model.fc2, model.head]:
+        nn.init.normal_(layer.weight, std=1.0)  # every layer 8x too large: the stream explodes
+    x = torch.randn(64, 16)
+    result = audit(model, x, fix=True)
+    assert {"IA203", "IA206"} & set(codes(result.fix.before, "warning"))
+    assert not [f for f in result.findings if f.severity != "info"], result.table()
+    blocks = len(model.fc2)
+    for i, end in enumerate(model.fc2):
+        # each branch adds at most 1/L of the stream's unit variance (LSUV's tolerance 0.1)
+        assert _output_variance(model, end, x) < 1.1 / blocks, i
+        assert result.fix.lsuv[f"fc2.{i}"] < 1
+    assert _output_variance(model, model.head, x) < 1.1
+    with torch.no_grad():
+        assert float(model(x).var()) < 1.1
+
+
+def test_fix_never_grows_a_small_branch_or_head():
+    # a plain ReLU stack on PyTorch's default init (IA201, IA202: LSUV on the main path) before
+    # Fixup-style residual blocks whose last layers are zero, and a small head: those stay as built
+    torch.manual_seed(0)
+    stem = [nn.Linear(16, 64), nn.ReLU()]
+    for _ in range(12):
+        stem += [nn.Linear(64, 64), nn.ReLU()]
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(*stem)
+            self.res = ResidualMLP(blocks=4, width=64, d_in=64)
+            for end in self.res.fc2:
+                nn.init.zeros_(end.weight)
+            nn.init.normal_(self.res.head.weight, std=1e-3)
+
+        def forward(self, x):
+            return self.res(self.stem(x))
+
+    model = Model()
+    kept = {k: v.clone() for k, v in model.state_dict().items() if ".fc2." in k or "res.head." in k}
+    result = audit(model, torch.randn(64, 16), fix=True)
+    assert result.fix.lsuv and any(k.startswith("stem.") for k in result.fix.lsuv)  # the fix did act
+    for name, value in kept.items():
+        assert torch.equal(model.state_dict()[name], value), name
+
+
+GPT2_N3 = """
+import torch
+from torch import nn
+import transformers
+
+def build():
+    config = transformers.GPT2Config(vocab_size=32, n_positions=16, n_embd=64, n_layer=4, n_head=4,
+                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = transformers.GPT2LMHeadModel(config)
+    with torch.no_grad():
+        for module in model.modules():
+            if type(module).__name__ in ("Conv1D", "Embedding"):
+                nn.init.normal_(module.weight, std=3.0)  # every matrix N(0, 3): far off GPT-2's recipe
+    return model, torch.randint(0, 32, (4, 16))
+"""
+
+
+def test_a_hugging_face_model_is_fixed_with_its_own_init_weights(write_target, tmp_path):
+    pytest.importorskip("transformers", minversion="5")
+    path = write_target(GPT2_N3, name="gpt2_n3.py")
+    saved = tmp_path / "fixed.pt"
+    fixed = CliRunner().invoke(main, [f"{path}:build", "--fix", "--save", str(saved), "--force"])
+    assert "the model's _init_weights" in fixed.stdout, fixed.output
+    state = torch.load(saved, weights_only=True)
+    # GPT-2's residual projections: std 0.02 / sqrt(2 n_layer) (Radford et al. 2019; HF's _init_weights)
+    fixed_proj = [k for k in state if k.endswith("mlp.c_proj.weight")]
+    assert fixed_proj
+    for key in fixed_proj:
+        assert abs(float(state[key].std()) - 0.02 / math.sqrt(8)) < 0.1 * 0.02 / math.sqrt(8), key
+    # what no finding at warning named keeps its value (its bias, the other matrices)
+    sys.path.insert(0, str(tmp_path))
+    module = __import__("gpt2_n3")
+    torch.manual_seed(0)
+    fresh, _ = module.build()
+    built = {k: v.clone() for k, v in fresh.state_dict().items()}
+    changed = {k for k in state if not torch.equal(state[k], built[k])}
+    assert changed and all(k.endswith(".weight") for k in changed)
+    assert "transformer.h.0.attn.c_attn.weight" not in changed and "transformer.h.0.mlp.c_proj.bias" not in changed
+    # the emitted code says so and reproduces the saved values bit for bit
+    code = CliRunner().invoke(main, [f"{path}:build", "--fix", "--emit-code", "--force"]).stdout
+    assert "own_init(model, " in code and "_init_weights" in code
+    namespace = {}
+    exec(code, namespace)
+    rng = torch.get_rng_state()
+    namespace["init_weights"](fresh)
+    assert torch.equal(torch.get_rng_state(), rng)
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    assert not any(hasattr(p, "_is_hf_initialized") for p in fresh.parameters())  # the marks are taken off
 
 
 def test_unsafe_fixes_through_the_cli(write_target):
