@@ -491,6 +491,31 @@ def test_a_hugging_face_model_is_fixed_with_its_own_init_weights(write_target, t
     assert not any(hasattr(p, "_is_hf_initialized") for p in fresh.parameters())  # the marks are taken off
 
 
+def test_fix_scales_small_norm_gains_through_lsuv():
+    # MobileViT with its BatchNorm gains drawn N(0, 0.02), as transformers 5's _init_weights
+    # draws them (drawn here too, whatever the installed version): the signal vanishes (IA202),
+    # and trains to chance (benchmarks/fix_norm_gains.py). The fix scales the gains on the main
+    # path, through which the signal passes; the convolutions that feed them keep their values
+    pytest.importorskip("transformers")
+    from corpus import CORPUS
+
+    torch.manual_seed(0)
+    model, x = CORPUS["hf-mobilevit"]()
+    norms = {n: m for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    for norm in norms.values():
+        nn.init.normal_(norm.weight, std=0.02)
+    convs = {k: v.clone() for k, v in model.state_dict().items() if k.endswith("convolution.weight")}
+    result = audit(model, x, fix=True)
+    assert "IA202" in codes(result.fix.before, "warning")
+    assert "IA202" not in codes(result)
+    scaled = [n for n in result.fix.lsuv if n in norms]
+    assert len(scaled) > len(norms) // 2
+    for name in scaled:
+        assert 0.8 < _output_variance(model, norms[name], x) < 1.2, name
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in convs.items()
+               if k.rpartition(".convolution")[0] + ".normalization" in norms)
+
+
 def test_unsafe_fixes_through_the_cli(write_target):
     path = write_target(
         "from torch import nn\n"

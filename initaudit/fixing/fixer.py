@@ -231,7 +231,11 @@ def lsuv_layers(report: Report) -> Set[str]:
     rec = report.recording
     head = report.analysis.output_layer
     frozen = {t.module for t in rec.parameters if t.attr == "weight" and not t.requires_grad}
-    return {name for m in rec.modules if m.kind == knowledge.LAYER and m.first_call is not None
+    # a normalization with a gain is scaled through its gain: after a norm, the gain alone sets
+    # the signal's size (a gain drawn small, as BatchNorm weights N(0, 0.02), shrinks it at every norm)
+    gains = {t.module for t in rec.parameters if t.attr == "weight" and t.requires_grad and t.floating}
+    return {name for m in rec.modules if m.first_call is not None
+            and (m.kind == knowledge.LAYER or (m.kind == knowledge.NORM and set(m.names) & gains))
             and main_path(rec, m.first_call) and head not in m.names and not frozen & set(m.names)
             for name in m.names}
 
@@ -524,7 +528,13 @@ def run_fix_line(model: nn.Module, code: str, label: str, generator: Optional[to
 
 
 def _layers(model: nn.Module) -> List[str]:
-    return [name for name, m in model.named_modules() if knowledge.is_layer(m)]
+    return [name for name, m in model.named_modules() if _scalable(m)]
+
+
+def _scalable(module: Any) -> bool:
+    """A layer, or a normalization with a gain: what LSUV scales through its ``weight``."""
+    return knowledge.is_layer(module) or (
+        isinstance(module, knowledge.NORM_TYPES) and isinstance(getattr(module, "weight", None), torch.Tensor))
 
 
 def lsuv_scale(model: nn.Module, example_input: Any, tolerance: float = LSUV_TOLERANCE,
@@ -553,7 +563,7 @@ def lsuv_scale(model: nn.Module, example_input: Any, tolerance: float = LSUV_TOL
         finally:
             recorder.detach()
         for name in recorder.calls:
-            if name not in order and knowledge.is_layer(modules.get(name)):
+            if name not in order and _scalable(modules.get(name)):
                 order.append(name)
         factors: Dict[str, float] = {}
         for name in order:
