@@ -3,12 +3,15 @@
 What the fixer does with a finding is its rule's declared fix safety (``@rule(fix=...)``,
 :attr:`~initaudit.rules.registry.Rule.fix`). Every safe fix is the finding's own ``fix``:
 Python on ``model`` that changes values only (``torch.nn.init`` calls, slices of gate
-biases). The fixer runs exactly those lines, so ``--emit-code`` prints what was applied.
-Findings of data rules (the signal rules IA202, IA203, IA206) are then repaired with data:
-LSUV (Mishkin & Matas 2016) rescales each layer, in forward order, until its output variance
-on the example batch is 1, and the factors are written out as explicit scales. Unsafe,
-structural fixes (IA401: untie a shared parameter) run only when asked for. Every other
-finding is listed as unfixed, with its rule's reason.
+biases), its random draws from a local generator seeded with the run's seed (:func:`seeded`);
+where the rule's fix is a re-draw and the parameter lies in a Hugging Face model, that
+model's own ``_init_weights`` instead (:func:`own_init_code`). The fixer runs exactly those
+lines, so ``--emit-code`` prints what was applied and reproduces it bit for bit. Findings of
+data rules (the signal rules IA202, IA203, IA206) are then repaired with data
+(:func:`rescale`): LSUV (Mishkin & Matas 2016) on the main path, then what is too large for
+the stream scaled down; the factors are written out as explicit scales. Unsafe, structural
+fixes (IA401: untie a shared parameter) run only when asked for. Every other finding is
+listed as unfixed, with its rule's reason.
 """
 
 from __future__ import annotations
@@ -289,11 +292,12 @@ def repair(
 
     Acts on the findings at or above ``fail_on`` (:func:`to_repair`: never a consequence, which
     its root's repair removes, nor a recipe its rule lowered to info). Runs under ``torch.no_grad()`` on each
-    parameter's own device and dtype, with the RNG seeded by ``seed`` (and the caller's RNG
-    state restored afterwards). Parameters that no such finding names, and frozen ones, are
-    not touched. The signal findings are repaired by LSUV on ``example_input``, on the main
-    path only (:func:`lsuv_layers`); without an input (an audit of the parameters alone)
-    they are left unfixed. Auditing the model again is the caller's (:func:`initaudit.api.audit`).
+    parameter's own device and dtype, drawing from a generator seeded with ``seed`` (and the
+    global RNG, for a model's own ``_init_weights``, seeded too and restored afterwards).
+    Parameters that no such finding names, and frozen ones, are not touched; a tied tensor is
+    changed once. The signal findings are repaired on ``example_input`` (:func:`rescale`);
+    without an input (an audit of the parameters alone) they are left unfixed. Auditing the
+    model again is the caller's (:func:`initaudit.api.audit`).
     """
     lines: List[str] = []
     changes: List[Change] = []
@@ -350,50 +354,60 @@ def repair(
                 unfixed.append((f, "no automatic fix: " + why))
         factors: Dict[str, float] = {}
         if lsuv and example_input is not None and data:
-            old = {}
-            for layer in _layers(model):
-                old[layer] = _std(model, layer + ".weight")
-            factors = lsuv_scale(model, example_input, layers=lsuv_layers(report))
-            # then shrink (never grow: a small branch end or head is the recipe) what is too large
-            # for the stream: inside a residual branch, to unit variance; at a branch's end, to
-            # 1/L of the stream's (which starts near unit variance, the main path's target), so
-            # that the L branches grow it at most e-fold, (1 + 1/L)^L, instead of geometrically:
-            # the 1/sqrt(L) branch scale of GPT-2, Fixup and SkipInit, measured rather than
-            # assumed; the output layer, to unit variance (logits of order one)
-            ends = branch_ends(report)
-            count = len({report.recording.module(n).names[0] if report.recording.module(n) else n for n in ends})
-            head = report.analysis.output_layer
-            targets = {**{n: 1.0 for n in branch_interior(report)}, **{n: 1 / count for n in ends}}
-            if head and head not in ends and not _frozen(model, [head + ".weight"]):
-                targets[head] = 1.0
-            shrunk = lsuv_scale(model, example_input, layers=set(targets), target=targets, shrink_only=True)
-            shrink_lines = [f"{accessor(layer + '.weight')}.mul_({factor!r})" for layer, factor in shrunk.items()]
-            if not factors and not shrunk:
+            factors, scale_lines, scale_changes = rescale(model, report, example_input)
+            lines += scale_lines
+            changes += scale_changes
+            if not factors:
                 unfixed += [(f, "LSUV had nothing to rescale: no layer on the main path (every one feeds a "
                              "normalization, sits in a residual branch, or is the output layer) is off unit "
                              "variance; the cause is the architecture or the nonlinearity, not a layer's scale")
                             for f in data]
-            if factors:
-                lines.append("# LSUV (Mishkin & Matas 2016): output variance 1 on the example batch, main path only\n"
-                             + "\n".join(f"{accessor(layer + '.weight')}.mul_({factor!r})" for layer, factor in factors.items()))
-            if shrink_lines:
-                lines.append("# too large, scaled down to an output variance on the example batch of at most 1 "
-                             "(inside a residual branch, the output layer)"
-                             + (f" or 1/{count} (a residual branch's end: one share of the stream's per branch)" if count else "")
-                             + "\n" + "\n".join(shrink_lines))
-            for layer, factor in factors.items():
-                changes.append(Change(layer + ".weight", "LSUV", old.get(layer), _std(model, layer + ".weight"),
-                                      "output variance 1 on the example batch"))
-            for layer, factor in shrunk.items():
-                changes.append(Change(layer + ".weight", "LSUV", old.get(layer), _std(model, layer + ".weight"),
-                                      f"residual branch end: output variance 1/{count}" if layer in ends
-                                      else "output layer: output variance at most 1" if layer == head
-                                      else "inside a residual branch: output variance at most 1"))
-            factors = {**factors, **shrunk}
     finally:
         rng.restore()
     return FixResult(report, lines, changes, factors, unsafe=structural, unfixed=unfixed, tied=tied, model=model,
                      seed=seed)
+
+
+def rescale(model: nn.Module, report: Report, example_input: Any) -> Tuple[Dict[str, float], List[str], List[Change]]:
+    """The data-dependent repair of the signal findings, in two passes on the example batch.
+
+    First LSUV on the main path (:func:`lsuv_layers`) to unit output variance. Then what is
+    too large for the stream is scaled down, never up (a small branch end or head is the
+    recipe): inside a residual branch to unit variance; at a branch's end to 1/L of the
+    stream's (which starts near unit variance, the main path's target), so that L branches
+    grow it at most e-fold, (1 + 1/L)^L, instead of geometrically (the 1/sqrt(L) branch scale
+    of GPT-2, Fixup and SkipInit, measured rather than assumed); the output layer to unit
+    variance (logits of order one). Returns the total factor per layer, the lines that
+    reproduce them, and the changes."""
+    old = {layer: _std(model, layer + ".weight") for layer in _layers(model)}
+    main = lsuv_scale(model, example_input, layers=lsuv_layers(report))
+    ends = branch_ends(report)
+    count = len({report.recording.module(n).names[0] if report.recording.module(n) else n for n in ends})
+    head = report.analysis.output_layer
+    targets = {**{n: 1.0 for n in branch_interior(report)}, **{n: 1 / count for n in ends}}
+    if head and head not in ends and not _frozen(model, [head + ".weight"]):
+        targets[head] = 1.0
+    shrunk = lsuv_scale(model, example_input, layers=set(targets), target=targets, shrink_only=True)
+    lines = []
+    if main:
+        lines.append("# LSUV (Mishkin & Matas 2016): output variance 1 on the example batch, main path only\n"
+                     + "\n".join(f"{accessor(layer + '.weight')}.mul_({factor!r})" for layer, factor in main.items()))
+    if shrunk:
+        lines.append("# too large, scaled down to an output variance on the example batch of at most 1 "
+                     "(inside a residual branch, the output layer)"
+                     + (f" or 1/{count} (a residual branch's end: one share of the stream's per branch)" if count else "")
+                     + "\n" + "\n".join(f"{accessor(layer + '.weight')}.mul_({factor!r})"
+                                          for layer, factor in shrunk.items()))
+    changes = [Change(layer + ".weight", "LSUV", old.get(layer), _std(model, layer + ".weight"),
+                      "output variance 1 on the example batch") for layer in main]
+    changes += [Change(layer + ".weight", "LSUV", old.get(layer), _std(model, layer + ".weight"),
+                       f"residual branch end: output variance 1/{count}" if layer in ends
+                       else "output layer: output variance at most 1" if layer == head
+                       else "inside a residual branch: output variance at most 1") for layer in shrunk]
+    factors = dict(main)
+    for layer, factor in shrunk.items():
+        factors[layer] = factors.get(layer, 1.0) * factor
+    return factors, lines, changes
 
 
 def _already_changed(names: List[str], names_of: Dict[str, List[str]], changed_by: Dict[str, str]) -> Optional[str]:
