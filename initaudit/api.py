@@ -63,6 +63,7 @@ class AuditRun:
     input_shape: Optional[Sequence[int]] = None
     batch_size: int = inputs.DEFAULT_BATCH
     target: Optional[str] = None
+    classes: Optional[int] = None
     params_only: bool = False
     no_backward: bool = False
     progress: Optional["Progress"] = None
@@ -83,6 +84,7 @@ def audit(
     input_shape: Optional[Sequence[int]] = None,
     batch_size: int = inputs.DEFAULT_BATCH,
     target: Optional[str] = None,
+    classes: Optional[int] = None,
     fix: bool = False,
     unsafe_fixes: bool = False,
     dry_run: bool = False,
@@ -115,6 +117,9 @@ def audit(
     device moves the model there for the audit and back afterwards. The model is left as
     it was found: parameters, buffers, ``.grad``, training flags and RNG state.
 
+    ``classes`` declares that the output is logits over that many classes (a Hugging Face
+    output's ``logits`` is read without it): the loss at init is then compared with ln C (IA207).
+
     ``per_parameter_ignores`` maps a glob on qualified names to codes suppressed there;
     a module class's ``__initaudit_ignore__`` suppresses codes for its parameters. Suppressed
     findings are in ``report.suppressed``, not ``report.findings``.
@@ -124,7 +129,8 @@ def audit(
     run = AuditRun(
         loss=loss, device=device, select=_tuple(select), ignore=_tuple(ignore), seed=seed, tied=_tuple(tied),
         options=options, per_parameter_ignores=per_parameter_ignores, input_shape=input_shape,
-        batch_size=batch_size, target=target, params_only=params_only, no_backward=no_backward, progress=progress,
+        batch_size=batch_size, target=target, classes=classes, params_only=params_only, no_backward=no_backward,
+        progress=progress,
     )
     report, x = audit_once(model, example_input, run)
     if not fix:
@@ -217,7 +223,8 @@ def audit_once(model: nn.Module, example_input: Any, run: AuditRun) -> Tuple[Rep
                 trace.forget_traces()
             notes += materialized
         recording = inspect(model, x, loss=run.loss, seed=run.seed, run_forward=not run.params_only,
-                            run_backward=not (run.params_only or run.no_backward), progress=run.progress)
+                            run_backward=not (run.params_only or run.no_backward), progress=run.progress,
+                            classes=run.classes)
         notes += recording.notes
     if run.progress is not None:
         run.progress.phase("rules")
@@ -261,6 +268,7 @@ def audit_target(
     params_only: bool = False,
     no_backward: bool = False,
     progress: Optional["Progress"] = None,
+    classes: Optional[int] = None,
 ) -> Report:
     """Build the model of ``path/to/file.py:factory`` (or ``pkg.mod:factory``) and audit it.
 
@@ -287,6 +295,7 @@ def audit_target(
         input_shape=input_shape,
         batch_size=batch_size,
         target=spec,
+        classes=classes if classes is not None else built.classes,
         fix=fix,
         unsafe_fixes=unsafe_fixes,
         dry_run=dry_run,

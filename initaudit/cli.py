@@ -101,6 +101,8 @@ def show_fix(after: "Report", emit_code: bool, machine_output: bool) -> None:
 @click.option("--input-shape", metavar="N,C,...", help="Shape of a random example input, e.g. 8,3,32,32.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH, show_default=True,
               help="Batch of an inferred example input.")
+@click.option("--classes", type=click.IntRange(min=2), metavar="C",
+              help="The output is logits over C classes: compare the loss at init with ln C (IA207).")
 @click.option("--device", help="Device to audit on (cpu, cuda, cuda:1, auto). Default: where the factory put the model.")
 @click.option("--seed", type=int, help="Seed for the model, input and loss.  [default: 0]")
 @click.option("--select", multiple=True, metavar="CODES", help="Rule codes or prefixes to enable (e.g. IA1,IA401).")
@@ -149,6 +151,7 @@ def main(
     factory_args: Sequence[str],
     input_shape: Optional[str],
     batch_size: int,
+    classes: Optional[int],
     device: Optional[str],
     seed: Optional[int],
     select: Sequence[str],
@@ -223,7 +226,8 @@ def main(
         try:
             report = audit_target(target, settings, factory_args=kwargs, input_shape=shape, batch_size=batch_size,
                                   fix=do_fix, unsafe_fixes=unsafe_fixes, dry_run=dry_run, checkpoint=checkpoint,
-                                  params_only=params_only, no_backward=no_backward, progress=progress)
+                                  params_only=params_only, no_backward=no_backward, progress=progress,
+                                  classes=classes)
             progress.done()
             if do_fix:
                 root = distributed.rank() == 0  # a factory may have joined a process group itself

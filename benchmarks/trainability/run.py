@@ -95,7 +95,7 @@ def audit_config(row: Dict[str, Any]) -> Tuple[List[Tuple[str, str]], float, Opt
     model = build(cfg, task)
     x, y = task.batches(0)
     try:
-        report = audit(model, x, loss=lambda out, _x: task.loss(out, y), seed=0)
+        report = audit(model, x, loss=lambda out, _x: task.loss(out, y), seed=0, classes=task.classes or task.vocab or None)
     except Exception as exc:  # a configuration the audit cannot run is reported, not fatal
         return [], 0.0, f"{type(exc).__name__}: {exc}"
     return [(f.code, f.severity) for f in report.findings], proxy(report), None

@@ -169,6 +169,11 @@ class Recording:
     declared_ties: Set[FrozenSet[str]]  # parameter-name sets the model itself declares tied
     backward: bool  # whether a backward was made
     loss: Optional[float] = None
+    # a classifier's logits at init (record.logits): how many classes, the expected
+    # cross-entropy for a uniformly drawn label (ln C at best), and a row's logit std
+    classes: Optional[int] = None
+    expected_initial_loss: Optional[float] = None
+    logit_std: Optional[float] = None
     # tr(J^T J) / min(inputs, outputs) of the input-output Jacobian, from the backward's probe
     jacobian_gain: Optional[float] = None
     jacobian_note: Optional[str] = None  # why it is None

@@ -30,6 +30,7 @@ class Target:
     model: nn.Module
     example_input: Any = None
     loss: Optional[Callable[[Any, Any], torch.Tensor]] = None
+    classes: Optional[int] = None  # the output is logits over this many classes
     source: Optional[str] = None  # file defining the factory
     line: Optional[int] = None  # the factory's first line there
 
@@ -171,11 +172,11 @@ def normalize(built: Any, spec: str, factory_name: str = "factory") -> Target:
     if isinstance(built, tuple) and len(built) == 2 and isinstance(built[0], nn.Module):
         return Target(spec, built[0], example_input=built[1])
     if isinstance(built, dict):
-        unknown = sorted(set(built) - {"model", "input", "loss"})
+        unknown = sorted(set(built) - {"model", "input", "loss", "classes"})
         if unknown:
             raise LoadError(
                 f"{factory_name}() returned a dict with unknown key(s) {unknown}; "
-                "expected 'model', 'input' and optionally 'loss'"
+                "expected 'model', 'input' and optionally 'loss' and 'classes'"
             )
         model = built.get("model")
         if not isinstance(model, nn.Module):
@@ -186,7 +187,10 @@ def normalize(built: Any, spec: str, factory_name: str = "factory") -> Target:
         loss = built.get("loss")
         if loss is not None and not callable(loss):
             raise LoadError(f"{factory_name}() returned a dict whose 'loss' is not callable")
-        return Target(spec, model, example_input=built.get("input"), loss=loss)
+        classes = built.get("classes")
+        if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 2):
+            raise LoadError(f"{factory_name}() returned a dict whose 'classes' is {classes!r}, expected an int >= 2")
+        return Target(spec, model, example_input=built.get("input"), loss=loss, classes=classes)
     raise LoadError(f"{factory_name}() returned {type(built).__name__}, expected {RETURN_FORMS}")
 
 

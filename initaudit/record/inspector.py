@@ -25,6 +25,7 @@ from initaudit.record.backward import first_step_gradients, gradient_status
 from initaudit.record.hooks import CallRecorder, forward_with_hooks
 from initaudit.record.ignores import declared_ignores
 from initaudit.record.modules import declared_init_std, declared_ties, module_records, output_record
+from initaudit.record.logits import find_logits, initial_loss
 from initaudit.record.probe import LossFn, compute_loss, jacobian_gain, probe_input, random_projection_loss
 from initaudit.record.resolve import resolve
 from initaudit.record.state import preserved, seed_torch
@@ -41,6 +42,7 @@ def inspect(
     run_forward: bool = True,
     run_backward: bool = True,
     progress: Optional[Progress] = None,
+    classes: Optional[int] = None,
 ) -> Recording:
     """Record statistics of ``model`` on ``example_input``; the model is left untouched.
 
@@ -81,6 +83,10 @@ def inspect(
             x, leaves = probe_input(example_input) if run_backward else (example_input, [])
             with torch.enable_grad() if run_backward else torch.no_grad():
                 output = forward_with_hooks(model, x, recorder)
+                logits = find_logits(output, classes)
+                if logits is not None:
+                    classes = logits.shape[-1]
+                    deferred.put(scalars, "initial_loss", initial_loss(logits))
                 if run_backward:
                     progress.phase("backward")
                     loss_value = compute_loss(output, x, loss, seed)
@@ -125,6 +131,9 @@ def inspect(
         declared_init_std=declared_init_std(_unwrapped_hf(model)),
         backward=backward,
         loss=scalars.loss,
+        classes=classes if scalars.initial_loss is not None else None,
+        expected_initial_loss=scalars.initial_loss[0] if scalars.initial_loss is not None else None,
+        logit_std=scalars.initial_loss[1] if scalars.initial_loss is not None else None,
         jacobian_gain=scalars.jacobian_gain,
         jacobian_note=gain_note,
         traced=traced,

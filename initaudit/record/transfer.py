@@ -68,6 +68,7 @@ class RunValues:
 
     loss: Optional[float] = None
     jacobian_gain: Optional[float] = None
+    initial_loss: Optional[List[float]] = None  # [E_y[CE] for a uniform label, logit std]
 
 
 class Deferred:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import shutil
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -110,6 +111,12 @@ class Report:
                 "jacobian_note": self.recording.jacobian_note,
             },
             "loss": finite_or_none(self.recording.loss),
+            "initial_loss": None if self.recording.classes is None else {
+                "classes": self.recording.classes,
+                "expected": finite_or_none(self.recording.expected_initial_loss),
+                "ln_classes": math.log(self.recording.classes),
+                "logit_std": finite_or_none(self.recording.logit_std),
+            },
             "summary": self.summary(),
         }
 

@@ -134,7 +134,7 @@ def _collapse(ctx: RuleContext) -> Iterator[Violation]:
     Schoenholz et al. 2017), which a normalization between the layers hides from the size of
     the signal but not from its dependence on the input."""
     rec = ctx.recording
-    head = _head_weight(ctx)
+    head = head_weight(ctx)
     read = rec.module(head.input_from) if head is not None and head.input_from else None
     first = next((c for c in forward_calls(rec) if c.module.kind == knowledge.LAYER and c.module.leaf
                   and c.output is not None), None)
@@ -317,7 +317,7 @@ def jacobian_gain(ctx: RuleContext) -> Iterator[Violation]:
     if gain is None or not math.isfinite(gain) or low <= gain <= high:
         return
     side = "below" if gain < low else "above"
-    head = _head_weight(ctx)
+    head = head_weight(ctx)
     severe = gain > float(ctx.options["jacobian-severe"]) and not (head is not None and head.input_normalized)
     yield Violation(
         "(model)",
@@ -334,7 +334,7 @@ def jacobian_gain(ctx: RuleContext) -> Iterator[Violation]:
     )
 
 
-def _head_weight(ctx: RuleContext) -> Optional[TensorRecord]:
+def head_weight(ctx: RuleContext) -> Optional[TensorRecord]:
     """The weight of the model's output layer, where one is known."""
     head = ctx.analysis.output_layer
     return next((t for t in ctx.recording.parameters if head and t.module == head and t.attr == "weight"), None)
