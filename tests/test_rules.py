@@ -124,7 +124,8 @@ def test_ia201_default_init_shallow_is_info():
 def test_ia201_default_init_deep_is_warning():
     (f,) = findings(audit(mlp(20, width=512, inputs=512)), "IA201")
     assert f.severity == "warning"
-    assert "relu" in f.message and "kaiming_normal_" in f.fix
+    # square hidden layers drawn orthogonal with ReLU's gain (the scale of He, LSUV's pre-init)
+    assert "relu" in f.message and "orthogonal_(" in f.fix and "gain=1.414" in f.fix
     # the 19 hidden layers; a head smaller than LeCun's scale only makes the logits small at init
     assert len(f.locations) == 19 and "38.weight" not in f.locations
 

@@ -91,6 +91,14 @@ def init_call(activation: Activation, target: str, fan_in: int, torch_fan_in: Op
     return f'nn.init.kaiming_normal_({target}, nonlinearity="linear")'
 
 
+def orthogonal_call(target: str, gain: float = 1.0) -> str:
+    """``orthogonal_`` drawn in float32 and copied in (QR has no bfloat16 or float16 kernel).
+    For a square ``n x n`` weight, every element then has variance ``gain^2 / n``: the scale
+    of :func:`init_call`'s normal draw, with all singular values equal to ``gain``."""
+    scale = "" if gain == 1.0 else f", gain={gain:.4g}"
+    return f"{target}.copy_(nn.init.orthogonal_(torch.empty({target}.shape, device={target}.device){scale}))"
+
+
 def init_name(activation: Activation) -> str:
     """Short name of the recommended scheme, for messages."""
     return {

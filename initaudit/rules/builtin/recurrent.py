@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Dict, Iterator, Tuple
 
+from initaudit.analysis.gains import orthogonal_call
 from initaudit.analysis.graph import accessor
 from initaudit.core import knowledge
 from initaudit.core.records import TensorRecord
@@ -55,9 +56,6 @@ def forget_bias_unset(ctx: RuleContext) -> Iterator[Violation]:
         )
 
 
-def orthogonal_call(target: str) -> str:
-    """``orthogonal_`` drawn in float32 and copied in: QR has no bfloat16 or float16 kernel."""
-    return f"{target}.copy_(nn.init.orthogonal_(torch.empty({target}.shape, device={target}.device)))"
 
 
 @rule(

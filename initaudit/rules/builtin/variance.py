@@ -27,7 +27,14 @@ def _fix(scales: List[Scale]) -> Optional[str]:
         if s.off_by <= 1.1:
             continue
         target = s.use.weight.name  # a layer's weight, or the raw parameter itself
-        call = gains.init_call(s.use.activation, "model.get_parameter(name)", s.fan, s.use.weight.fan_in)
+        shape = s.use.weight.shape
+        if len(shape) == 2 and shape[0] == shape[1] and s.fan == s.use.weight.fan_in:
+            # a square matrix drawn orthogonal with the recommended gain has the same scale as the
+            # normal draw and all its singular values equal: the pre-init of LSUV (Mishkin & Matas
+            # 2016), which keeps a deep stack better conditioned (Saxe et al. 2014)
+            call = gains.orthogonal_call("model.get_parameter(name)", gains.gain_range(s.use.activation)[1])
+        else:
+            call = gains.init_call(s.use.activation, "model.get_parameter(name)", s.fan, s.use.weight.fan_in)
         names = by_call.setdefault(call, [])
         if target not in names:
             names.append(target)
@@ -41,6 +48,9 @@ def _fix(scales: List[Scale]) -> Optional[str]:
             for name in names:
                 s = next(x for x in scales if x.use.weight.name == name)
                 lines.append(gains.init_call(s.use.activation, accessor(name), s.fan, s.use.weight.fan_in))
+        elif call.count("model.get_parameter(name)") > 1:
+            lines.append(f"for name in {names!r}:\n    w = model.get_parameter(name)\n    "
+                         + call.replace("model.get_parameter(name)", "w"))
         else:
             lines.append(f"for name in {names!r}: {call}")
     return "\n".join(lines)
