@@ -64,6 +64,8 @@ class AuditRun:
     batch_size: int = inputs.DEFAULT_BATCH
     target: Optional[str] = None
     classes: Optional[int] = None
+    optimizer: Any = None
+    steps: int = 1
     params_only: bool = False
     no_backward: bool = False
     progress: Optional["Progress"] = None
@@ -85,6 +87,8 @@ def audit(
     batch_size: int = inputs.DEFAULT_BATCH,
     target: Optional[str] = None,
     classes: Optional[int] = None,
+    optimizer: Any = None,
+    steps: int = 1,
     fix: bool = False,
     unsafe_fixes: bool = False,
     dry_run: bool = False,
@@ -120,6 +124,11 @@ def audit(
     ``classes`` declares that the output is logits over that many classes (a Hugging Face
     output's ``logits`` is read without it): the loss at init is then compared with ln C (IA207).
 
+    ``optimizer`` (an optimizer over the model's parameters, a function of the parameters that
+    builds one, or a spec like ``"AdamW(lr=3e-4)"``) takes ``steps`` (1 to 3) steps on the
+    example batch with the audit's loss, records the losses and each parameter's relative
+    update, and undoes them: parameters, buffers, optimizer state and RNG as they were (IA701).
+
     ``per_parameter_ignores`` maps a glob on qualified names to codes suppressed there;
     a module class's ``__initaudit_ignore__`` suppresses codes for its parameters. Suppressed
     findings are in ``report.suppressed``, not ``report.findings``.
@@ -129,9 +138,11 @@ def audit(
     run = AuditRun(
         loss=loss, device=device, select=_tuple(select), ignore=_tuple(ignore), seed=seed, tied=_tuple(tied),
         options=options, per_parameter_ignores=per_parameter_ignores, input_shape=input_shape,
-        batch_size=batch_size, target=target, classes=classes, params_only=params_only, no_backward=no_backward,
-        progress=progress,
+        batch_size=batch_size, target=target, classes=classes, optimizer=optimizer, steps=steps,
+        params_only=params_only, no_backward=no_backward, progress=progress,
     )
+    if not 1 <= steps <= 3:
+        raise ValueError(f"steps={steps}: the audit takes 1 to 3 optimizer steps")
     report, x = audit_once(model, example_input, run)
     if not fix:
         return report
@@ -224,7 +235,7 @@ def audit_once(model: nn.Module, example_input: Any, run: AuditRun) -> Tuple[Rep
             notes += materialized
         recording = inspect(model, x, loss=run.loss, seed=run.seed, run_forward=not run.params_only,
                             run_backward=not (run.params_only or run.no_backward), progress=run.progress,
-                            classes=run.classes)
+                            classes=run.classes, optimizer=run.optimizer, steps=run.steps)
         notes += recording.notes
     if run.progress is not None:
         run.progress.phase("rules")
@@ -269,6 +280,8 @@ def audit_target(
     no_backward: bool = False,
     progress: Optional["Progress"] = None,
     classes: Optional[int] = None,
+    optimizer: Any = None,
+    steps: int = 1,
 ) -> Report:
     """Build the model of ``path/to/file.py:factory`` (or ``pkg.mod:factory``) and audit it.
 
@@ -296,6 +309,8 @@ def audit_target(
         batch_size=batch_size,
         target=spec,
         classes=classes if classes is not None else built.classes,
+        optimizer=optimizer if optimizer is not None else built.optimizer,
+        steps=steps,
         fix=fix,
         unsafe_fixes=unsafe_fixes,
         dry_run=dry_run,

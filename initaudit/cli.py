@@ -103,6 +103,10 @@ def show_fix(after: "Report", emit_code: bool, machine_output: bool) -> None:
               help="Batch of an inferred example input.")
 @click.option("--classes", type=click.IntRange(min=2), metavar="C",
               help="The output is logits over C classes: compare the loss at init with ln C (IA207).")
+@click.option("--optimizer", "optimizer_spec", metavar="SPEC",
+              help='Take the first steps with this optimizer, e.g. "AdamW(lr=3e-4, weight_decay=0.1)", and undo them (IA701).')
+@click.option("--steps", type=click.IntRange(1, 3), default=1, show_default=True,
+              help="Optimizer steps with --optimizer (or the factory's 'optimizer').")
 @click.option("--device", help="Device to audit on (cpu, cuda, cuda:1, auto). Default: where the factory put the model.")
 @click.option("--seed", type=int, help="Seed for the model, input and loss.  [default: 0]")
 @click.option("--select", multiple=True, metavar="CODES", help="Rule codes or prefixes to enable (e.g. IA1,IA401).")
@@ -152,6 +156,8 @@ def main(
     input_shape: Optional[str],
     batch_size: int,
     classes: Optional[int],
+    optimizer_spec: Optional[str],
+    steps: int,
     device: Optional[str],
     seed: Optional[int],
     select: Sequence[str],
@@ -201,6 +207,10 @@ def main(
         shape = parse_shape(input_shape) if input_shape else None
         kwargs = parse_factory_args(list(factory_args))
         accepted = baseline.load(baseline_path) if baseline_path else None
+        if optimizer_spec:
+            from initaudit.record.step import parse_optimizer
+
+            parse_optimizer(optimizer_spec)  # a malformed spec is the user's error, before anything runs
         if (save or emit_code or unsafe_fixes or dry_run) and not do_fix:
             raise ValueError("--save, --emit-code, --unsafe-fixes and --dry-run need --fix")
         if save and dry_run:
@@ -227,7 +237,7 @@ def main(
             report = audit_target(target, settings, factory_args=kwargs, input_shape=shape, batch_size=batch_size,
                                   fix=do_fix, unsafe_fixes=unsafe_fixes, dry_run=dry_run, checkpoint=checkpoint,
                                   params_only=params_only, no_backward=no_backward, progress=progress,
-                                  classes=classes)
+                                  classes=classes, optimizer=optimizer_spec, steps=steps)
             progress.done()
             if do_fix:
                 root = distributed.rank() == 0  # a factory may have joined a process group itself

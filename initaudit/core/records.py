@@ -73,6 +73,8 @@ class TensorRecord:
     # for a first-step gradient that is exactly zero, the first later step whose gradient is not
     # (0: none within the look-ahead: stuck); for a weight with all elements equal, max |G - G[0]| / max |G|
     # over its gradient's rows (0: its units get the same gradient and stay alike)
+    # with an optimizer (record.step): ||W after the first steps - W|| / ||W||
+    update_ratio: Optional[float] = None
     moves_at_step: Optional[int] = None
     grad_row_spread: Optional[float] = None
     clones: List[str] = field(default_factory=list)  # distinct parameters with identical values
@@ -90,7 +92,7 @@ class TensorRecord:
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
         d["shape"] = list(self.shape)
-        for key in ("mean", "std", "min", "max", "zero_fraction"):
+        for key in ("mean", "std", "min", "max", "zero_fraction", "update_ratio"):
             d[key] = finite_or_none(d[key])
         if self.grad is not None:
             d["grad"] = {
@@ -172,6 +174,10 @@ class Recording:
     # a classifier's logits at init (record.logits): how many classes, the expected
     # cross-entropy for a uniformly drawn label (ln C at best), and a row's logit std
     classes: Optional[int] = None
+    # with an optimizer (record.step): the loss before each of its first steps and after the last
+    step_losses: Optional[List[float]] = None
+    step_optimizer: Optional[str] = None
+    step_own_loss: bool = False  # the steps' loss is the user's, not the audit's random projection
     expected_initial_loss: Optional[float] = None
     logit_std: Optional[float] = None
     # tr(J^T J) / min(inputs, outputs) of the input-output Jacobian, from the backward's probe

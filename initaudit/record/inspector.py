@@ -26,6 +26,7 @@ from initaudit.record.hooks import CallRecorder, forward_with_hooks
 from initaudit.record.ignores import declared_ignores
 from initaudit.record.modules import declared_init_std, declared_ties, module_records, output_record
 from initaudit.record.logits import find_logits, initial_loss
+from initaudit.record.step import OptimizerSpec, first_steps
 from initaudit.record.probe import LossFn, compute_loss, jacobian_gain, probe_input, random_projection_loss
 from initaudit.record.resolve import resolve
 from initaudit.record.state import preserved, seed_torch
@@ -43,6 +44,8 @@ def inspect(
     run_backward: bool = True,
     progress: Optional[Progress] = None,
     classes: Optional[int] = None,
+    optimizer: Optional[OptimizerSpec] = None,
+    steps: int = 1,
 ) -> Recording:
     """Record statistics of ``model`` on ``example_input``; the model is left untouched.
 
@@ -114,6 +117,14 @@ def inspect(
         resolve(deferred, partials, tensors, param_names, buffer_names, grads)
         if backward:
             look_past_first_step(model, x, loss, seed, tensors, param_names)
+        stepped = None
+        if optimizer is not None and run_forward and run_backward:
+            progress.phase("optimizer steps")
+            seed_torch(seed)
+            stepped = first_steps(model, x, loss, seed, optimizer, steps)
+            for t in tensors:
+                if t.record.name in stepped.updates:
+                    t.record.update_ratio = stepped.updates[t.record.name]
         progress.phase("tracing")
         # torch.fx only for what the autograd graph did not place: a frozen layer, or no backward
         placed = loss_value is not None and loss_value.grad_fn is not None
@@ -134,6 +145,9 @@ def inspect(
         classes=classes if scalars.initial_loss is not None else None,
         expected_initial_loss=scalars.initial_loss[0] if scalars.initial_loss is not None else None,
         logit_std=scalars.initial_loss[1] if scalars.initial_loss is not None else None,
+        step_losses=stepped.losses if stepped is not None else None,
+        step_optimizer=stepped.optimizer if stepped is not None else None,
+        step_own_loss=stepped.own_loss if stepped is not None else False,
         jacobian_gain=scalars.jacobian_gain,
         jacobian_note=gain_note,
         traced=traced,

@@ -117,6 +117,11 @@ class Report:
                 "ln_classes": math.log(self.recording.classes),
                 "logit_std": finite_or_none(self.recording.logit_std),
             },
+            "first_steps": None if self.recording.step_losses is None else {
+                "optimizer": self.recording.step_optimizer or "",
+                "losses": [finite_or_none(v) for v in self.recording.step_losses],
+                "own_loss": self.recording.step_own_loss,
+            },
             "summary": self.summary(),
         }
 

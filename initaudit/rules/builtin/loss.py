@@ -54,3 +54,46 @@ def initial_loss(ctx: RuleContext) -> Iterator[Violation]:
         locations=[head.name] if head is not None else [],
     )
 
+
+
+@rule(
+    "IA701",
+    "first-step-loss",
+    # a non-finite loss after the step is a fact: an error. A loss that rises is info: which rises
+    # predict failure is not yet measured on the trainability benchmark (issue 19)
+    "info",
+    "The first optimizer steps (--optimizer) make the loss on the example batch non-finite, or raise it.",
+    options={"loss-rise": 0.0},
+    needs="backward",
+    fix="none",
+    why_no_fix="the step's size is the optimizer's (its learning rate) as much as the init's",
+)
+def first_step_loss(ctx: RuleContext) -> Iterator[Violation]:
+    losses = ctx.recording.step_losses
+    if not losses or len(losses) < 2:
+        return
+    start, end = losses[0], losses[-1]
+    steps = len(losses) - 1
+    what = ctx.recording.step_optimizer or "the optimizer"
+    trail = " -> ".join(f"{v:.4g}" for v in losses)
+    if not math.isfinite(start):
+        return  # the loss at init is already not finite: IA303's, not the step's
+    if not all(math.isfinite(v) for v in losses[1:]):
+        yield Violation(
+            "(model)",
+            f"{steps} step(s) of {what} on the example batch make the loss non-finite ({trail}): the first "
+            "update is too large for this init (a learning rate far too high for it, or weights so large the "
+            "update overflows)",
+            severity="error",
+        )
+        return
+    if not ctx.recording.step_own_loss:
+        return  # the audit's random projection is unbounded below: a step always lowers it
+    rise = end / start - 1 if start > 0 else (end - start)
+    if rise > float(ctx.options["loss-rise"]):
+        yield Violation(
+            "(model)",
+            f"{steps} step(s) of {what} on the example batch raise the loss from {start:.4g} to {end:.4g} "
+            f"({trail}), on the very batch they were taken on: the first updates overshoot (a learning "
+            "rate too high for this init's gradient scale, or weights the step rewrites)",
+        )

@@ -1,0 +1,110 @@
+"""The first optimizer steps, taken with the user's optimizer and then undone.
+
+The audit's loss on the example batch, ``steps`` times: gradients by ``torch.autograd.grad``
+(never accumulated into a ``.grad`` the user holds), set as each parameter's ``.grad`` for
+the optimizer's ``step()``. What it records:
+
+- the loss before each step and after the last, ``[L_0, L_1, ..., L_steps]``;
+- per trainable parameter, the relative update ``||W_steps - W_0|| / ||W_0||`` (the
+  update-to-weight ratio of CS231n's rule of thumb, about 1e-3 per step).
+
+Afterwards the parameters' values are copied back (only the trainable ones change, so only
+they are saved), and the optimizer's state is restored from its ``state_dict``; buffers,
+training flags, ``.grad`` references and the RNGs are the caller's :func:`preserved` block's.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Optional, Union
+
+import torch
+from torch import nn
+
+from initaudit.record.probe import LossFn, compute_loss
+from initaudit.record.walk import call_model
+
+OptimizerSpec = Union[torch.optim.Optimizer, Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer], str]
+
+
+@dataclass
+class StepRecord:
+    losses: List[float]  # before each step, then after the last
+    updates: Dict[str, float]  # parameter name -> ||W_after - W_before|| / ||W_before||
+    optimizer: str  # what took the steps, in words
+    own_loss: bool  # the user's loss (else the audit's random projection, unbounded below)
+
+
+def parse_optimizer(spec: str) -> Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]:
+    """``"AdamW(lr=3e-4, weight_decay=0.1)"`` -> a function of the parameters that builds it:
+    a class of ``torch.optim`` with literal keyword arguments (nothing is evaluated)."""
+    try:
+        tree = ast.parse(spec.strip(), mode="eval").body
+    except SyntaxError as exc:
+        raise ValueError(f"--optimizer {spec!r}: not a call like AdamW(lr=3e-4) ({exc.msg})") from None
+    if not (isinstance(tree, ast.Call) and isinstance(tree.func, (ast.Name, ast.Attribute))) or tree.args:
+        raise ValueError(f"--optimizer {spec!r}: expected a torch.optim class called with keyword arguments, "
+                         "e.g. AdamW(lr=3e-4, weight_decay=0.1)")
+    name = tree.func.id if isinstance(tree.func, ast.Name) else tree.func.attr
+    cls = getattr(torch.optim, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise ValueError(f"--optimizer {spec!r}: torch.optim has no optimizer {name!r}")
+    try:
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in tree.keywords if k.arg is not None}
+    except ValueError:
+        raise ValueError(f"--optimizer {spec!r}: keyword arguments must be literals") from None
+    if len(kwargs) != len(tree.keywords):
+        raise ValueError(f"--optimizer {spec!r}: keyword arguments must be named")
+
+    def build(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+        return cls(params, **kwargs)
+
+    build.__name__ = spec.strip()
+    return build
+
+
+def first_steps(model: nn.Module, example_input: Any, loss: Optional[LossFn], seed: int,
+                optimizer: OptimizerSpec, steps: int = 1) -> StepRecord:
+    """Take ``steps`` optimizer steps on the example batch (see the module docstring), record
+    them, and undo them. ``optimizer`` is an optimizer over the model's parameters (stepped and
+    restored), a function of the parameters that builds one, or a :func:`parse_optimizer` spec."""
+    named = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad and id(p) not in {id(q) for q in named.values()}:
+            named[name] = p
+    saved = {name: p.detach().clone() for name, p in named.items()}
+    if isinstance(optimizer, str):
+        optimizer = parse_optimizer(optimizer)
+    owned = not isinstance(optimizer, torch.optim.Optimizer)
+    opt = optimizer(list(named.values())) if owned else optimizer
+    state = None if owned else copy.deepcopy(opt.state_dict())
+    what = getattr(optimizer, "__name__", None) if owned else None
+    what = what or type(opt).__name__
+    losses: List[float] = []
+    try:
+        model.train()
+        params = list(named.values())
+        for _ in range(steps):
+            value = compute_loss(call_model(model, example_input), example_input, loss, seed)
+            losses.append(float(value.detach()))
+            grads = torch.autograd.grad(value, params, allow_unused=True)
+            for p, g in zip(params, grads):
+                p.grad = g if g is not None else None
+            opt.step()
+        losses.append(float(compute_loss(call_model(model, example_input), example_input, loss, seed).detach()))
+        with torch.no_grad():
+            updates = {}
+            for name, p in named.items():
+                before = float(saved[name].double().norm())
+                change = float((p.detach().double() - saved[name].double()).norm())
+                updates[name] = change / before if before > 0 else (math.inf if change > 0 else 0.0)
+    finally:
+        with torch.no_grad():
+            for name, p in named.items():
+                p.copy_(saved[name])
+        if state is not None:
+            opt.load_state_dict(state)
+    return StepRecord(losses, updates, what, loss is not None)

@@ -1,0 +1,106 @@
+"""--optimizer: the first optimizer steps, recorded and undone (record.step), and IA701."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import ROOT, codes, findings
+from torch import nn
+from torch.nn import functional as F
+
+from initaudit import audit
+from initaudit.cli import main
+from initaudit.record.step import parse_optimizer
+
+
+def model_and_batch():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Dropout(0.1), nn.Linear(64, 10))
+    x, y = torch.randn(32, 16), torch.randint(0, 10, (32,))
+    return model, x, (lambda out, _x: F.cross_entropy(out, y))
+
+
+def test_the_steps_are_undone_model_optimizer_grads_and_rng():
+    model, x, loss = model_and_batch()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    # an optimizer in the middle of training: state to keep, gradients the user holds
+    loss(model(x), x).backward()
+    opt.step()
+    loss(model(x), x).backward()
+    model.eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = {n: (p.grad, p.grad.clone()) for n, p in model.named_parameters()}
+    opt_state = {i: {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()}
+                 for i, s in opt.state_dict()["state"].items()}
+    rng = torch.get_rng_state()
+    report = audit(model, x, loss=loss, optimizer=opt, steps=3)
+    assert len(report.recording.step_losses) == 4 and report.recording.step_own_loss
+    assert all(t.update_ratio > 0 for t in report.recording.parameters if t.requires_grad)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    for n, p in model.named_parameters():
+        assert p.grad is grads[n][0] and torch.equal(p.grad, grads[n][1]), n
+    after = opt.state_dict()["state"]
+    assert after.keys() == opt_state.keys()
+    for i, s in opt_state.items():
+        for k, v in s.items():
+            assert torch.equal(after[i][k], v) if torch.is_tensor(v) else after[i][k] == v, (i, k)
+    assert torch.equal(torch.get_rng_state(), rng) and not model.training
+
+
+def test_a_step_that_blows_the_loss_up_is_an_error_and_one_that_raises_it_info():
+    model, x, loss = model_and_batch()
+    blown = audit(model, x, loss=loss, optimizer="SGD(lr=1e30)")
+    (f,) = findings(blown, "IA701")
+    assert f.severity == "error" and "non-finite" in f.message
+    raised = audit(model, x, loss=loss, optimizer="SGD(lr=100.0)")
+    (f,) = findings(raised, "IA701")
+    assert f.severity == "info" and "raise the loss" in f.message
+
+
+def test_a_sane_step_and_the_projection_loss_are_not_reported():
+    model, x, loss = model_and_batch()
+    assert "IA701" not in codes(audit(model, x, loss=loss, optimizer="SGD(lr=0.1)"))
+    # without a loss of yours the audit's projection is unbounded below: no rise to judge
+    projected = audit(model, x, optimizer="SGD(lr=100.0)")
+    assert not projected.recording.step_own_loss and "IA701" not in codes(projected)
+    assert audit(model, x, loss=loss).recording.step_losses is None  # no optimizer, no steps
+
+
+def test_optimizer_specs_are_parsed_not_evaluated():
+    params = [nn.Parameter(torch.zeros(2))]
+    opt = parse_optimizer("AdamW(lr=3e-4, weight_decay=0.1, betas=(0.9, 0.95))")(params)
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.9, 0.95)
+    for bad in ("os.system('true')", "AdamW(lr=__import__('os'))", "NotAnOptimizer(lr=1)", "AdamW(1e-3)", "AdamW"):
+        with pytest.raises(ValueError):
+            parse_optimizer(bad)
+
+
+def test_the_command_line_and_the_factory(write_target, tmp_path):
+    path = write_target(
+        "import torch\n"
+        "from torch import nn\n"
+        "from torch.nn import functional as F\n"
+        "def build(with_optimizer=False):\n"
+        "    torch.manual_seed(0)\n"
+        "    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 10))\n"
+        "    x, y = torch.randn(32, 16), torch.randint(0, 10, (32,))\n"
+        "    out = {'model': model, 'input': x, 'loss': lambda o, _x: F.cross_entropy(o, y)}\n"
+        "    if with_optimizer:\n"
+        "        out['optimizer'] = torch.optim.SGD(model.parameters(), lr=1e30)\n"
+        "    return out\n"
+    )
+    blown = CliRunner().invoke(main, [f"{path}:build", "--optimizer", "SGD(lr=1e30)", "--format", "json"])
+    assert blown.exit_code == 1, blown.output
+    doc = json.loads(blown.stdout)
+    import jsonschema
+
+    jsonschema.validate(doc, json.loads((ROOT / "initaudit" / "schema.json").read_text()))
+    assert doc["first_steps"]["optimizer"] == "SGD(lr=1e30)" and doc["first_steps"]["own_loss"]
+    assert any(f["code"] == "IA701" for f in doc["findings"])
+    factory = CliRunner().invoke(main, [f"{path}:build", "--factory-arg", "with_optimizer=True"])
+    assert factory.exit_code == 1 and "IA701" in factory.stdout
+    for bad in (["--optimizer", "Adamm(lr=1)"], ["--optimizer", "SGD(lr=0.1)", "--steps", "4"]):
+        result = CliRunner().invoke(main, [f"{path}:build", *bad])
+        assert result.exit_code == 2 and "Traceback" not in result.output, bad
