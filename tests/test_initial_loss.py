@@ -31,7 +31,7 @@ def test_expected_loss_is_the_mean_cross_entropy_over_every_label():
                          for c in range(11)]).mean()
     expected, spread = initial_loss(logits).tolist()
     assert expected == pytest.approx(float(every), rel=1e-6)
-    assert spread == pytest.approx(float(rows.double().std(dim=1, correction=0).mean()), rel=1e-9)
+    assert spread == pytest.approx(float(rows.double().std(dim=1, correction=0).mean()), rel=1e-6)
     # equal logits: exactly ln C, the floor
     assert initial_loss(torch.zeros(3, 11))[0].item() == pytest.approx(math.log(11))
 

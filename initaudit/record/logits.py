@@ -36,8 +36,12 @@ def find_logits(output: Any, classes: Optional[int] = None) -> Optional[torch.Te
 def initial_loss(logits: torch.Tensor) -> torch.Tensor:
     """``[E_y[CE], logit std]`` of ``logits`` (classes on the last dimension), on its device:
     the expected cross-entropy for a uniformly drawn label, averaged over the rows, and the
-    std of a row's logits across the classes, averaged likewise (see the module docstring)."""
-    z = logits.detach().reshape(-1, logits.shape[-1]).double()
-    expected = (torch.logsumexp(z, dim=1) - z.mean(dim=1)).mean()
-    spread = z.std(dim=1, correction=0).mean()
+    std of a row's logits across the classes, averaged likewise (see the module docstring).
+    Per row in float32 at least (no float64 copy of a language model's logits: the row
+    reductions are exact enough), the means over the rows in float64."""
+    z = logits.detach().reshape(-1, logits.shape[-1])
+    if z.dtype not in (torch.float32, torch.float64):
+        z = z.float()
+    expected = (torch.logsumexp(z, dim=1) - z.mean(dim=1)).double().mean()
+    spread = z.std(dim=1, correction=0).double().mean()
     return torch.stack([expected, spread])
