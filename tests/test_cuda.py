@@ -4,6 +4,7 @@ These run where CUDA is available (checked on a lent H100); on a CPU-only machin
 no GPU path to exercise, and test_cli checks that `--device cuda` there is a clean exit 2.
 """
 
+import copy
 import json
 
 import pytest
@@ -169,3 +170,31 @@ def test_factored_linear_gradients_agree_with_the_cpu():
     for name, t in cpu.items():
         assert gpu[name].grad.norm == pytest.approx(t.grad.norm, rel=1e-4), name
         assert gpu[name].grad.std == pytest.approx(t.grad.std, rel=1e-4), name
+
+
+@cuda
+def test_optimizer_steps_on_the_gpu_are_undone_and_the_fix_reproduces_on_the_gpu():
+    torch.manual_seed(0)
+    model = ConvNet().cuda()
+    x, y = torch.randn(8, 3, 8, 8, device="cuda"), torch.randint(0, 4, (8,), device="cuda")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = audit(model, x, loss=lambda out, _x: nn.functional.cross_entropy(out, y), optimizer=opt, steps=2)
+    assert report.recording.step_losses and report.device.startswith("cuda")
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert opt.state_dict()["state"] == {}
+    # the fix draws from a generator on the model's device: the emitted code reproduces it there
+    from initaudit.fixing.fixer import repair
+
+    layers = [nn.Linear(16, 64), nn.ReLU()]
+    for _ in range(12):
+        layers += [nn.Linear(64, 64), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Linear(64, 4)).cuda()  # PyTorch's default init: IA201
+    fresh = copy.deepcopy(model)
+    x = torch.randn(32, 16, device="cuda")
+    result = repair(model, audit(model, x), x)
+    assert result.changes and "generator=generator" in result.emit_code()
+    namespace = {}
+    exec(result.emit_code(), namespace)
+    namespace["init_weights"](fresh)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in fresh.state_dict().items())

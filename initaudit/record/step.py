@@ -9,7 +9,8 @@ the optimizer's ``step()``. What it records:
   update-to-weight ratio of CS231n's rule of thumb, about 1e-3 per step).
 
 Afterwards the parameters' values are copied back (only the trainable ones change, so only
-they are saved), and the optimizer's state is restored from its ``state_dict``; buffers,
+they are saved, in host memory), and the optimizer's state is restored from its
+``state_dict`` (also saved in host memory); buffers,
 training flags, ``.grad`` references and the RNGs are the caller's :func:`preserved` block's.
 """
 
@@ -66,6 +67,17 @@ def parse_optimizer(spec: str) -> Callable[[Iterable[nn.Parameter]], torch.optim
     return build
 
 
+def _on_host(obj: Any) -> Any:
+    """A deep copy of an optimizer's ``state_dict`` with its tensors in host memory."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _on_host(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_on_host(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
 def first_steps(model: nn.Module, example_input: Any, loss: Optional[LossFn], seed: int,
                 optimizer: OptimizerSpec, steps: int = 1) -> StepRecord:
     """Take ``steps`` optimizer steps on the example batch (see the module docstring), record
@@ -75,12 +87,13 @@ def first_steps(model: nn.Module, example_input: Any, loss: Optional[LossFn], se
     for name, p in model.named_parameters():
         if p.requires_grad and id(p) not in {id(q) for q in named.values()}:
             named[name] = p
-    saved = {name: p.detach().clone() for name, p in named.items()}
+    # kept in host memory: the device holds no second copy of the model (nor of the optimizer's state)
+    saved = {name: p.detach().to("cpu", copy=True) for name, p in named.items()}
     if isinstance(optimizer, str):
         optimizer = parse_optimizer(optimizer)
     owned = not isinstance(optimizer, torch.optim.Optimizer)
     opt = optimizer(list(named.values())) if owned else optimizer
-    state = None if owned else copy.deepcopy(opt.state_dict())
+    state = None if owned else _on_host(opt.state_dict())
     what = getattr(optimizer, "__name__", None) if owned else None
     what = what or type(opt).__name__
     losses: List[float] = []
@@ -98,13 +111,14 @@ def first_steps(model: nn.Module, example_input: Any, loss: Optional[LossFn], se
         with torch.no_grad():
             updates = {}
             for name, p in named.items():
-                before = float(saved[name].double().norm())
-                change = float((p.detach().double() - saved[name].double()).norm())
+                start = saved[name].to(p.device)
+                before = float(start.double().norm())
+                change = float((p.detach().double() - start.double()).norm())
                 updates[name] = change / before if before > 0 else (math.inf if change > 0 else 0.0)
     finally:
         with torch.no_grad():
             for name, p in named.items():
                 p.copy_(saved[name])
         if state is not None:
-            opt.load_state_dict(state)
+            opt.load_state_dict(state)  # casts each state tensor back to its parameter's device
     return StepRecord(losses, updates, what, loss is not None)
