@@ -104,3 +104,10 @@ def test_the_command_line_and_the_factory(write_target, tmp_path):
     for bad in (["--optimizer", "Adamm(lr=1)"], ["--optimizer", "SGD(lr=0.1)", "--steps", "4"]):
         result = CliRunner().invoke(main, [f"{path}:build", *bad])
         assert result.exit_code == 2 and "Traceback" not in result.output, bad
+
+
+def test_without_a_backward_the_steps_are_not_taken_and_the_report_says_so():
+    model, x, loss = model_and_batch()
+    report = audit(model, x, loss=loss, optimizer="SGD(lr=1e30)", no_backward=True)
+    assert report.recording.step_losses is None and "IA701" not in codes(report)
+    assert any("optimizer" in note for note in report.notes)

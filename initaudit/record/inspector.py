@@ -118,6 +118,10 @@ def inspect(
         if backward:
             look_past_first_step(model, x, loss, seed, tensors, param_names)
         stepped = None
+        if optimizer is not None and not (run_forward and run_backward):
+            skipped_steps = ["an optimizer was given, but its steps need a forward and a backward: not taken"]
+        else:
+            skipped_steps = []
         if optimizer is not None and run_forward and run_backward:
             progress.phase("optimizer steps")
             seed_torch(seed)
@@ -157,8 +161,8 @@ def inspect(
         call_feeds=call_feeds,
         call_ends=call_ends,
         unobserved=[m.name for m in modules if m.has_parameters and m.calls == 0] if run_forward else [],
-        notes=["a TorchScript module takes no forward hooks: parameters and gradients are audited, "
-               "module outputs (and the signal rules) are not"] if recorder.scripted else [],
+        notes=(["a TorchScript module takes no forward hooks: parameters and gradients are audited, "
+                "module outputs (and the signal rules) are not"] if recorder.scripted else []) + skipped_steps,
     )
 
 
