@@ -25,6 +25,7 @@ from initaudit.rules.engine import rule_options, run_rules
 from initaudit.rules.registry import resolve_selection
 
 if TYPE_CHECKING:
+    from initaudit.analysis.sweep import SweepResult
     from initaudit.core.progress import Progress
     from initaudit.gate.config import Settings
 
@@ -323,6 +324,29 @@ def audit_target(
     for r in (report, report.fix.before) if report.fix is not None else (report,):
         r.source, r.line = built.source, built.line
     return report
+
+
+def sweep(
+    spec: str,
+    name: str,
+    values: Sequence[float],
+    settings: Optional["Settings"] = None,
+    *,
+    factory_args: Optional[Mapping[str, Any]] = None,
+    input_shape: Optional[Sequence[int]] = None,
+    batch_size: int = inputs.DEFAULT_BATCH,
+    progress: Optional["Progress"] = None,
+) -> "SweepResult":
+    """Build and audit the model of ``spec`` once per value of its factory argument ``name``
+    (the same seed each time), and fit how each layer's output RMS at init scales with it
+    (:func:`initaudit.analysis.sweep.layer_trends`): the coordinate check of muP, with a verdict."""
+    from initaudit.analysis.sweep import SweepResult, layer_trends
+
+    reports = [audit_target(spec, settings, factory_args={**dict(factory_args or {}), name: value},
+                            input_shape=input_shape, batch_size=batch_size, progress=progress)
+               for value in values]
+    trends = layer_trends(values, [r.recording for r in reports], [r.analysis.output_layer for r in reports])
+    return SweepResult(name, list(values), reports, trends)
 
 
 def seed_everything(seed: int) -> None:

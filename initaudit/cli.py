@@ -107,6 +107,9 @@ def show_fix(after: "Report", emit_code: bool, machine_output: bool) -> None:
               help='Take the first steps with this optimizer, e.g. "AdamW(lr=3e-4, weight_decay=0.1)", and undo them (IA701).')
 @click.option("--steps", type=click.IntRange(1, 3), default=1, show_default=True,
               help="Optimizer steps with --optimizer (or the factory's 'optimizer').")
+@click.option("--sweep", "sweep_spec", metavar="NAME=V1,V2,...",
+              help="Build and audit the target once per value of its factory argument NAME (e.g. width=64,128,256,512) "
+                   "and report how each layer's activations at init scale with it; exit 1 if one changes.")
 @click.option("--device", help="Device to audit on (cpu, cuda, cuda:1, auto). Default: where the factory put the model.")
 @click.option("--seed", type=int, help="Seed for the model, input and loss.  [default: 0]")
 @click.option("--select", multiple=True, metavar="CODES", help="Rule codes or prefixes to enable (e.g. IA1,IA401).")
@@ -158,6 +161,7 @@ def main(
     classes: Optional[int],
     optimizer_spec: Optional[str],
     steps: int,
+    sweep_spec: Optional[str],
     device: Optional[str],
     seed: Optional[int],
     select: Sequence[str],
@@ -211,6 +215,13 @@ def main(
             from initaudit.record.step import parse_optimizer
 
             parse_optimizer(optimizer_spec)  # a malformed spec is the user's error, before anything runs
+        swept = None
+        if sweep_spec:
+            from initaudit.analysis.sweep import parse_sweep
+
+            swept = parse_sweep(sweep_spec)
+            if len(targets) > 1 or do_fix:
+                raise ValueError("--sweep takes one target, and no --fix")
         if (save or emit_code or unsafe_fixes or dry_run) and not do_fix:
             raise ValueError("--save, --emit-code, --unsafe-fixes and --dry-run need --fix")
         if save and dry_run:
@@ -222,6 +233,21 @@ def main(
     except (InitauditError, ValueError) as exc:
         error(str(exc), exc, verbose)
         raise click.exceptions.Exit(EXIT_ERROR)
+
+    if swept is not None:
+        from initaudit.api import sweep
+
+        try:
+            result = sweep(targets[0], swept[0], swept[1], settings, factory_args=kwargs, input_shape=shape,
+                           batch_size=batch_size, progress=Progress(enabled=not quiet))
+        except (InitauditError, ValueError) as exc:
+            error(str(exc), exc, verbose)
+            raise click.exceptions.Exit(EXIT_ERROR)
+        except Exception as exc:
+            error(f"sweeping {targets[0]} failed: {describe(exc)} (rerun with --verbose for the traceback)", exc, verbose)
+            raise click.exceptions.Exit(EXIT_ERROR)
+        click.echo(f"Width sweep of {targets[0]} over {swept[0]}:\n{result.table()}")
+        raise click.exceptions.Exit(EXIT_FINDINGS if result.flagged else EXIT_OK)
 
     try:
         # under torchrun every rank runs this; rank 0 alone reports, all exit with its code

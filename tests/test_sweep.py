@@ -1,0 +1,86 @@
+"""--sweep: how each layer's signal at init scales with the width (analysis.sweep)."""
+
+import math
+
+import pytest
+from click.testing import CliRunner
+from conftest import EXAMPLES, codes
+
+from initaudit.analysis.sweep import log_slope, parse_sweep
+from initaudit.api import sweep
+from initaudit.cli import main
+
+MLP = (
+    "import math\n"
+    "import torch\n"
+    "from torch import nn\n"
+    "def build(width=64, hidden_std=None, head_std=None, depth=6):\n"
+    "    layers = [nn.Linear(32, width), nn.ReLU()]\n"
+    "    for _ in range(depth - 2):\n"
+    "        layers += [nn.Linear(width, width), nn.ReLU()]\n"
+    "    model = nn.Sequential(*layers, nn.Linear(width, 10))\n"
+    "    hidden = [m for m in model if isinstance(m, nn.Linear)][1:-1]\n"
+    "    with torch.no_grad():\n"
+    "        for m in hidden:\n"
+    "            if hidden_std == 'he':\n"
+    "                nn.init.kaiming_normal_(m.weight, nonlinearity='relu')\n"
+    "            elif hidden_std is not None:\n"
+    "                nn.init.normal_(m.weight, std=hidden_std)\n"
+    "        if head_std == 'mup':\n"
+    "            nn.init.normal_(model[-1].weight, std=1.0 / width)  # muP's output layer: 1/fan_in\n"
+    "        elif head_std is not None:\n"
+    "            nn.init.normal_(model[-1].weight, std=head_std)\n"
+    "    return model, torch.randn(64, 32)\n"
+)
+WIDTHS = [64, 128, 256, 512]
+
+
+def test_the_slope_is_the_exponent_of_a_power_law():
+    assert log_slope(WIDTHS, [3 * w ** 0.5 for w in WIDTHS]) == pytest.approx(0.5)
+    assert log_slope(WIDTHS, [7.0] * 4) == pytest.approx(0.0)
+    assert log_slope(WIDTHS, [None, 1.0, 0.0, None]) is None  # fewer than two usable values
+
+
+def test_pytorch_default_init_is_flat_in_width_while_the_depth_rules_still_fire():
+    result = sweep(f"{EXAMPLES / 'deep_mlp.py'}:build", "width", WIDTHS)
+    assert result.flagged == [], result.table()
+    assert all(abs(t.slope) < 0.2 for t in result.trends)
+    assert all("IA201" in codes(r) for r in result.reports)  # its problem is depth, not width
+
+
+def test_a_fixed_std_init_grows_with_width_and_is_flagged(write_target):
+    path = write_target(MLP, name="mlp_sweep.py")
+    result = sweep(f"{path}:build", "width", WIDTHS, factory_args={"hidden_std": 0.05, "head_std": 0.05})
+    hidden = [t for t in result.trends if t.kind == "hidden"]
+    # a fixed std instead of 1/sqrt(fan_in): each layer's gain grows as sqrt(width)
+    assert hidden and all(t.flagged and t.slope == pytest.approx(0.5, abs=0.15) for t in hidden), result.table()
+    head = next(t for t in result.trends if t.kind == "output")
+    assert head.flagged and "1/fan_in" in head.advice
+    assert next(t for t in result.trends if t.kind == "input").flagged is False  # PyTorch's default
+
+
+def test_fan_in_scaled_hidden_layers_and_a_mup_head_are_not_flagged(write_target):
+    path = write_target(MLP, name="mlp_sweep_mup.py")
+    result = sweep(f"{path}:build", "width", WIDTHS, factory_args={"hidden_std": "he", "head_std": "mup"})
+    assert result.flagged == [], result.table()
+    head = next(t for t in result.trends if t.kind == "output")
+    assert head.slope == pytest.approx(-0.5, abs=0.15)  # muP's logits shrink as 1/sqrt(width): allowed
+
+
+def test_the_command_line(write_target):
+    path = write_target(MLP, name="mlp_sweep_cli.py")
+    flat = CliRunner().invoke(main, [f"{path}:build", "--sweep", "width=64,128,256", "-q"])
+    assert flat.exit_code == 0 and "stay the same size" in flat.stdout, flat.output
+    grows = CliRunner().invoke(main, [f"{path}:build", "--sweep", "width=64,128,256", "--factory-arg",
+                                      "hidden_std=0.05", "-q"])
+    assert grows.exit_code == 1 and "grow with width" in grows.stdout
+    for bad in (["--sweep", "width=64"], ["--sweep", "width=a,b"], ["--sweep", "64,128"],
+                ["--sweep", "width=64,128", "--fix"]):
+        result = CliRunner().invoke(main, [f"{path}:build", *bad])
+        assert result.exit_code == 2 and "Traceback" not in result.output, bad
+
+
+def test_parse_sweep():
+    assert parse_sweep("width=64,128") == ("width", [64, 128])
+    assert parse_sweep("scale=0.5,1.5") == ("scale", [0.5, 1.5])
+    assert math.isclose(parse_sweep("w=1e2,2e2")[1][1], 200.0)
