@@ -67,6 +67,7 @@ class AuditRun:
     classes: Optional[int] = None
     optimizer: Any = None
     steps: int = 1
+    step_outputs: bool = False
     params_only: bool = False
     no_backward: bool = False
     progress: Optional["Progress"] = None
@@ -90,6 +91,7 @@ def audit(
     classes: Optional[int] = None,
     optimizer: Any = None,
     steps: int = 1,
+    step_outputs: bool = False,
     fix: bool = False,
     unsafe_fixes: bool = False,
     dry_run: bool = False,
@@ -129,6 +131,8 @@ def audit(
     builds one, or a spec like ``"AdamW(lr=3e-4)"``) takes ``steps`` (1 to 3) steps on the
     example batch with the audit's loss, records the losses and each parameter's relative
     update, and undoes them: parameters, buffers, optimizer state and RNG as they were (IA701).
+    ``step_outputs=True`` also records each layer's output change over the steps (the width
+    sweep's update statistic).
 
     ``per_parameter_ignores`` maps a glob on qualified names to codes suppressed there;
     a module class's ``__initaudit_ignore__`` suppresses codes for its parameters. Suppressed
@@ -140,6 +144,7 @@ def audit(
         loss=loss, device=device, select=_tuple(select), ignore=_tuple(ignore), seed=seed, tied=_tuple(tied),
         options=options, per_parameter_ignores=per_parameter_ignores, input_shape=input_shape,
         batch_size=batch_size, target=target, classes=classes, optimizer=optimizer, steps=steps,
+        step_outputs=step_outputs,
         params_only=params_only, no_backward=no_backward, progress=progress,
     )
     if not 1 <= steps <= 3:
@@ -236,7 +241,8 @@ def audit_once(model: nn.Module, example_input: Any, run: AuditRun) -> Tuple[Rep
             notes += materialized
         recording = inspect(model, x, loss=run.loss, seed=run.seed, run_forward=not run.params_only,
                             run_backward=not (run.params_only or run.no_backward), progress=run.progress,
-                            classes=run.classes, optimizer=run.optimizer, steps=run.steps)
+                            classes=run.classes, optimizer=run.optimizer, steps=run.steps,
+                            step_outputs=run.step_outputs)
         notes += recording.notes
     if run.progress is not None:
         run.progress.phase("rules")
@@ -283,6 +289,7 @@ def audit_target(
     classes: Optional[int] = None,
     optimizer: Any = None,
     steps: int = 1,
+    step_outputs: bool = False,
 ) -> Report:
     """Build the model of ``path/to/file.py:factory`` (or ``pkg.mod:factory``) and audit it.
 
@@ -312,6 +319,7 @@ def audit_target(
         classes=classes if classes is not None else built.classes,
         optimizer=optimizer if optimizer is not None else built.optimizer,
         steps=steps,
+        step_outputs=step_outputs,
         fix=fix,
         unsafe_fixes=unsafe_fixes,
         dry_run=dry_run,
@@ -336,17 +344,25 @@ def sweep(
     input_shape: Optional[Sequence[int]] = None,
     batch_size: int = inputs.DEFAULT_BATCH,
     progress: Optional["Progress"] = None,
+    optimizer: Any = None,
+    steps: int = 1,
 ) -> "SweepResult":
     """Build and audit the model of ``spec`` once per value of its factory argument ``name``
     (the same seed each time), and fit how each layer's output RMS at init scales with it
-    (:func:`initaudit.analysis.sweep.layer_trends`): the coordinate check of muP, with a verdict."""
-    from initaudit.analysis.sweep import SweepResult, layer_trends
+    (:func:`initaudit.analysis.sweep.layer_trends`): the coordinate check of muP, with a verdict.
+    With an optimizer (or the factory's), the same ``steps`` are taken at every value, and each
+    layer's output change over them is fitted too (:func:`~initaudit.analysis.sweep.update_trends`)."""
+    from initaudit.analysis.sweep import SweepResult, layer_trends, update_trends
 
     reports = [audit_target(spec, settings, factory_args={**dict(factory_args or {}), name: value},
-                            input_shape=input_shape, batch_size=batch_size, progress=progress)
+                            input_shape=input_shape, batch_size=batch_size, progress=progress,
+                            optimizer=optimizer, steps=steps, step_outputs=True)
                for value in values]
-    trends = layer_trends(values, [r.recording for r in reports], [r.analysis.output_layer for r in reports])
-    return SweepResult(name, list(values), reports, trends)
+    recordings = [r.recording for r in reports]
+    outputs = [r.analysis.output_layer for r in reports]
+    trends = layer_trends(values, recordings, outputs)
+    updates = update_trends(values, recordings, outputs) if all(r.step_output_changes for r in recordings) else []
+    return SweepResult(name, list(values), reports, trends, updates)
 
 
 def seed_everything(seed: int) -> None:

@@ -239,7 +239,8 @@ def main(
 
         try:
             result = sweep(targets[0], swept[0], swept[1], settings, factory_args=kwargs, input_shape=shape,
-                           batch_size=batch_size, progress=Progress(enabled=not quiet))
+                           batch_size=batch_size, progress=Progress(enabled=not quiet), optimizer=optimizer_spec,
+                           steps=steps)
         except (InitauditError, ValueError) as exc:
             error(str(exc), exc, verbose)
             raise click.exceptions.Exit(EXIT_ERROR)

@@ -70,7 +70,7 @@ def test_fan_in_scaled_hidden_layers_and_a_mup_head_are_not_flagged(write_target
 def test_the_command_line(write_target):
     path = write_target(MLP, name="mlp_sweep_cli.py")
     flat = CliRunner().invoke(main, [f"{path}:build", "--sweep", "width=64,128,256", "-q"])
-    assert flat.exit_code == 0 and "stay the same size" in flat.stdout, flat.output
+    assert flat.exit_code == 0 and "stays the same size" in flat.stdout, flat.output
     grows = CliRunner().invoke(main, [f"{path}:build", "--sweep", "width=64,128,256", "--factory-arg",
                                       "hidden_std=0.05", "-q"])
     assert grows.exit_code == 1 and "grow with width" in grows.stdout
@@ -84,3 +84,46 @@ def test_parse_sweep():
     assert parse_sweep("width=64,128") == ("width", [64, 128])
     assert parse_sweep("scale=0.5,1.5") == ("scale", [0.5, 1.5])
     assert math.isclose(parse_sweep("w=1e2,2e2")[1][1], 200.0)
+
+
+MUP = (
+    "import torch\n"
+    "from torch import nn\n"
+    "def build(width=64, mup=False, depth=4, lr=1e-2):\n"
+    "    layers = [nn.Linear(32, width), nn.ReLU()]\n"
+    "    for _ in range(depth - 2):\n"
+    "        layers += [nn.Linear(width, width), nn.ReLU()]\n"
+    "    model = nn.Sequential(*layers, nn.Linear(width, 10))\n"
+    "    linears = [m for m in model if isinstance(m, nn.Linear)]\n"
+    "    with torch.no_grad():\n"
+    "        for m in linears[:-1]:\n"
+    "            nn.init.kaiming_normal_(m.weight, nonlinearity='relu')\n"
+    "            nn.init.zeros_(m.bias)\n"
+    "        # muP's output layer: std 1/fan_in; the standard one: 1/sqrt(fan_in)\n"
+    "        nn.init.normal_(linears[-1].weight, std=(1.0 / width) if mup else width ** -0.5)\n"
+    "        nn.init.zeros_(linears[-1].bias)\n"
+    "    if mup:  # Tensor Programs V, Table 3 (Adam): hidden and output learning rates scale as 1/fan_in\n"
+    "        groups = [{'params': linears[0].parameters(), 'lr': lr}]\n"
+    "        groups += [{'params': m.parameters(), 'lr': lr * 64 / width} for m in linears[1:]]\n"
+    "        optimizer = torch.optim.Adam(groups, lr=lr)\n"
+    "    else:\n"
+    "        optimizer = torch.optim.Adam(model.parameters(), lr=lr)\n"
+    "    return {'model': model, 'input': torch.randn(64, 32), 'optimizer': optimizer}\n"
+)
+
+
+def test_the_standard_parametrization_with_adam_is_flagged_and_mup_is_flat(write_target):
+    # written from the papers' formulas, not by importing mup: with one Adam learning rate the
+    # update of the logits grows with width; muP's per-layer rates keep every layer's update flat
+    path = write_target(MUP, name="mup_sweep.py")
+    standard = sweep(f"{path}:build", "width", WIDTHS)
+    head = next(t for t in standard.updates if t.kind == "output")
+    assert head.flagged and head.slope > 0.75, standard.table()
+    assert all(t.flagged for t in standard.updates if t.kind == "hidden")
+    assert not next(t for t in standard.updates if t.kind == "input").flagged
+    mup = sweep(f"{path}:build", "width", WIDTHS, factory_args={"mup": True})
+    assert mup.flagged == [], mup.table()
+    assert all(abs(t.slope) < 0.2 for t in mup.updates)
+    # the user's optimizer was stepped and put back: its state is empty again
+    for report in standard.reports + mup.reports:
+        assert report.recording.step_losses is not None

@@ -18,7 +18,7 @@ right init gives (0) and the ones a wrong scale with the fan gives (+-1/2).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 from initaudit.core import knowledge
@@ -106,6 +106,32 @@ def layer_trends(widths: Sequence[float], recordings: Sequence[Any], output_laye
     return trends
 
 
+def update_trends(widths: Sequence[float], recordings: Sequence[Any], output_layers: Sequence[Optional[str]],
+                  tolerance: float = SLOPE_TOLERANCE) -> List[LayerTrend]:
+    """Per layer, the RMS of its output's change over the first optimizer steps at each width
+    (``Recording.step_output_changes``) and its slope against log width. muP keeps every
+    layer's change Theta(1) (Yang et al. 2021, Tensor Programs V, Table 3: with Adam, hidden
+    and output learning rates scaled by 1/fan_in); the standard parametrization with one
+    learning rate grows it with width (about linearly at the output). Flagged beyond
+    ``tolerance`` either way."""
+    first = recordings[0]
+    layers = sorted((m for m in first.modules if m.kind == knowledge.LAYER and m.first_call is not None),
+                    key=lambda m: m.first_call)
+    trends = []
+    for i, m in enumerate(layers):
+        kind = "output" if m.name == output_layers[0] else "input" if i == 0 else "hidden"
+        values = [(rec.step_output_changes or {}).get(m.name) for rec in recordings]
+        slope = log_slope(widths, values)
+        flagged = slope is not None and abs(slope) > tolerance
+        advice = ""
+        if flagged:
+            advice = (f"its update {'grows' if slope > 0 else 'shrinks'} with width: scale this layer's learning "
+                      "rate by 1/fan_in (muP, for Adam: hidden and output layers)" if kind != "input"
+                      else f"its update {'grows' if slope > 0 else 'shrinks'} with width")
+        trends.append(LayerTrend(m.name, kind, values, slope, flagged, advice))
+    return trends
+
+
 def parse_sweep(spec: str) -> tuple:
     """``"width=64,128,256"`` -> ``("width", [64, 128, 256])``: a factory argument and two or
     more positive numbers."""
@@ -129,20 +155,27 @@ class SweepResult:
     values: List[float]
     reports: List[Any]
     trends: List[LayerTrend]
+    updates: List[LayerTrend] = field(default_factory=list)  # with an optimizer: the output changes
 
     @property
     def flagged(self) -> List[LayerTrend]:
-        return [t for t in self.trends if t.flagged]
+        return [t for t in self.trends + self.updates if t.flagged]
 
     def table(self) -> str:
         from tabulate import tabulate
 
         from initaudit.core.numbers import short_number
 
-        headers = ["layer", "kind", *(f"gain at {self.name}={v:g}" for v in self.values), "slope", "verdict"]
-        rows = [[t.name, t.kind, *(short_number(v, digits=3) for v in t.gains),
-                 "" if t.slope is None else f"{t.slope:+.2f}", t.advice or "flat"] for t in self.trends]
-        verdict = (f"{len(self.flagged)} layer(s) whose activations at init change with {self.name} "
+        def render(trends: List[LayerTrend], what: str) -> str:
+            headers = ["layer", "kind", *(f"{what} at {self.name}={v:g}" for v in self.values), "slope", "verdict"]
+            rows = [[t.name, t.kind, *(short_number(v, digits=3) for v in t.gains),
+                     "" if t.slope is None else f"{t.slope:+.2f}", t.advice or "flat"] for t in trends]
+            return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
+
+        text = "Signal gain at init:\n" + render(self.trends, "gain")
+        if self.updates:
+            text += "\n\nOutput change over the optimizer's first steps:\n" + render(self.updates, "change")
+        verdict = (f"{len(self.flagged)} layer statistic(s) that change with {self.name} "
                    f"(|slope| > {SLOPE_TOLERANCE:g})" if self.flagged
-                   else f"every layer's activations at init stay the same size as {self.name} grows")
-        return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True) + "\n\n" + verdict
+                   else f"every layer stays the same size as {self.name} grows")
+        return text + "\n\n" + verdict

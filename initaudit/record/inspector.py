@@ -46,6 +46,7 @@ def inspect(
     classes: Optional[int] = None,
     optimizer: Optional[OptimizerSpec] = None,
     steps: int = 1,
+    step_outputs: bool = False,
 ) -> Recording:
     """Record statistics of ``model`` on ``example_input``; the model is left untouched.
 
@@ -125,7 +126,8 @@ def inspect(
         if optimizer is not None and run_forward and run_backward:
             progress.phase("optimizer steps")
             seed_torch(seed)
-            stepped = first_steps(model, x, loss, seed, optimizer, steps)
+            watch = [name for name, m in model.named_modules() if knowledge.is_layer(m)] if step_outputs else None
+            stepped = first_steps(model, x, loss, seed, optimizer, steps, watch=watch)
             for t in tensors:
                 if t.record.name in stepped.updates:
                     t.record.update_ratio = stepped.updates[t.record.name]
@@ -152,6 +154,7 @@ def inspect(
         step_losses=stepped.losses if stepped is not None else None,
         step_optimizer=stepped.optimizer if stepped is not None else None,
         step_own_loss=stepped.own_loss if stepped is not None else False,
+        step_output_changes=stepped.output_changes if stepped is not None else None,
         jacobian_gain=scalars.jacobian_gain,
         jacobian_note=gain_note,
         traced=traced,

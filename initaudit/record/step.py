@@ -37,6 +37,8 @@ class StepRecord:
     updates: Dict[str, float]  # parameter name -> ||W_after - W_before|| / ||W_before||
     optimizer: str  # what took the steps, in words
     own_loss: bool  # the user's loss (else the audit's random projection, unbounded below)
+    # with watch: module name -> RMS of its output's change over the steps, on the batch
+    output_changes: Optional[Dict[str, float]] = None
 
 
 def parse_optimizer(spec: str) -> Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]:
@@ -79,10 +81,12 @@ def _on_host(obj: Any) -> Any:
 
 
 def first_steps(model: nn.Module, example_input: Any, loss: Optional[LossFn], seed: int,
-                optimizer: OptimizerSpec, steps: int = 1) -> StepRecord:
+                optimizer: OptimizerSpec, steps: int = 1, watch: Optional[List[str]] = None) -> StepRecord:
     """Take ``steps`` optimizer steps on the example batch (see the module docstring), record
     them, and undo them. ``optimizer`` is an optimizer over the model's parameters (stepped and
-    restored), a function of the parameters that builds one, or a :func:`parse_optimizer` spec."""
+    restored), a function of the parameters that builds one, or a :func:`parse_optimizer` spec.
+    With ``watch`` (module names), also the RMS of each one's output change over the steps,
+    ``sqrt(mean((y_after - y_before)^2))`` on the batch: the coordinate check's update size."""
     named = {}
     for name, p in model.named_parameters():
         if p.requires_grad and id(p) not in {id(q) for q in named.values()}:
@@ -97,17 +101,38 @@ def first_steps(model: nn.Module, example_input: Any, loss: Optional[LossFn], se
     what = getattr(optimizer, "__name__", None) if owned else None
     what = what or type(opt).__name__
     losses: List[float] = []
+    seen: Dict[str, List[torch.Tensor]] = {}
+    hooks = []
+    for name in watch or []:
+        module = model.get_submodule(name)
+
+        def keep(_m: nn.Module, _args: Any, out: Any, name: str = name) -> None:
+            if isinstance(out, torch.Tensor):
+                seen.setdefault(name, []).append(out.detach().clone())
+
+        hooks.append(module.register_forward_hook(keep))
     try:
         model.train()
         params = list(named.values())
-        for _ in range(steps):
+        for step in range(steps):
+            if step == 1:
+                for hook in hooks:  # the first forward and the last one are compared
+                    hook.remove()
             value = compute_loss(call_model(model, example_input), example_input, loss, seed)
             losses.append(float(value.detach()))
             grads = torch.autograd.grad(value, params, allow_unused=True)
             for p, g in zip(params, grads):
                 p.grad = g if g is not None else None
             opt.step()
+        if steps > 1:
+            for name in watch or []:
+                module = model.get_submodule(name)
+                hooks.append(module.register_forward_hook(
+                    lambda _m, _a, out, name=name: seen.setdefault(name, []).append(out.detach().clone())
+                    if isinstance(out, torch.Tensor) else None))
         losses.append(float(compute_loss(call_model(model, example_input), example_input, loss, seed).detach()))
+        changes = {name: float((outs[-1].double() - outs[0].double()).pow(2).mean().sqrt())
+                   for name, outs in seen.items() if len(outs) >= 2 and outs[0].shape == outs[-1].shape}
         with torch.no_grad():
             updates = {}
             for name, p in named.items():
@@ -116,9 +141,11 @@ def first_steps(model: nn.Module, example_input: Any, loss: Optional[LossFn], se
                 change = float((p.detach().double() - start.double()).norm())
                 updates[name] = change / before if before > 0 else (math.inf if change > 0 else 0.0)
     finally:
+        for hook in hooks:
+            hook.remove()
         with torch.no_grad():
             for name, p in named.items():
                 p.copy_(saved[name])
         if state is not None:
             opt.load_state_dict(state)  # casts each state tensor back to its parameter's device
-    return StepRecord(losses, updates, what, loss is not None)
+    return StepRecord(losses, updates, what, loss is not None, changes if watch else None)
