@@ -248,6 +248,14 @@ def main(
             error(f"sweeping {targets[0]} failed: {describe(exc)} (rerun with --verbose for the traceback)", exc, verbose)
             raise click.exceptions.Exit(EXIT_ERROR)
         click.echo(f"Width sweep of {targets[0]} over {swept[0]}:\n{result.table()}")
+        if plot:
+            from initaudit.report.profile import plot_sweep
+
+            try:
+                plot_sweep(result, plot, title=f"{targets[0]}: {swept[0]}")
+            except InitauditError as exc:
+                error(str(exc), exc, verbose)
+                raise click.exceptions.Exit(EXIT_ERROR)
         raise click.exceptions.Exit(EXIT_FINDINGS if result.flagged else EXIT_OK)
 
     try:

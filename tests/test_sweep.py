@@ -127,3 +127,12 @@ def test_the_standard_parametrization_with_adam_is_flagged_and_mup_is_flat(write
     # the user's optimizer was stepped and put back: its state is empty again
     for report in standard.reports + mup.reports:
         assert report.recording.step_losses is not None
+
+
+def test_the_sweep_plot_is_written(write_target, tmp_path):
+    pytest.importorskip("matplotlib")
+    path = write_target(MUP, name="mup_sweep_plot.py")
+    png = tmp_path / "sweep.png"
+    result = CliRunner().invoke(main, [f"{path}:build", "--sweep", "width=64,128", "--plot", str(png), "-q"])
+    assert result.exit_code == 1, result.output  # the standard parametrization's updates grow
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from tabulate import tabulate
 
@@ -74,6 +74,38 @@ def plot(rows: List[ProfileRow], path: str, title: str = "") -> None:
     bottom.axhline(1.0, color="grey", linewidth=0.8)
     bottom.set_ylabel("weight std / recommended")
     bottom.set_xlabel("layer (forward order)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_sweep(result: Any, path: str, title: str = "") -> None:
+    """The coordinate check: per layer, its signal gain at init (and, with an optimizer, its
+    output change over the first steps) against the swept value, log-log, one line per
+    layer; a flagged layer is drawn solid, a flat one dotted."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise InitauditError(
+            "--plot needs matplotlib, which is not installed: pip install 'initaudit[plot]'"
+        ) from None
+    panels = [("signal gain at init", result.trends)] + (
+        [("output change over the first steps", result.updates)] if result.updates else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, (label, trends) in zip(axes[0], panels):
+        for t in trends:
+            values = [v if v is not None and v > 0 else float("nan") for v in t.gains]
+            slope = "" if t.slope is None else f" ({t.slope:+.2f})"
+            ax.loglog(result.values, values, marker=".", linestyle="-" if t.flagged else ":",
+                      label=f"{t.name} {t.kind}{slope}")
+        ax.set_xlabel(result.name)
+        ax.set_ylabel(label)
+        ax.set_title(title or f"initaudit width sweep: {label}")
+        if len(trends) <= 12:
+            ax.legend(loc="best", fontsize="x-small")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
