@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from initaudit.core import knowledge
 
@@ -86,6 +86,15 @@ def layer_gains(recording: Any) -> Dict[str, float]:
     return gains
 
 
+def layer_kinds(recording: Any, output_layer: Optional[str]) -> List[Tuple[str, str]]:
+    """``(name, kind)`` of each layer the forward called, in forward order: the first is the
+    input layer, the dataflow's output layer the output one, the rest hidden."""
+    layers = sorted((m for m in recording.modules if m.kind == knowledge.LAYER and m.first_call is not None),
+                    key=lambda m: m.first_call)
+    return [(m.name, "output" if m.name == output_layer else "input" if i == 0 else "hidden")
+            for i, m in enumerate(layers)]
+
+
 def layer_trends(widths: Sequence[float], recordings: Sequence[Any], output_layers: Sequence[Optional[str]],
                  tolerance: float = SLOPE_TOLERANCE) -> List[LayerTrend]:
     """Per layer (by name, in the first recording's forward order), its signal gain at each
@@ -93,16 +102,12 @@ def layer_trends(widths: Sequence[float], recordings: Sequence[Any], output_laye
     hidden layer is flagged beyond ``tolerance`` either way; the output layer only when it
     grows (logits shrinking with width are muP's output scale)."""
     by_width = [layer_gains(rec) for rec in recordings]
-    first = recordings[0]
-    layers = sorted((m for m in first.modules if m.kind == knowledge.LAYER and m.first_call is not None),
-                    key=lambda m: m.first_call)
     trends = []
-    for i, m in enumerate(layers):
-        kind = "output" if m.name == output_layers[0] else "input" if i == 0 else "hidden"
-        values = [gains.get(m.name) for gains in by_width]
+    for name, kind in layer_kinds(recordings[0], output_layers[0]):
+        values = [gains.get(name) for gains in by_width]
         slope = log_slope(widths, values)
         flagged = slope is not None and (slope > tolerance if kind == "output" else abs(slope) > tolerance)
-        trends.append(LayerTrend(m.name, kind, values, slope, flagged, _advice(kind, slope) if flagged else ""))
+        trends.append(LayerTrend(name, kind, values, slope, flagged, _advice(kind, slope) if flagged else ""))
     return trends
 
 
@@ -114,21 +119,17 @@ def update_trends(widths: Sequence[float], recordings: Sequence[Any], output_lay
     and output learning rates scaled by 1/fan_in); the standard parametrization with one
     learning rate grows it with width (about linearly at the output). Flagged beyond
     ``tolerance`` either way."""
-    first = recordings[0]
-    layers = sorted((m for m in first.modules if m.kind == knowledge.LAYER and m.first_call is not None),
-                    key=lambda m: m.first_call)
     trends = []
-    for i, m in enumerate(layers):
-        kind = "output" if m.name == output_layers[0] else "input" if i == 0 else "hidden"
-        values = [(rec.step_output_changes or {}).get(m.name) for rec in recordings]
+    for name, kind in layer_kinds(recordings[0], output_layers[0]):
+        values = [(rec.step_output_changes or {}).get(name) for rec in recordings]
         slope = log_slope(widths, values)
         flagged = slope is not None and abs(slope) > tolerance
         advice = ""
         if flagged:
-            advice = (f"its update {'grows' if slope > 0 else 'shrinks'} with width: scale this layer's learning "
-                      "rate by 1/fan_in (muP, for Adam: hidden and output layers)" if kind != "input"
-                      else f"its update {'grows' if slope > 0 else 'shrinks'} with width")
-        trends.append(LayerTrend(m.name, kind, values, slope, flagged, advice))
+            way = "grows" if slope > 0 else "shrinks"
+            advice = (f"its update {way} with width: scale this layer's learning rate by 1/fan_in (muP, for Adam: "
+                      "hidden and output layers)" if kind != "input" else f"its update {way} with width")
+        trends.append(LayerTrend(name, kind, values, slope, flagged, advice))
     return trends
 
 

@@ -51,8 +51,8 @@ def profile_table(rows: List[ProfileRow]) -> str:
     )
 
 
-def plot(rows: List[ProfileRow], path: str, title: str = "") -> None:
-    """Signal-propagation plot: output RMS, signal and gradient RMS per layer, log scale."""
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend, or a clear error where it is not installed."""
     try:
         import matplotlib
 
@@ -62,6 +62,12 @@ def plot(rows: List[ProfileRow], path: str, title: str = "") -> None:
         raise InitauditError(
             "--plot needs matplotlib, which is not installed: pip install 'initaudit[plot]'"
         ) from None
+    return plt
+
+
+def plot(rows: List[ProfileRow], path: str, title: str = "") -> None:
+    """Signal-propagation plot: output RMS, signal and gradient RMS per layer, log scale."""
+    plt = _pyplot()
     depth = list(range(len(rows)))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     for attr, label in (("output_rms", "output RMS"), ("signal", "signal (per-feature std)"), ("grad_rms", "weight grad RMS")):
@@ -83,15 +89,7 @@ def plot_sweep(result: Any, path: str, title: str = "") -> None:
     """The coordinate check: per layer, its signal gain at init (and, with an optimizer, its
     output change over the first steps) against the swept value, log-log, one line per
     layer; a flagged layer is drawn solid, a flat one dotted."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise InitauditError(
-            "--plot needs matplotlib, which is not installed: pip install 'initaudit[plot]'"
-        ) from None
+    plt = _pyplot()
     panels = [("signal gain at init", result.trends)] + (
         [("output change over the first steps", result.updates)] if result.updates else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
