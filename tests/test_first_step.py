@@ -111,3 +111,17 @@ def test_without_a_backward_the_steps_are_not_taken_and_the_report_says_so():
     report = audit(model, x, loss=loss, optimizer="SGD(lr=1e30)", no_backward=True)
     assert report.recording.step_losses is None and "IA701" not in codes(report)
     assert any("optimizer" in note for note in report.notes)
+
+
+def test_ia702_an_update_larger_than_the_weight_and_one_rounded_away():
+    model, x, loss = model_and_batch()
+    rewritten = findings(audit(model, x, loss=loss, optimizer="Adam(lr=1.0)"), "IA702")
+    assert len(rewritten) == 1 and "rewrites the init" in rewritten[0].message
+    assert set(rewritten[0].locations) == {"0.weight", "4.weight"}
+    rounded = findings(audit(model, x, loss=loss, optimizer="SGD(lr=1e-12)"), "IA702")
+    assert len(rounded) == 1 and "rounded away" in rounded[0].message
+    assert "IA702" not in codes(audit(model, x, loss=loss, optimizer="Adam(lr=1e-3)"))
+    # bfloat16 weights without a float32 copy: an update float32 would keep is lost
+    bf16 = model.to(torch.bfloat16)
+    report = audit(bf16, x.to(torch.bfloat16), loss=lambda out, _x: loss(out.float(), _x), optimizer="SGD(lr=1e-5)")
+    assert any("rounded away" in f.message and "bfloat16" in f.message for f in findings(report, "IA702"))

@@ -97,3 +97,50 @@ def first_step_loss(ctx: RuleContext) -> Iterator[Violation]:
             f"({trail}), on the very batch they were taken on: the first updates overshoot (a learning "
             "rate too high for this init's gradient scale, or weights the step rewrites)",
         )
+
+
+# the spacing of floating-point numbers near 1 (torch.finfo(dtype).eps): an update smaller than
+# half of it, relative to the weight, is rounded away when added in that dtype
+EPS = {"float64": 2.220446049250313e-16, "float32": 1.1920928955078125e-07, "float16": 0.0009765625,
+       "bfloat16": 0.0078125}
+
+
+@rule(
+    "IA702",
+    "update-size",
+    # info: both cases are facts of the step taken, but how far from CS231n's ~1e-3 a run still
+    # trains is not yet measured on the trainability benchmark (issue 19)
+    "info",
+    "With --optimizer, the first steps move a weight by more than {rewrite-ratio}x its own size, or by less "
+    "than its dtype can represent.",
+    options={"rewrite-ratio": 1.0},
+    needs="backward",
+    fix="none",
+    why_no_fix="the update's size is the optimizer's learning rate as much as the init's scale",
+)
+def update_size(ctx: RuleContext) -> Iterator[Violation]:
+    limit = float(ctx.options["rewrite-ratio"])
+    weights = [t for t in ctx.recording.parameters if t.update_ratio is not None and t.attr == "weight"
+               and len(t.shape) >= 2 and t.zero_fraction != 1.0]
+    what = ctx.recording.step_optimizer or "the optimizer"
+    large = [t for t in weights if t.update_ratio > limit]
+    if large:
+        worst = max(large, key=lambda t: t.update_ratio)
+        yield Violation(
+            worst.name,
+            f"the first step(s) of {what} move {len(large)} weight(s) by more than {limit:g}x their own size "
+            f"(||dW|| / ||W|| up to {worst.update_ratio:.3g} at '{worst.name}'): the update rewrites the init "
+            "(CS231n's rule of thumb is about 1e-3 per step), so the init's scale no longer matters after it, "
+            "and a learning rate this large for these weights usually diverges",
+            locations=[t.name for t in large],
+        )
+    small = [t for t in weights if t.update_ratio < EPS.get(t.dtype, 0.0) / 2]
+    if small:
+        yield Violation(
+            small[0].name,
+            f"the first step(s) of {what} move {len(small)} weight(s) by less than half the spacing of their "
+            f"dtype ({small[0].dtype}: ||dW|| / ||W|| = {small[0].update_ratio:.3g} at '{small[0].name}'): "
+            "added to the weights, the update is rounded away and they do not move (a learning rate far too "
+            "small for their scale, or low-precision weights without a float32 master copy)",
+            locations=[t.name for t in small],
+        )
