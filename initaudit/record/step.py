@@ -69,6 +69,22 @@ def parse_optimizer(spec: str) -> Callable[[Iterable[nn.Parameter]], torch.optim
     return build
 
 
+def _host(values: List[torch.Tensor]) -> List[Any]:
+    """``[v.tolist() for v in values]`` with one transfer per device."""
+    by_device: Dict[torch.device, List[int]] = {}
+    for i, v in enumerate(values):
+        by_device.setdefault(v.device, []).append(i)
+    out: List[Any] = [None] * len(values)
+    for indices in by_device.values():
+        flat = torch.cat([values[i].reshape(-1) for i in indices]).tolist()
+        at = 0
+        for i in indices:
+            n = values[i].numel()
+            out[i] = flat[at] if values[i].dim() == 0 else flat[at:at + n]
+            at += n
+    return out
+
+
 def _on_host(obj: Any) -> Any:
     """A deep copy of an optimizer's ``state_dict`` with its tensors in host memory."""
     if isinstance(obj, torch.Tensor):
@@ -131,14 +147,18 @@ def first_steps(model: nn.Module, example_input: Any, loss: Optional[LossFn], se
                     lambda _m, _a, out, name=name: seen.setdefault(name, []).append(out.detach().clone())
                     if isinstance(out, torch.Tensor) else None))
         losses.append(float(compute_loss(call_model(model, example_input), example_input, loss, seed).detach()))
-        changes = {name: float((outs[-1].double() - outs[0].double()).pow(2).mean().sqrt())
-                   for name, outs in seen.items() if len(outs) >= 2 and outs[0].shape == outs[-1].shape}
+        compared = [name for name, outs in seen.items() if len(outs) >= 2 and outs[0].shape == outs[-1].shape]
+        changes = dict(zip(compared, _host([(seen[n][-1].double() - seen[n][0].double()).pow(2).mean().sqrt()
+                                            for n in compared])))
         with torch.no_grad():
-            updates = {}
+            # the two norms of every parameter, brought to the host together (one transfer per device)
+            norms = []
             for name, p in named.items():
-                start = saved[name].to(p.device)
-                before = float(start.double().norm())
-                change = float((p.detach().double() - start.double()).norm())
+                start = saved[name].to(p.device).double()
+                norms.append(torch.stack([start.norm(), (p.detach().double() - start).norm()]))
+            norms = _host(norms)
+            updates = {}
+            for name, (before, change) in zip(named, norms):
                 updates[name] = change / before if before > 0 else (math.inf if change > 0 else 0.0)
     finally:
         for hook in hooks:
