@@ -67,7 +67,6 @@ class AuditRun:
     classes: Optional[int] = None
     optimizer: Any = None
     steps: int = 1
-    step_outputs: bool = False
     params_only: bool = False
     no_backward: bool = False
     progress: Optional["Progress"] = None
@@ -91,7 +90,6 @@ def audit(
     classes: Optional[int] = None,
     optimizer: Any = None,
     steps: int = 1,
-    step_outputs: bool = False,
     fix: bool = False,
     unsafe_fixes: bool = False,
     dry_run: bool = False,
@@ -130,9 +128,8 @@ def audit(
     ``optimizer`` (an optimizer over the model's parameters, a function of the parameters that
     builds one, or a spec like ``"AdamW(lr=3e-4)"``) takes ``steps`` (1 to 3) steps on the
     example batch with the audit's loss, records the losses and each parameter's relative
-    update, and undoes them: parameters, buffers, optimizer state and RNG as they were (IA701).
-    ``step_outputs=True`` also records each layer's output change over the steps (the width
-    sweep's update statistic).
+    update, and each layer's output change on the batch, and undoes them: parameters, buffers,
+    optimizer state and RNG as they were (IA701, IA702).
 
     ``per_parameter_ignores`` maps a glob on qualified names to codes suppressed there;
     a module class's ``__initaudit_ignore__`` suppresses codes for its parameters. Suppressed
@@ -144,7 +141,6 @@ def audit(
         loss=loss, device=device, select=_tuple(select), ignore=_tuple(ignore), seed=seed, tied=_tuple(tied),
         options=options, per_parameter_ignores=per_parameter_ignores, input_shape=input_shape,
         batch_size=batch_size, target=target, classes=classes, optimizer=optimizer, steps=steps,
-        step_outputs=step_outputs,
         params_only=params_only, no_backward=no_backward, progress=progress,
     )
     if not 1 <= steps <= 3:
@@ -241,8 +237,7 @@ def audit_once(model: nn.Module, example_input: Any, run: AuditRun) -> Tuple[Rep
             notes += materialized
         recording = inspect(model, x, loss=run.loss, seed=run.seed, run_forward=not run.params_only,
                             run_backward=not (run.params_only or run.no_backward), progress=run.progress,
-                            classes=run.classes, optimizer=run.optimizer, steps=run.steps,
-                            step_outputs=run.step_outputs)
+                            classes=run.classes, optimizer=run.optimizer, steps=run.steps)
         notes += recording.notes
     if run.progress is not None:
         run.progress.phase("rules")
@@ -289,7 +284,6 @@ def audit_target(
     classes: Optional[int] = None,
     optimizer: Any = None,
     steps: int = 1,
-    step_outputs: bool = False,
 ) -> Report:
     """Build the model of ``path/to/file.py:factory`` (or ``pkg.mod:factory``) and audit it.
 
@@ -319,7 +313,6 @@ def audit_target(
         classes=classes if classes is not None else built.classes,
         optimizer=optimizer if optimizer is not None else built.optimizer,
         steps=steps,
-        step_outputs=step_outputs,
         fix=fix,
         unsafe_fixes=unsafe_fixes,
         dry_run=dry_run,
@@ -356,7 +349,7 @@ def sweep(
 
     reports = [audit_target(spec, settings, factory_args={**dict(factory_args or {}), name: value},
                             input_shape=input_shape, batch_size=batch_size, progress=progress,
-                            optimizer=optimizer, steps=steps, step_outputs=True)
+                            optimizer=optimizer, steps=steps)
                for value in values]
     recordings = [r.recording for r in reports]
     outputs = [r.analysis.output_layer for r in reports]

@@ -98,6 +98,7 @@ def test_the_command_line_and_the_factory(write_target, tmp_path):
 
     jsonschema.validate(doc, json.loads((ROOT / "initaudit" / "schema.json").read_text()))
     assert doc["first_steps"]["optimizer"] == "SGD(lr=1e30)" and doc["first_steps"]["own_loss"]
+    assert set(doc["first_steps"]["output_changes"]) == {"0", "2"}
     assert any(f["code"] == "IA701" for f in doc["findings"])
     factory = CliRunner().invoke(main, [f"{path}:build", "--factory-arg", "with_optimizer=True"])
     assert factory.exit_code == 1 and "IA701" in factory.stdout
@@ -125,3 +126,13 @@ def test_ia702_an_update_larger_than_the_weight_and_one_rounded_away():
     bf16 = model.to(torch.bfloat16)
     report = audit(bf16, x.to(torch.bfloat16), loss=lambda out, _x: loss(out.float(), _x), optimizer="SGD(lr=1e-5)")
     assert any("rounded away" in f.message and "bfloat16" in f.message for f in findings(report, "IA702"))
+
+
+def test_each_layers_output_change_over_the_steps():
+    model, x, loss = model_and_batch()
+    small = audit(model, x, loss=loss, optimizer="SGD(lr=1e-3)").recording.step_output_changes
+    large = audit(model, x, loss=loss, optimizer="SGD(lr=1e-1)").recording.step_output_changes
+    assert set(small) == {"0", "4"}
+    # one SGD step changes the first layer's output by lr * (its weight's gradient) @ x: linear in lr
+    assert large["0"] / small["0"] == pytest.approx(100, rel=1e-3)
+    assert 0 < small["4"] < large["4"]

@@ -178,7 +178,7 @@ class Recording:
     step_losses: Optional[List[float]] = None
     step_optimizer: Optional[str] = None
     step_own_loss: bool = False  # the steps' loss is the user's, not the audit's random projection
-    # asked for by a width sweep: layer name -> RMS of its output's change over the steps
+    # with an optimizer: layer name -> RMS of its output's change over the steps, on the batch
     step_output_changes: Optional[Dict[str, float]] = None
     expected_initial_loss: Optional[float] = None
     logit_std: Optional[float] = None

@@ -46,7 +46,6 @@ def inspect(
     classes: Optional[int] = None,
     optimizer: Optional[OptimizerSpec] = None,
     steps: int = 1,
-    step_outputs: bool = False,
 ) -> Recording:
     """Record statistics of ``model`` on ``example_input``; the model is left untouched.
 
@@ -126,7 +125,9 @@ def inspect(
         if optimizer is not None and run_forward and run_backward:
             progress.phase("optimizer steps")
             seed_torch(seed)
-            watch = [name for name, m in model.named_modules() if knowledge.is_layer(m)] if step_outputs else None
+            # every layer's output change over the steps: two copies of the layer outputs of one
+            # batch, the size of what a training step keeps for its backward
+            watch = [name for name, m in model.named_modules() if knowledge.is_layer(m)]
             stepped = first_steps(model, x, loss, seed, optimizer, steps, watch=watch)
             for t in tensors:
                 if t.record.name in stepped.updates:

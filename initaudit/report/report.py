@@ -121,9 +121,21 @@ class Report:
                 "optimizer": self.recording.step_optimizer or "",
                 "losses": [finite_or_none(v) for v in self.recording.step_losses],
                 "own_loss": self.recording.step_own_loss,
+                "output_changes": self._output_changes(),
             },
             "summary": self.summary(),
         }
+
+    def _output_changes(self) -> Dict[str, Dict[str, Optional[float]]]:
+        """Per layer, the RMS of its output's change over the optimizer's steps, absolute and
+        relative to its output's RMS at init (the same batch)."""
+        changes = {}
+        for name, change in (self.recording.step_output_changes or {}).items():
+            m = self.recording.module(name)
+            rms = math.sqrt(m.output.std ** 2 + m.output.mean ** 2) if m is not None and m.output is not None else None
+            changes[name] = {"rms": finite_or_none(change),
+                             "relative": finite_or_none(change / rms) if rms else None}
+        return changes
 
     def _module_dict(self, m: ModuleRecord) -> Dict[str, Any]:
         """A module's record, with its consumer as the analysis decided it where the autograd
