@@ -96,6 +96,19 @@ def _on_host(obj: Any) -> Any:
     return copy.deepcopy(obj)
 
 
+def _watch(model: nn.Module, names: List[str], seen: Dict[str, List[torch.Tensor]]) -> List[Any]:
+    """Forward hooks that append a copy of each named module's tensor output to ``seen`` (a
+    copy: an in-place activation after it would change it)."""
+    hooks = []
+    for name in names:
+        def keep(_m: nn.Module, _args: Any, out: Any, name: str = name) -> None:
+            if isinstance(out, torch.Tensor):
+                seen.setdefault(name, []).append(out.detach().clone())
+
+        hooks.append(model.get_submodule(name).register_forward_hook(keep))
+    return hooks
+
+
 def first_steps(model: nn.Module, example_input: Any, loss: Optional[LossFn], seed: int,
                 optimizer: OptimizerSpec, steps: int = 1, watch: Optional[List[str]] = None) -> StepRecord:
     """Take ``steps`` optimizer steps on the example batch (see the module docstring), record
@@ -104,9 +117,11 @@ def first_steps(model: nn.Module, example_input: Any, loss: Optional[LossFn], se
     With ``watch`` (module names), also the RMS of each one's output change over the steps,
     ``sqrt(mean((y_after - y_before)^2))`` on the batch: the coordinate check's update size."""
     named = {}
+    ids = set()
     for name, p in model.named_parameters():
-        if p.requires_grad and id(p) not in {id(q) for q in named.values()}:
+        if p.requires_grad and id(p) not in ids:
             named[name] = p
+            ids.add(id(p))
     # kept in host memory: the device holds no second copy of the model (nor of the optimizer's state)
     saved = {name: p.detach().to("cpu", copy=True) for name, p in named.items()}
     if isinstance(optimizer, str):
@@ -118,15 +133,7 @@ def first_steps(model: nn.Module, example_input: Any, loss: Optional[LossFn], se
     what = what or type(opt).__name__
     losses: List[float] = []
     seen: Dict[str, List[torch.Tensor]] = {}
-    hooks = []
-    for name in watch or []:
-        module = model.get_submodule(name)
-
-        def keep(_m: nn.Module, _args: Any, out: Any, name: str = name) -> None:
-            if isinstance(out, torch.Tensor):
-                seen.setdefault(name, []).append(out.detach().clone())
-
-        hooks.append(module.register_forward_hook(keep))
+    hooks = _watch(model, watch or [], seen)
     try:
         model.train()
         params = list(named.values())
@@ -141,11 +148,7 @@ def first_steps(model: nn.Module, example_input: Any, loss: Optional[LossFn], se
                 p.grad = g if g is not None else None
             opt.step()
         if steps > 1:
-            for name in watch or []:
-                module = model.get_submodule(name)
-                hooks.append(module.register_forward_hook(
-                    lambda _m, _a, out, name=name: seen.setdefault(name, []).append(out.detach().clone())
-                    if isinstance(out, torch.Tensor) else None))
+            hooks += _watch(model, watch or [], seen)
         losses.append(float(compute_loss(call_model(model, example_input), example_input, loss, seed).detach()))
         compared = [name for name, outs in seen.items() if len(outs) >= 2 and outs[0].shape == outs[-1].shape]
         changes = dict(zip(compared, _host([(seen[n][-1].double() - seen[n][0].double()).pow(2).mean().sqrt()
