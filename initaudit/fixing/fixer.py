@@ -332,11 +332,13 @@ def repair(
                 lines.append(f"# {f.code} {f.rule}: {f.location}"
                              + (" (the model's own initializer, its _init_weights)" if own is not None else "")
                              + f"\n{code}")
-                changes += [Change(n, f.code, before[n], _std(model, n),
+                after = {n: _std(model, n) for n in names}
+                changed = [n for n in names if after[n] != before[n]]
+                changes += [Change(n, f.code, before[n], after[n],
                                    f.rule + (" (the model's _init_weights)" if own is not None else ""))
-                            for n in names if _std(model, n) != before[n]]
-                for n in names:
-                    if n in names_of and before[n] != _std(model, n):
+                            for n in changed]
+                for n in changed:
+                    if n in names_of:
                         changed_by.setdefault(names_of[n][0], f"{f.code} {f.location}")
                         others = [o for o in names_of[n] if o not in names]
                         if others:
@@ -501,14 +503,6 @@ def own_init_code(model: nn.Module, finding: Finding, names: List[str]) -> Optio
             for n in names:
                 params[n].copy_(now[n])
     return code
-
-
-def _module_accessor(name: str) -> str:
-    """Python expression for the module ``name`` of ``model``."""
-    parts = name.split(".")
-    if name and not all(p.isidentifier() or p.isdigit() for p in parts):
-        return f'model.get_submodule("{name}")'
-    return accessor(name)
 
 
 def _cuda_indices(model: nn.Module) -> List[int]:

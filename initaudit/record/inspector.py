@@ -117,12 +117,10 @@ def inspect(
         resolve(deferred, partials, tensors, param_names, buffer_names, grads)
         if backward:
             look_past_first_step(model, x, loss, seed, tensors, param_names)
-        stepped = None
+        stepped, skipped_steps = None, []
         if optimizer is not None and not (run_forward and run_backward):
             skipped_steps = ["an optimizer was given, but its steps need a forward and a backward: not taken"]
-        else:
-            skipped_steps = []
-        if optimizer is not None and run_forward and run_backward:
+        elif optimizer is not None:
             progress.phase("optimizer steps")
             seed_torch(seed)
             # every layer's output change over the steps: two copies of the layer outputs of one
