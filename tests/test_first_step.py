@@ -49,14 +49,21 @@ def test_the_steps_are_undone_model_optimizer_grads_and_rng():
     assert torch.equal(torch.get_rng_state(), rng) and not model.training
 
 
-def test_a_step_that_blows_the_loss_up_is_an_error_and_one_that_raises_it_info():
+def test_a_step_that_blows_the_loss_up_is_an_error_one_that_multiplies_it_a_warning_a_rise_info():
     model, x, loss = model_and_batch()
     blown = audit(model, x, loss=loss, optimizer="SGD(lr=1e30)")
     (f,) = findings(blown, "IA701")
     assert f.severity == "error" and "non-finite" in f.message
-    raised = audit(model, x, loss=loss, optimizer="SGD(lr=100.0)")
+    raised = audit(model, x, loss=loss, optimizer="SGD(lr=10.0)")  # 2.4 -> 4.5: overshoot, less than 10x
     (f,) = findings(raised, "IA701")
     assert f.severity == "info" and "raise the loss" in f.message
+    multiplied = audit(model, x, loss=loss, optimizer="SGD(lr=100.0)")  # 2.4 -> 58: more than 10x
+    (f,) = findings(multiplied, "IA701")
+    assert f.severity == "warning" and "did not train" in f.message
+    assert multiplied.recording.step_losses[-1] > 10 * multiplied.recording.step_losses[0]
+    # the threshold is an option: the same step under loss-growth 100 is info again
+    relaxed = audit(model, x, loss=loss, optimizer="SGD(lr=100.0)", options={"loss-growth": 100.0})
+    assert [f.severity for f in findings(relaxed, "IA701")] == ["info"]
 
 
 def test_a_sane_step_and_the_projection_loss_are_not_reported():
@@ -122,6 +129,15 @@ def test_ia702_an_update_larger_than_the_weight_and_one_rounded_away():
     rounded = findings(audit(model, x, loss=loss, optimizer="SGD(lr=1e-12)"), "IA702")
     assert len(rounded) == 1 and "rounded away" in rounded[0].message
     assert "IA702" not in codes(audit(model, x, loss=loss, optimizer="Adam(lr=1e-3)"))
+    # a weight whose gradient is exactly zero (everything after it is zero) is not moved at any
+    # precision: IA302's finding, not a rounding
+    torch.manual_seed(0)
+    cut = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    nn.init.zeros_(cut[2].weight)
+    nn.init.zeros_(cut[2].bias)
+    report = audit(cut, x, loss=loss, optimizer="SGD(lr=1e-12)")
+    assert next(t for t in report.recording.parameters if t.name == "0.weight").grad.norm == 0
+    assert not any("0.weight" in f.locations for f in findings(report, "IA702"))
     # bfloat16 weights without a float32 copy: an update float32 would keep is lost
     bf16 = model.to(torch.bfloat16)
     report = audit(bf16, x.to(torch.bfloat16), loss=lambda out, _x: loss(out.float(), _x), optimizer="SGD(lr=1e-5)")
