@@ -65,6 +65,7 @@ class AuditRun:
     batch_size: int = inputs.DEFAULT_BATCH
     target: Optional[str] = None
     classes: Optional[int] = None
+    labels: Any = None
     optimizer: Any = None
     steps: int = 1
     params_only: bool = False
@@ -88,6 +89,7 @@ def audit(
     batch_size: int = inputs.DEFAULT_BATCH,
     target: Optional[str] = None,
     classes: Optional[int] = None,
+    labels: Any = None,
     optimizer: Any = None,
     steps: int = 1,
     fix: bool = False,
@@ -124,6 +126,9 @@ def audit(
 
     ``classes`` declares that the output is logits over that many classes (a Hugging Face
     output's ``logits`` is read without it): the loss at init is then compared with ln C (IA207).
+    ``labels`` (the batch's class labels, an integer tensor; a dict input's ``"labels"`` is read
+    without it) adds their loss at init: well below what the same logits score on shuffled
+    labels is a leak, and imbalanced classes get the output-bias advice (IA207).
 
     ``optimizer`` (an optimizer over the model's parameters, a function of the parameters that
     builds one, or a spec like ``"AdamW(lr=3e-4)"``) takes ``steps`` (1 to 3) steps on the
@@ -140,7 +145,7 @@ def audit(
     run = AuditRun(
         loss=loss, device=device, select=_tuple(select), ignore=_tuple(ignore), seed=seed, tied=_tuple(tied),
         options=options, per_parameter_ignores=per_parameter_ignores, input_shape=input_shape,
-        batch_size=batch_size, target=target, classes=classes, optimizer=optimizer, steps=steps,
+        batch_size=batch_size, target=target, classes=classes, labels=labels, optimizer=optimizer, steps=steps,
         params_only=params_only, no_backward=no_backward, progress=progress,
     )
     if not 1 <= steps <= 3:
@@ -237,7 +242,7 @@ def audit_once(model: nn.Module, example_input: Any, run: AuditRun) -> Tuple[Rep
             notes += materialized
         recording = inspect(model, x, loss=run.loss, seed=run.seed, run_forward=not run.params_only,
                             run_backward=not (run.params_only or run.no_backward), progress=run.progress,
-                            classes=run.classes, optimizer=run.optimizer, steps=run.steps)
+                            classes=run.classes, labels=run.labels, optimizer=run.optimizer, steps=run.steps)
         notes += recording.notes
     if run.progress is not None:
         run.progress.phase("rules")
@@ -311,6 +316,7 @@ def audit_target(
         batch_size=batch_size,
         target=spec,
         classes=classes if classes is not None else built.classes,
+        labels=built.labels,
         optimizer=optimizer if optimizer is not None else built.optimizer,
         steps=steps,
         fix=fix,

@@ -117,3 +117,120 @@ def test_the_json_report_holds_the_loss_at_init():
     assert doc["initial_loss"]["classes"] == 10
     assert doc["initial_loss"]["expected"] > doc["initial_loss"]["ln_classes"] + 5
     assert json.loads(json.dumps(audit(classifier(), torch.randn(8, 16)).to_dict()))["initial_loss"] is None
+
+
+# --- with the batch's labels: a leak, and the class prior ---------------------------------
+
+class TiedLM(nn.Module):
+    """A language model whose output embedding is its input embedding, with a residual block:
+    at init its stream still carries the input token, so the logit of that token is large."""
+
+    def __init__(self, vocab=50, width=32):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, width))
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, ids):
+        h = self.embed(ids)
+        return self.norm(h + self.mlp(h)) @ self.embed.weight.t()
+
+
+def lm_loss(labels):
+    return lambda out, _x: F.cross_entropy(out.reshape(-1, out.shape[-1]), labels.reshape(-1), ignore_index=-100)
+
+
+def test_labelled_loss_is_the_cross_entropy_and_its_shuffled_expectation():
+    from initaudit.record.logits import labelled_loss
+
+    torch.manual_seed(0)
+    z, y = torch.randn(40, 5) * 2, torch.randint(0, 5, (40,))
+    y[3] = -100  # ignored, as by F.cross_entropy
+    loss, shuffled, noise, entropy, rows = labelled_loss(z, y).tolist()
+    keep = y != -100
+    assert rows == 39 and loss == pytest.approx(F.cross_entropy(z, y, ignore_index=-100).item(), rel=1e-6)
+    # every row scored against every label of the batch: the mean over all permutations
+    brute = torch.stack([F.cross_entropy(z[keep], label.repeat(39)) for label in y[keep]]).mean()
+    assert shuffled == pytest.approx(brute.item(), rel=1e-6)
+    p = torch.bincount(y[keep], minlength=5).double() / 39
+    assert entropy == pytest.approx(-(p[p > 0] * p[p > 0].log()).sum().item(), rel=1e-9) and 0 < noise < 1
+
+
+def test_labels_the_model_already_knows_at_init_are_a_leak():
+    torch.manual_seed(0)
+    model, ids = TiedLM(), torch.randint(0, 50, (8, 16))
+    # the classic bug: the labels are the input tokens, not the next ones
+    leaked = audit(model, ids, loss=lm_loss(ids), classes=50, labels=ids)
+    (leak,) = [f for f in findings(leaked, "IA207") if "shuffled" in f.message]
+    assert leak.severity == "warning" and leaked.recording.labelled_loss.loss < 0.01
+    # the next token, which the input does not hold: no leak, though the logits are as large
+    following = torch.cat([ids[:, 1:], torch.full((8, 1), -100)], dim=1)
+    fine = audit(model, ids, loss=lm_loss(following), classes=50, labels=following)
+    assert fine.recording.labelled_loss.rows == 8 * 15
+    assert not [f for f in findings(fine, "IA207") if "shuffled" in f.message]
+
+
+def test_a_hugging_face_language_model_given_its_own_labels_is_not_a_leak():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=2,
+                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # one loss in both modes
+    model = transformers.GPT2LMHeadModel(config)  # its output embedding is tied to its input
+    ids = torch.randint(0, 64, (4, 16))
+    # labels = input_ids is the convention: the model shifts them; read aligned they would leak
+    report = audit(model, {"input_ids": ids, "labels": ids})
+    labelled = report.recording.labelled_loss
+    assert labelled is not None and labelled.rows == 4 * 15  # scored shifted, as the model does
+    assert labelled.loss == pytest.approx(model(input_ids=ids, labels=ids).loss.item(), rel=1e-4)
+    assert not [f for f in findings(report, "IA207") if "shuffled" in f.message]
+
+
+def test_imbalanced_labels_get_the_output_bias_advice_and_balanced_ones_do_not():
+    model, x = classifier(classes=2), torch.randn(64, 16)
+    rare = (torch.arange(64) % 10 == 0).long()  # one in ten
+    report = audit(model, x, loss=lambda out, _x: F.cross_entropy(out, rare), classes=2, labels=rare)
+    (prior,) = [f for f in findings(report, "IA207") if "imbalanced" in f.message]
+    assert prior.severity == "info" and prior.locations == ["2.bias"]
+    assert report.recording.labelled_loss.prior_entropy < 0.4 < math.log(2)
+    # with the bias at log p the loss is already the prior's entropy: nothing to advise
+    freq = torch.bincount(rare, minlength=2).float() / 64
+    with torch.no_grad():
+        model[2].weight.zero_()
+        model[2].bias.copy_(freq.log())
+    at_prior = audit(model, x, loss=lambda out, _x: F.cross_entropy(out, rare), classes=2, labels=rare)
+    assert not [f for f in findings(at_prior, "IA207") if "imbalanced" in f.message]
+    balanced = torch.arange(64) % 2
+    even = audit(classifier(classes=2), x, loss=lambda out, _x: F.cross_entropy(out, balanced), classes=2,
+                 labels=balanced)
+    assert even.recording.labelled_loss is not None and "IA207" not in codes(even)
+
+
+def test_labels_from_the_factory_and_in_the_json_report(write_target):
+    import json
+
+    import jsonschema
+
+    from conftest import ROOT
+
+    path = write_target(
+        "import torch\n"
+        "from torch import nn\n"
+        "def build(labels='good'):\n"
+        "    torch.manual_seed(0)\n"
+        "    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))\n"
+        "    y = torch.randint(0, 4, (64,))\n"
+        "    x = torch.randn(64, 16)\n"
+        "    x[:, :4] = 30 * nn.functional.one_hot(y, 4)  # the label, written into the input\n"
+        "    with torch.no_grad():\n"
+        "        model[0].weight[:4, :4] = torch.eye(4)\n"
+        "        model[2].weight[:, :4] = torch.eye(4)\n"
+        "    return {'model': model, 'input': x, 'classes': 4, 'labels': y if labels == 'good' else y.float()}\n"
+    )
+    result = CliRunner().invoke(main, [f"{path}:build", "--select", "IA207", "--format", "json"])
+    doc = json.loads(result.stdout)
+    jsonschema.validate(doc, json.loads((ROOT / "initaudit" / "schema.json").read_text()))
+    labelled = doc["initial_loss"]["labelled"]
+    assert labelled["rows"] == 64 and labelled["loss"] < labelled["shuffled"] - 1
+    assert result.exit_code == 1 and any("shuffled" in f["message"] for f in doc["findings"])
+    bad = CliRunner().invoke(main, [f"{path}:build", "--factory-arg", "labels='float'"])
+    assert bad.exit_code == 2 and "labels" in bad.stderr and "Traceback" not in bad.output

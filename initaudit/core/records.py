@@ -161,6 +161,17 @@ class ModuleRecord:
 
 
 @dataclass
+class LabelledLoss:
+    """A classifier's loss at init on the batch's own class labels (record.logits)."""
+
+    loss: float  # the mean cross-entropy of the labels
+    shuffled: float  # its expectation with the labels permuted across the rows
+    noise: float  # the std of that expectation's estimate: how far ``loss`` strays by chance
+    prior_entropy: float  # H(p) of the labels' class frequencies: the loss with the bias at log p
+    rows: int  # the rows scored (labels in [0, C))
+
+
+@dataclass
 class Recording:
     """Everything one inspection measured; the only thing rules see of the model."""
 
@@ -182,6 +193,8 @@ class Recording:
     step_output_changes: Optional[Dict[str, float]] = None
     expected_initial_loss: Optional[float] = None
     logit_std: Optional[float] = None
+    # with the batch's class labels (record.logits.labelled_loss): their cross-entropy at init
+    labelled_loss: Optional[LabelledLoss] = None
     # tr(J^T J) / min(inputs, outputs) of the input-output Jacobian, from the backward's probe
     jacobian_gain: Optional[float] = None
     jacobian_note: Optional[str] = None  # why it is None

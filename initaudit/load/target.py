@@ -31,6 +31,7 @@ class Target:
     example_input: Any = None
     loss: Optional[Callable[[Any, Any], torch.Tensor]] = None
     classes: Optional[int] = None  # the output is logits over this many classes
+    labels: Optional[torch.Tensor] = None  # the example batch's class labels (an integer tensor)
     optimizer: Any = None  # an optimizer over the model's parameters, or a function that builds one
     source: Optional[str] = None  # file defining the factory
     line: Optional[int] = None  # the factory's first line there
@@ -173,11 +174,11 @@ def normalize(built: Any, spec: str, factory_name: str = "factory") -> Target:
     if isinstance(built, tuple) and len(built) == 2 and isinstance(built[0], nn.Module):
         return Target(spec, built[0], example_input=built[1])
     if isinstance(built, dict):
-        unknown = sorted(set(built) - {"model", "input", "loss", "classes", "optimizer"})
+        unknown = sorted(set(built) - {"model", "input", "loss", "classes", "labels", "optimizer"})
         if unknown:
             raise LoadError(
                 f"{factory_name}() returned a dict with unknown key(s) {unknown}; "
-                "expected 'model', 'input' and optionally 'loss', 'classes' and 'optimizer'"
+                "expected 'model', 'input' and optionally 'loss', 'classes', 'labels' and 'optimizer'"
             )
         model = built.get("model")
         if not isinstance(model, nn.Module):
@@ -191,11 +192,17 @@ def normalize(built: Any, spec: str, factory_name: str = "factory") -> Target:
         classes = built.get("classes")
         if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 2):
             raise LoadError(f"{factory_name}() returned a dict whose 'classes' is {classes!r}, expected an int >= 2")
+        labels = built.get("labels")
+        if labels is not None and not (isinstance(labels, torch.Tensor) and not labels.is_floating_point()
+                                       and not labels.is_complex() and labels.dtype != torch.bool):
+            raise LoadError(f"{factory_name}() returned a dict whose 'labels' is "
+                            f"{getattr(labels, 'dtype', type(labels).__name__)}, expected an integer tensor of class labels")
         optimizer = built.get("optimizer")
         if optimizer is not None and not (isinstance(optimizer, torch.optim.Optimizer) or callable(optimizer)):
             raise LoadError(f"{factory_name}() returned a dict whose 'optimizer' is {type(optimizer).__name__}, "
                             "expected a torch.optim.Optimizer or a function of the parameters")
-        return Target(spec, model, example_input=built.get("input"), loss=loss, classes=classes, optimizer=optimizer)
+        return Target(spec, model, example_input=built.get("input"), loss=loss, classes=classes, labels=labels,
+                      optimizer=optimizer)
     raise LoadError(f"{factory_name}() returned {type(built).__name__}, expected {RETURN_FORMS}")
 
 

@@ -19,13 +19,13 @@ from torch import nn
 
 from initaudit.core import knowledge
 from initaudit.core.progress import SILENT, Progress
-from initaudit.core.records import Recording, TensorRecord
+from initaudit.core.records import LabelledLoss, Recording, TensorRecord
 from initaudit.record import dataflow, distributed, factored, flow, lookahead, transfer
 from initaudit.record.backward import first_step_gradients, gradient_status
 from initaudit.record.hooks import CallRecorder, forward_with_hooks
 from initaudit.record.ignores import declared_ignores
 from initaudit.record.modules import declared_init_std, declared_ties, module_records, output_record
-from initaudit.record.logits import find_logits, initial_loss
+from initaudit.record.logits import find_labels, find_logits, initial_loss, labelled_loss
 from initaudit.record.step import OptimizerSpec, first_steps
 from initaudit.record.probe import LossFn, compute_loss, jacobian_gain, probe_input, random_projection_loss
 from initaudit.record.resolve import resolve
@@ -44,6 +44,7 @@ def inspect(
     run_backward: bool = True,
     progress: Optional[Progress] = None,
     classes: Optional[int] = None,
+    labels: Any = None,
     optimizer: Optional[OptimizerSpec] = None,
     steps: int = 1,
 ) -> Recording:
@@ -90,6 +91,12 @@ def inspect(
                 if logits is not None:
                     classes = logits.shape[-1]
                     deferred.put(scalars, "initial_loss", initial_loss(logits))
+                    labelled = find_labels(example_input, labels)
+                    own = output.get("loss") if isinstance(output, dict) else getattr(output, "loss", None)
+                    stats = None if labelled is None else labelled_loss(
+                        logits, labelled, own if isinstance(own, torch.Tensor) and own.numel() == 1 else None)
+                    if stats is not None:
+                        deferred.put(scalars, "labelled_loss", stats)
                 if run_backward:
                     progress.phase("backward")
                     loss_value = compute_loss(output, x, loss, seed)
@@ -150,6 +157,7 @@ def inspect(
         classes=classes if scalars.initial_loss is not None else None,
         expected_initial_loss=scalars.initial_loss[0] if scalars.initial_loss is not None else None,
         logit_std=scalars.initial_loss[1] if scalars.initial_loss is not None else None,
+        labelled_loss=_labelled(scalars.labelled_loss),
         step_losses=stepped.losses if stepped is not None else None,
         step_optimizer=stepped.optimizer if stepped is not None else None,
         step_own_loss=stepped.own_loss if stepped is not None else False,
@@ -233,6 +241,15 @@ def note_uses(tensors: List[Tracked], loss_value: Optional[torch.Tensor], param_
         if use.gradient_weights is not None:
             record.gradient_weights = [param_names[k][1][0] for k in use.gradient_weights if k in param_names]
     return facts
+
+
+def _labelled(values: Optional[List[float]]) -> Optional[LabelledLoss]:
+    """:func:`~initaudit.record.logits.labelled_loss`'s numbers, or ``None`` without a
+    scored row."""
+    if values is None or not values[4] >= 1:
+        return None
+    loss, shuffled, noise, entropy, rows = values
+    return LabelledLoss(loss, shuffled, noise, entropy, int(rows))
 
 
 def _unwrapped_hf(model: nn.Module) -> nn.Module:

@@ -13,7 +13,7 @@ above ``ln C``: over-confident at random (Karpathy 2019, "verify loss @ init").
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, List, Optional, Tuple
 
 import torch
 
@@ -45,3 +45,84 @@ def initial_loss(logits: torch.Tensor) -> torch.Tensor:
     expected = (torch.logsumexp(z, dim=1) - z.mean(dim=1)).double().mean()
     spread = z.std(dim=1, correction=0).double().mean()
     return torch.stack([expected, spread])
+
+
+# a label outside [0, C) is not scored: -100 is PyTorch's and Hugging Face's ignore_index
+def find_labels(example_input: Any, labels: Any = None) -> Optional[torch.Tensor]:
+    """The class labels of the example batch: ``labels`` when given, else the ``labels`` of
+    a dict input (Hugging Face's convention: the model computes its own loss from them).
+    ``None`` unless an integer tensor."""
+    if labels is None and isinstance(example_input, dict):
+        labels = example_input.get("labels")
+    if isinstance(labels, torch.Tensor) and not labels.is_floating_point() and not labels.is_complex() \
+            and labels.dtype != torch.bool and labels.numel():
+        return labels
+    return None
+
+
+def _label_rows(logits: torch.Tensor, labels: torch.Tensor) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """The ways ``labels`` can pair with the rows of ``logits``, flattened: aligned (labels
+    the shape of the logits' rows), and, for a sequence, shifted by one position as a causal
+    language model scores them (the logits at position t predict the label at t + 1)."""
+    classes = logits.shape[-1]
+    z = logits.detach()
+    y = labels.to(z.device)
+    if y.shape != z.shape[:-1]:
+        if y.numel() * classes != z.numel():
+            return []
+        y = y.reshape(z.shape[:-1])
+    candidates = [(z.reshape(-1, classes), y.reshape(-1))]
+    if z.dim() >= 3 and z.shape[-2] > 1:
+        candidates.append((z[..., :-1, :].reshape(-1, classes), y[..., 1:].reshape(-1)))
+    return candidates
+
+
+def labelled_loss(logits: torch.Tensor, labels: torch.Tensor, own_loss: Optional[torch.Tensor] = None
+                  ) -> Optional[torch.Tensor]:
+    """``[CE, CE shuffled, its noise, H(prior), rows]`` of ``logits`` against ``labels``, on
+    the logits' device, in float64 (``None`` when the labels do not fit the logits' rows; NaN
+    but for ``rows`` when no label is in [0, C)):
+
+    - ``CE``: the mean cross-entropy of the batch's own labels;
+    - ``CE shuffled``: its expectation with the labels permuted across the rows, which keeps
+      the batch's class frequencies ``p`` and breaks the link between a row and its label,
+
+          E_perm[CE] = mean_i logsumexp(z_i) - mean_i sum_c p_c z_ic ;
+
+    - its noise: the root-mean-square over rows of the std of ``z_iy`` for ``y ~ p``, over
+      ``sqrt(rows)``: how far ``CE`` strays from ``CE shuffled`` by chance when nothing links
+      rows and labels;
+    - ``H(prior)``: the entropy of ``p``, the loss at init of a model whose logits are
+      ``log p`` for every row (its output bias set to the class prior), against ln C for
+      uniform logits.
+
+    Labels pair with the rows aligned or, for a sequence, shifted by one; when the model
+    returned its own loss (``own_loss``), the pairing whose CE is nearer to it is the model's
+    (chosen on the device, no synchronization), else the aligned one.
+    """
+    stats = [_stats(z, y) for z, y in _label_rows(logits, labels)]
+    if not stats:
+        return None
+    if own_loss is None or len(stats) == 1:
+        return stats[0]
+    stacked = torch.stack(stats)
+    gap = (stacked[:, 0] - own_loss.detach().to(stacked.device, torch.float64)).abs()
+    return stacked[gap.argmin()]
+
+
+def _stats(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """:func:`labelled_loss`'s five numbers for rows ``z`` and labels ``y``, with masks rather
+    than indexing so that nothing waits for the device (a label outside [0, C) weighs 0)."""
+    classes = z.shape[-1]
+    z = z.double()
+    weight = ((y >= 0) & (y < classes)).double()
+    y = y.clamp(0, classes - 1).long()
+    rows = weight.sum()
+    lse = torch.logsumexp(z, dim=1)
+    actual = ((lse - z.gather(1, y[:, None])[:, 0]) * weight).sum() / rows
+    prior = torch.zeros(classes, dtype=z.dtype, device=z.device).index_add_(0, y, weight) / rows
+    mixed = z @ prior  # sum_c p_c z_ic, per row
+    shuffled = ((lse - mixed) * weight).sum() / rows
+    spread = (((z - mixed[:, None]).pow(2) @ prior) * weight).sum() / rows  # mean_i Var_{y~p}(z_iy)
+    entropy = -torch.where(prior > 0, prior * prior.log(), torch.zeros_like(prior)).sum()
+    return torch.stack([actual, shuffled, (spread / rows).sqrt(), entropy, rows])

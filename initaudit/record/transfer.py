@@ -69,6 +69,7 @@ class RunValues:
     loss: Optional[float] = None
     jacobian_gain: Optional[float] = None
     initial_loss: Optional[List[float]] = None  # [E_y[CE] for a uniform label, logit std]
+    labelled_loss: Optional[List[float]] = None  # [CE, CE shuffled, its noise, H(prior), rows]
 
 
 class Deferred:

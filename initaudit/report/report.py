@@ -116,6 +116,7 @@ class Report:
                 "expected": finite_or_none(self.recording.expected_initial_loss),
                 "ln_classes": math.log(self.recording.classes),
                 "logit_std": finite_or_none(self.recording.logit_std),
+                "labelled": self._labelled(),
             },
             "first_steps": None if self.recording.step_losses is None else {
                 "optimizer": self.recording.step_optimizer or "",
@@ -125,6 +126,14 @@ class Report:
             },
             "summary": self.summary(),
         }
+
+    def _labelled(self) -> Optional[Dict[str, Any]]:
+        labelled = self.recording.labelled_loss
+        if labelled is None:
+            return None
+        return {"loss": finite_or_none(labelled.loss), "shuffled": finite_or_none(labelled.shuffled),
+                "noise": finite_or_none(labelled.noise), "prior_entropy": finite_or_none(labelled.prior_entropy),
+                "rows": labelled.rows}
 
     def _output_changes(self) -> Dict[str, Dict[str, Optional[float]]]:
         """Per layer, the RMS of its output's change over the optimizer's steps, absolute and

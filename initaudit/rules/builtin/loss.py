@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Any, Iterator
 
 from initaudit.analysis.graph import accessor
 from initaudit.rules.builtin.signal import head_weight
@@ -15,11 +15,14 @@ from initaudit.rules.registry import RuleContext, Violation, rule
     "initial-loss",
     # info, not warning: on the trainability benchmark's calibrate split, transformers and
     # Hugging Face models 10-46 nats above ln C at init trained (Adam shrinks an over-large head
-    # in its first steps); the three above loss-severe failed (benchmarks/README.md)
+    # in its first steps); the three above loss-severe failed (benchmarks/README.md). A leak is a
+    # fact of the batch's labels, measured against chance: a warning
     "info",
     "A classifier's expected loss at init exceeds ln C by more than {loss-excess} (nats): its logits are "
-    "over-confident at random.",
-    options={"loss-excess": 1.0, "loss-severe": 1000.0},
+    "over-confident at random; or, with the batch's labels, the loss already knows them (a leak), or "
+    "imbalanced classes leave the output bias at zero.",
+    options={"loss-excess": 1.0, "loss-severe": 1000.0, "leak-margin": 0.5, "leak-sigmas": 5.0,
+             "prior-gain": 0.1},
     needs="forward",
     fix="safe",
 )
@@ -28,19 +31,62 @@ def initial_loss(ctx: RuleContext) -> Iterator[Violation]:
     classes, expected, spread = rec.classes, rec.expected_initial_loss, rec.logit_std
     if classes is None or expected is None or spread is None:
         return
+    head = head_weight(ctx)
+    where = head.module if head is not None else "(model)"
     floor = math.log(classes)
     excess = expected - floor
-    if math.isfinite(excess) and excess <= float(ctx.options["loss-excess"]):
+    if not (math.isfinite(excess) and excess <= float(ctx.options["loss-excess"])):
+        yield over_confident(ctx, classes, expected, spread, head)
+    labelled = rec.labelled_loss
+    if labelled is None or not (math.isfinite(labelled.loss) and math.isfinite(labelled.shuffled)):
         return
+    gap = labelled.shuffled - labelled.loss
+    if gap > max(float(ctx.options["leak-margin"]), float(ctx.options["leak-sigmas"]) * labelled.noise):
+        yield Violation(
+            where,
+            f"the batch's own labels score {labelled.loss:.4g} nats at init, while the same logits on the "
+            f"labels shuffled across the {labelled.rows} rows would score {labelled.shuffled:.4g} "
+            f"(+- {labelled.noise:.2g} by chance): before any training the model already tells which label "
+            "goes with which example, so the labels (or something computed from them) reach it through the "
+            "input, a leak the model will learn instead of the task (Karpathy 2019, \"verify loss @ init\"); "
+            "for a language model, check that the labels are shifted by one position (a model's own loss "
+            "shifts them; a hand-written loss must, and the model must not see the token it predicts)",
+            severity="warning",
+            locations=[head.name] if head is not None else [],
+        )
+    # the plug-in entropy of ``rows`` labels is biased low by about (C - 1) / (2 rows) (Miller 1955):
+    # a balanced batch looks that much imbalanced by chance
+    gain = floor - labelled.prior_entropy - (classes - 1) / (2 * labelled.rows)
+    threshold = float(ctx.options["prior-gain"])
+    if gain > threshold and labelled.loss - labelled.prior_entropy > threshold:
+        bias = next((t for t in rec.parameters if head is not None and t.module == head.module
+                     and t.attr == "bias"), None)
+        yield Violation(
+            where,
+            f"the classes of this batch's labels are imbalanced: their entropy is {labelled.prior_entropy:.3g} "
+            f"nats, against ln {classes} = {floor:.3g} for balanced ones, and the loss at init is "
+            f"{labelled.loss:.4g}: an output bias set to the log of the class frequencies, log p, would start "
+            f"it at about {labelled.prior_entropy:.3g} instead, so that the first steps are not spent "
+            "learning the prior (Karpathy 2019, \"init well\")"
+            + ("" if bias is not None else f"; '{head.module}' has no bias to set" if head is not None else "")
+            + f" (frequencies from the {labelled.rows} labelled rows of this one batch: take them from the "
+            "whole training set)",
+            locations=[bias.name] if bias is not None else [],
+        )
+
+
+def over_confident(ctx: RuleContext, classes: int, expected: float, spread: float, head: Any) -> Violation:
+    """IA207's finding for logits that start far above ln C."""
+    floor = math.log(classes)
+    excess = expected - floor
     severe = not math.isfinite(excess) or excess > float(ctx.options["loss-severe"])
-    head = head_weight(ctx)
     where = head.module if head is not None else "(model)"
     fix = None
     if head is not None and math.isfinite(spread) and spread > 0:
         # logits are linear in the head's weight: dividing it by the logits' std brings that to
         # about 1, and the expected loss to about ln C + 1/2
         fix = f"{accessor(head.name)}.mul_({1 / spread:.4g})"
-    yield Violation(
+    return Violation(
         where,
         f"the expected cross-entropy at init, for a label drawn at random, is {expected:.4g} nats, "
         f"{excess:.3g} above ln {classes} = {floor:.3g}, the loss of a classifier that has learnt nothing "
@@ -53,7 +99,6 @@ def initial_loss(ctx: RuleContext) -> Iterator[Violation]:
         severity="warning" if severe else None,
         locations=[head.name] if head is not None else [],
     )
-
 
 
 @rule(
