@@ -136,3 +136,33 @@ def test_the_sweep_plot_is_written(write_target, tmp_path):
     result = CliRunner().invoke(main, [f"{path}:build", "--sweep", "width=64,128", "--plot", str(png), "-q"])
     assert result.exit_code == 1, result.output  # the standard parametrization's updates grow
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+SHARED_ACTIVATION = (
+    "import torch\n"
+    "from torch import nn\n"
+    "class Net(nn.Module):\n"
+    "    def __init__(self, width):\n"
+    "        super().__init__()\n"
+    "        self.layers = nn.ModuleList([nn.Linear(32, width)] + [nn.Linear(width, width) for _ in range(4)])\n"
+    "        self.head = nn.Linear(width, 10)\n"
+    "        self.act = nn.Tanh()  # one module, called after every layer\n"
+    "        with torch.no_grad():\n"
+    "            nn.init.constant_(self.layers[2].weight, 0.05)  # whatever the fan-in: grows with width\n"
+    "    def forward(self, x):\n"
+    "        for layer in self.layers:\n"
+    "            x = self.act(layer(x))\n"
+    "        return self.head(x)\n"
+    "def build(width=64):\n"
+    "    torch.manual_seed(0)\n"
+    "    return Net(width), torch.randn(64, 32)\n"
+)
+
+
+def test_a_layer_reading_a_shared_activation_is_judged_on_the_call_it_reads(write_target):
+    # the activation module's first call is the first layer's: a later layer read against it
+    # would carry the constant layer's growth into its own slope
+    path = write_target(SHARED_ACTIVATION, name="shared_act_sweep.py")
+    result = sweep(f"{path}:build", "width", WIDTHS)
+    flagged = {t.name for t in result.flagged}
+    assert flagged == {"layers.2"}, result.table()

@@ -67,21 +67,25 @@ def layer_gains(recording: Any) -> Dict[str, float]:
     over that of what its weight's product reads (the dataflow's ``input_from``; the model's
     input, the same at every width, for the first layer, whose own signal is used). A layer's
     own gain, not its absolute signal, so that a mis-scaled layer is named alone, and the
-    compounding of the layers below (and the noise of their draws) does not move its slope."""
-    outputs = {}
-    for m in recording.modules:
-        if m.output is not None:
-            for name in m.names:
-                outputs[name] = m.output.feature_std
+    compounding of the layers below (and the noise of their draws) does not move its slope.
+    What it reads is that module's call nearest before the layer's: one activation module
+    called in every block has an output per call, and the first is not the block's."""
+    aliases = {name: m for m in recording.modules for name in m.names}
     gains = {}
     for m in recording.modules:
         if m.kind != knowledge.LAYER or m.output is None or m.first_call is None:
             continue
         weight = next((t for t in recording.parameters if t.module in m.names and t.attr == "weight"), None)
-        source = weight.input_from if weight is not None else None
-        below = outputs.get(source) if source else None
-        if source and not below:
-            continue  # its input carries no signal: no gain to measure
+        source = aliases.get(weight.input_from) if weight is not None and weight.input_from else None
+        if weight is not None and weight.input_from and source is None:
+            continue
+        below = None
+        if source is not None:
+            calls = [i for i, name in enumerate(recording.call_order[:m.first_call]) if name in source.names]
+            out = recording.call_outputs[calls[-1]] if calls else source.output
+            below = out.feature_std if out is not None else None
+            if not below:
+                continue  # its input carries no signal: no gain to measure
         gains[m.name] = m.output.feature_std / below if below else m.output.feature_std
     return gains
 
