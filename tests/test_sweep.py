@@ -65,6 +65,10 @@ def test_fan_in_scaled_hidden_layers_and_a_mup_head_are_not_flagged(write_target
     assert result.flagged == [], result.table()
     head = next(t for t in result.trends if t.kind == "output")
     assert head.slope == pytest.approx(-0.5, abs=0.15)  # muP's logits shrink as 1/sqrt(width): allowed
+    # the table names muP's exponent for each kind: the measured slopes sit on it
+    assert head.mup == -0.5 and all(t.mup == 0.0 for t in result.trends if t.kind != "output")
+    assert all(abs(t.slope - t.mup) < 0.15 for t in result.trends), result.table()
+    assert "muP" in result.table().splitlines()[1]
 
 
 def test_the_command_line(write_target):

@@ -36,6 +36,8 @@ class LayerTrend:
     slope: Optional[float]
     flagged: bool
     advice: str
+    # the slope muP prescribes for this kind of layer and statistic (mup_slope)
+    mup: float = 0.0
 
 
 def log_slope(widths: Sequence[float], values: Sequence[Optional[float]]) -> Optional[float]:
@@ -51,6 +53,15 @@ def log_slope(widths: Sequence[float], values: Sequence[Optional[float]]) -> Opt
     if spread == 0:
         return None
     return sum((x - mx) * (y - my) for x, y in pairs) / spread
+
+
+def mup_slope(kind: str, statistic: str) -> float:
+    """The exponent of width that muP gives a layer's statistic (Yang et al. 2021, Tensor
+    Programs V, Table 3). At init (``"gain"``), input and hidden weights have variance
+    ``1/fan_in``, so their gain is flat (0), and the output weights ``1/fan_in^2``, so the
+    output layer's gain is ``sqrt(fan_in) / fan_in``: -1/2. After the first steps
+    (``"update"``), every layer's output changes by Theta(1): 0."""
+    return -0.5 if statistic == "gain" and kind == "output" else 0.0
 
 
 def _advice(kind: str, slope: float) -> str:
@@ -111,7 +122,8 @@ def layer_trends(widths: Sequence[float], recordings: Sequence[Any], output_laye
         values = [gains.get(name) for gains in by_width]
         slope = log_slope(widths, values)
         flagged = slope is not None and (slope > tolerance if kind == "output" else abs(slope) > tolerance)
-        trends.append(LayerTrend(name, kind, values, slope, flagged, _advice(kind, slope) if flagged else ""))
+        trends.append(LayerTrend(name, kind, values, slope, flagged, _advice(kind, slope) if flagged else "",
+                                 mup_slope(kind, "gain")))
     return trends
 
 
@@ -133,7 +145,7 @@ def update_trends(widths: Sequence[float], recordings: Sequence[Any], output_lay
             way = "grows" if slope > 0 else "shrinks"
             advice = (f"its update {way} with width: scale this layer's learning rate by 1/fan_in (muP, for Adam: "
                       "hidden and output layers)" if kind != "input" else f"its update {way} with width")
-        trends.append(LayerTrend(name, kind, values, slope, flagged, advice))
+        trends.append(LayerTrend(name, kind, values, slope, flagged, advice, mup_slope(kind, "update")))
     return trends
 
 
@@ -172,9 +184,11 @@ class SweepResult:
         from initaudit.core.numbers import short_number
 
         def render(trends: List[LayerTrend], what: str) -> str:
-            headers = ["layer", "kind", *(f"{what} at {self.name}={v:g}" for v in self.values), "slope", "verdict"]
+            headers = ["layer", "kind", *(f"{what} at {self.name}={v:g}" for v in self.values), "slope", "muP",
+                       "verdict"]
             rows = [[t.name, t.kind, *(short_number(v, digits=3) for v in t.gains),
-                     "" if t.slope is None else f"{t.slope:+.2f}", t.advice or "flat"] for t in trends]
+                     "" if t.slope is None else f"{t.slope:+.2f}", f"{t.mup:+.1f}", t.advice or "flat"]
+                    for t in trends]
             return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
 
         text = "Signal gain at init:\n" + render(self.trends, "gain")
