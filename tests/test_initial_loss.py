@@ -234,3 +234,23 @@ def test_labels_from_the_factory_and_in_the_json_report(write_target):
     assert result.exit_code == 1 and any("shuffled" in f["message"] for f in doc["findings"])
     bad = CliRunner().invoke(main, [f"{path}:build", "--factory-arg", "labels='float'"])
     assert bad.exit_code == 2 and "labels" in bad.stderr and "Traceback" not in bad.output
+
+
+def test_the_cross_entropy_in_your_loss_names_the_classes_and_the_labels():
+    model, x = classifier(head_std=3.0), torch.randn(64, 16)
+    y = torch.arange(64) % 10
+    # no classes declared: the loss's nll_loss node holds the log-probabilities and the labels
+    report = audit(model, x, loss=lambda out, _x: F.cross_entropy(out, y) + 1e-4 * out.pow(2).mean())
+    rec = report.recording
+    assert rec.classes == 10 and any("above ln 10" in f.message for f in findings(report, "IA207"))
+    assert rec.labelled_loss.rows == 64
+    assert rec.labelled_loss.loss == pytest.approx(F.cross_entropy(model(x), y).item(), rel=1e-5)
+    # its ignore_index is honoured; a regression loss names no classes
+    ignored = audit(model, x, loss=lambda out, _x: nn.CrossEntropyLoss(ignore_index=3)(out, y))
+    assert ignored.recording.labelled_loss.rows == 64 - 7
+    assert audit(model, x, loss=lambda out, _x: F.mse_loss(out, torch.zeros_like(out))).recording.classes is None
+    # a leak found from the loss alone: the language model scored on its own input tokens
+    torch.manual_seed(0)
+    lm, ids = TiedLM(), torch.randint(0, 50, (8, 16))
+    leaked = audit(lm, ids, loss=lm_loss(ids))
+    assert leaked.recording.classes == 50 and any("shuffled" in f.message for f in findings(leaked, "IA207"))

@@ -25,7 +25,8 @@ from initaudit.record.backward import first_step_gradients, gradient_status
 from initaudit.record.hooks import CallRecorder, forward_with_hooks
 from initaudit.record.ignores import declared_ignores
 from initaudit.record.modules import declared_init_std, declared_ties, module_records, output_record
-from initaudit.record.logits import find_labels, find_logits, initial_loss, labelled_loss
+from initaudit.record.logits import (cross_entropy_stats, find_cross_entropy, find_labels, find_logits, initial_loss,
+                                     labelled_loss)
 from initaudit.record.step import OptimizerSpec, first_steps
 from initaudit.record.probe import LossFn, compute_loss, jacobian_gain, probe_input, random_projection_loss
 from initaudit.record.resolve import resolve
@@ -91,15 +92,24 @@ def inspect(
                 if logits is not None:
                     classes = logits.shape[-1]
                     deferred.put(scalars, "initial_loss", initial_loss(logits))
-                    labelled = find_labels(example_input, labels)
-                    own = output.get("loss") if isinstance(output, dict) else getattr(output, "loss", None)
-                    stats = None if labelled is None else labelled_loss(
-                        logits, labelled, own if isinstance(own, torch.Tensor) and own.numel() == 1 else None)
-                    if stats is not None:
-                        deferred.put(scalars, "labelled_loss", stats)
                 if run_backward:
                     progress.phase("backward")
                     loss_value = compute_loss(output, x, loss, seed)
+                # your loss's cross-entropy names the classes and pairs the labels as it scores them
+                scored = find_cross_entropy(loss_value) if loss is not None else None
+                if scored is not None and logits is None and classes in (None, scored[0].shape[-1]):
+                    classes = scored[0].shape[-1]
+                    deferred.put(scalars, "initial_loss", initial_loss(scored[0]))
+                    logits = scored[0]
+                if scored is not None and scored[0].shape[-1] == classes:
+                    deferred.put(scalars, "labelled_loss", cross_entropy_stats(*scored))
+                elif logits is not None and find_labels(example_input, labels) is not None:
+                    own = output.get("loss") if isinstance(output, dict) else getattr(output, "loss", None)
+                    stats = labelled_loss(logits, find_labels(example_input, labels),
+                                          own if isinstance(own, torch.Tensor) and own.numel() == 1 else None)
+                    if stats is not None:
+                        deferred.put(scalars, "labelled_loss", stats)
+                if run_backward:
                     # read before the backward frees the graph
                     streams, call_reaches, call_feeds, call_ends = note_uses(tensors, loss_value, param_names, recorder)
                     probed: Optional[List[Optional[torch.Tensor]]] = None

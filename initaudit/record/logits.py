@@ -126,3 +126,46 @@ def _stats(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     spread = (((z - mixed[:, None]).pow(2) @ prior) * weight).sum() / rows  # mean_i Var_{y~p}(z_iy)
     entropy = -torch.where(prior > 0, prior * prior.log(), torch.zeros_like(prior)).sum()
     return torch.stack([actual, shuffled, (spread / rows).sqrt(), entropy, rows])
+
+
+# the autograd nodes of F.nll_loss (and so of F.cross_entropy): (N, C) and (N, C, d1, ...) inputs
+NLL_NODES = ("NllLossBackward0", "NllLoss2DBackward0")
+SEARCH_BUDGET = 256  # graph nodes looked at from the loss down: the loss's own terms, not the model
+
+
+def find_cross_entropy(loss_value: Optional[torch.Tensor]) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """``(log-probabilities with the classes last, labels)`` of the cross-entropy in a loss's
+    autograd graph, read from the ``nll_loss`` node that ``F.cross_entropy`` and
+    ``nn.CrossEntropyLoss`` (and a log-softmax followed by ``F.nll_loss``) leave there: it
+    saves its input and its target. A label equal to the node's ``ignore_index`` is set to -1
+    (not scored). ``None`` when the loss has no such node near its top (the first met,
+    breadth first, within :data:`SEARCH_BUDGET` nodes), or one without a class dimension.
+
+    The log-probabilities are the logits less their log-sum-exp, so the loss at init reads
+    from them exactly as from the logits (:func:`initial_loss` does not see the shift)."""
+    node = getattr(loss_value, "grad_fn", None)
+    queue, seen = [node] if node is not None else [], set()
+    while queue and len(seen) < SEARCH_BUDGET:
+        node = queue.pop(0)
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if type(node).__name__ in NLL_NODES:
+            logp, target = getattr(node, "_saved_self", None), getattr(node, "_saved_target", None)
+            if not isinstance(logp, torch.Tensor) or not isinstance(target, torch.Tensor) or logp.dim() < 2:
+                return None
+            logp = logp.detach().movedim(1, -1)
+            ignore = int(getattr(node, "_saved_ignore_index", -100))
+            ignore = ignore - 2 ** 64 if ignore >= 2 ** 63 else ignore  # read back as unsigned
+            target = target.detach()
+            if 0 <= ignore < logp.shape[-1]:
+                target = torch.where(target == ignore, torch.full_like(target, -1), target)
+            return (logp, target) if target.shape == logp.shape[:-1] else None
+        queue.extend(next_node for next_node, _ in node.next_functions)
+    return None
+
+
+def cross_entropy_stats(logp: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """:func:`labelled_loss`'s five numbers for a cross-entropy read from a loss's graph: its
+    rows and labels are paired as the loss pairs them."""
+    return _stats(logp.reshape(-1, logp.shape[-1]), target.reshape(-1))

@@ -40,13 +40,18 @@ def initial_loss(ctx: RuleContext) -> Iterator[Violation]:
     labelled = rec.labelled_loss
     if labelled is None or not (math.isfinite(labelled.loss) and math.isfinite(labelled.shuffled)):
         return
+    # a leak is a model that already predicts its labels better than a uniform guess (ln C), and
+    # better than chance pairing explains: a task whose label is a token of the input (a copy)
+    # also lowers the labels' loss against shuffled ones at init, but not below ln C
     gap = labelled.shuffled - labelled.loss
-    if gap > max(float(ctx.options["leak-margin"]), float(ctx.options["leak-sigmas"]) * labelled.noise):
+    margin = float(ctx.options["leak-margin"])
+    if labelled.loss < floor - margin and gap > max(margin, float(ctx.options["leak-sigmas"]) * labelled.noise):
         yield Violation(
             where,
             f"the batch's own labels score {labelled.loss:.4g} nats at init, while the same logits on the "
             f"labels shuffled across the {labelled.rows} rows would score {labelled.shuffled:.4g} "
-            f"(+- {labelled.noise:.2g} by chance): before any training the model already tells which label "
+            f"(+- {labelled.noise:.2g} by chance) and a uniform guess ln {classes} = {floor:.3g}: before any "
+            "training the model already tells which label "
             "goes with which example, so the labels (or something computed from them) reach it through the "
             "input, a leak the model will learn instead of the task (Karpathy 2019, \"verify loss @ init\"); "
             "for a language model, check that the labels are shifted by one position (a model's own loss "
