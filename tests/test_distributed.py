@@ -51,6 +51,17 @@ def summary(report) -> dict:
     return {"tensors": tensors, "findings": sorted((f.code, f.location, f.message) for f in report.findings)}
 
 
+def steps(report) -> dict:
+    """What --optimizer recorded: the losses around the step and each parameter's relative update."""
+    return {"losses": report.recording.step_losses,
+            "updates": {t.name: t.update_ratio for t in report.recording.parameters},
+            "findings": sorted((f.code, f.severity) for f in report.findings if f.code.startswith("IA7"))}
+
+
+def cross_entropy(out, _x):
+    return nn.functional.cross_entropy(out, torch.arange(out.shape[0]) % out.shape[1])
+
+
 def mlp(depth: int) -> nn.Module:
     torch.manual_seed(0)
     layers = [nn.Linear(16, 32), nn.ReLU()]
@@ -94,6 +105,7 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
         x = torch.randn(8, 16, generator=torch.Generator().manual_seed(1))
         whole = summary(audit(model, x))
         whole_params = summary(audit(model, params_only=True))
+        whole_steps = steps(audit(model, x, loss=cross_entropy, optimizer="Adam(lr=1e-2)"))
         mesh = init_device_mesh("cpu", (world,))
         for layer in model:
             if isinstance(layer, nn.Linear):
@@ -103,13 +115,18 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
         before = {n: p.to_local().clone() for n, p in model.named_parameters()}
         sharded = summary(audit(model, x))
         sharded_params = summary(audit(model, params_only=True))
+        # --optimizer on the pieces: each rank steps its own, the norms are added across ranks
+        sharded_steps = steps(audit(model, x, loss=cross_entropy, optimizer="Adam(lr=1e-2)"))
+        assert all(type(p).__name__ == "DTensor" for p in model.parameters())  # resharded, as it was
+        assert all(torch.equal(p.to_local(), before[n]) for n, p in model.named_parameters())  # stepped, undone
         # nothing is lost: the pieces are untouched, and the .grad the audit went through is put back
         assert all(torch.equal(p.to_local(), before[n]) for n, p in model.named_parameters())
         assert all(p.grad is None for p in model.parameters())
         collectives = [count_all_reduces(shard(mlp(depth), mesh), x) for depth in (2, 20)]
         with open(os.path.join(out_dir, f"{rank}.json"), "w") as handle:
             json.dump({"whole": whole, "sharded": sharded, "whole_params": whole_params,
-                       "sharded_params": sharded_params, "collectives": collectives}, handle)
+                       "sharded_params": sharded_params, "collectives": collectives,
+                       "whole_steps": whole_steps, "sharded_steps": sharded_steps}, handle)
     finally:
         dist.destroy_process_group()
 
@@ -243,3 +260,16 @@ def test_an_audit_imports_dtensor_only_for_a_model_that_uses_it():
             "assert 'torch.distributed.tensor' not in sys.modules\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_first_optimizer_steps_on_a_sharded_model_equal_the_whole_ones(ranks):
+    for result in ranks:
+        whole, sharded = result["whole_steps"], result["sharded_steps"]
+        assert len(whole["losses"]) == 2 and whole["losses"][1] < whole["losses"][0]
+        for a, b in zip(whole["losses"], sharded["losses"]):
+            assert close(a, b, 1.0)
+        assert whole["updates"].keys() == sharded["updates"].keys()
+        for name, ratio in whole["updates"].items():
+            other = sharded["updates"][name]
+            assert (ratio == other) if not math.isfinite(ratio) else close(ratio, other, 1e-3), name
+        assert whole["findings"] == sharded["findings"]

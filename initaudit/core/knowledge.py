@@ -308,6 +308,12 @@ def is_dtensor(t: torch.Tensor) -> bool:
     return False
 
 
+def is_fsdp_module(module: Any) -> bool:
+    """Whether ``module`` was wrapped by FSDP2's ``fully_shard`` (its class derives from
+    ``FSDPModule``, read by name: the module is not imported here)."""
+    return any(b.__name__ == "FSDPModule" for b in type(module).__mro__)
+
+
 def type_name(module: Any) -> str:
     """The class name the user wrote: FSDP2 swaps a module's class for ``FSDP<Class>``, a
     subclass of it and of ``FSDPModule``; the name is read past that wrapper class."""

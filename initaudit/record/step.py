@@ -25,6 +25,9 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 import torch
 from torch import nn
 
+from initaudit.core import knowledge
+from initaudit.record import distributed
+from initaudit.record.distributed import local
 from initaudit.record.probe import LossFn, compute_loss
 from initaudit.record.walk import call_model
 
@@ -122,8 +125,9 @@ def first_steps(model: nn.Module, example_input: Any, loss: Optional[LossFn], se
         if p.requires_grad and id(p) not in ids:
             named[name] = p
             ids.add(id(p))
-    # kept in host memory: the device holds no second copy of the model (nor of the optimizer's state)
-    saved = {name: p.detach().to("cpu", copy=True) for name, p in named.items()}
+    # kept in host memory: the device holds no second copy of the model (nor of the optimizer's state);
+    # of a sharded parameter (a DTensor) each rank keeps and restores its own piece
+    saved = {name: local(p).detach().to("cpu", copy=True) for name, p in named.items()}
     if isinstance(optimizer, str):
         optimizer = parse_optimizer(optimizer)
     owned = not isinstance(optimizer, torch.optim.Optimizer)
@@ -137,38 +141,54 @@ def first_steps(model: nn.Module, example_input: Any, loss: Optional[LossFn], se
     try:
         model.train()
         params = list(named.values())
+        sharded = any(distributed.is_sharded(p) for p in params)
         for step in range(steps):
             if step == 1:
                 for hook in hooks:  # the first forward and the last one are compared
                     hook.remove()
             value = compute_loss(call_model(model, example_input), example_input, loss, seed)
             losses.append(float(value.detach()))
-            grads = torch.autograd.grad(value, params, allow_unused=True)
-            for p, g in zip(params, grads):
-                p.grad = g if g is not None else None
+            if sharded:
+                for p in params:  # FSDP2 reduce-scatters into .grad in hooks autograd.grad does not run
+                    p.grad = None
+                value.reshape(()).backward()
+            else:
+                grads = torch.autograd.grad(value, params, allow_unused=True)
+                for p, g in zip(params, grads):
+                    p.grad = g if g is not None else None
             opt.step()
         if steps > 1:
             hooks += _watch(model, watch or [], seen)
         losses.append(float(compute_loss(call_model(model, example_input), example_input, loss, seed).detach()))
+        for module in model.modules():
+            if knowledge.is_fsdp_module(module):
+                module.reshard()  # FSDP2's root leaves its parameters unsharded after a forward with no backward
         compared = [name for name, outs in seen.items() if len(outs) >= 2 and outs[0].shape == outs[-1].shape]
         changes = dict(zip(compared, _host([(seen[n][-1].double() - seen[n][0].double()).pow(2).mean().sqrt()
                                             for n in compared])))
         with torch.no_grad():
-            # the two norms of every parameter, brought to the host together (one transfer per device)
-            norms = []
+            # the two squared norms of every parameter, brought to the host together (one transfer
+            # per device); a sharded one's are its pieces', added across its ranks (one all_reduce
+            # per group of shards)
+            squares, pieces = [], distributed.Partials()
             for name, p in named.items():
-                start = saved[name].to(p.device).double()
-                norms.append(torch.stack([start.norm(), (p.detach().double() - start).norm()]))
-            norms = _host(norms)
+                here = local(p).detach()
+                start = saved[name].to(here.device).double()
+                pair = torch.stack([start.pow(2).sum(), (here.double() - start).pow(2).sum()])
+                if distributed.is_sharded(p):
+                    pieces.add(name, p, pair, torch.zeros(0, dtype=torch.float64, device=pair.device))
+                squares.append(pair)
+            combined = {key: sums for key, (sums, _) in pieces.resolve().items()}
             updates = {}
-            for name, (before, change) in zip(named, norms):
+            for name, pair in zip(named, _host(squares)):
+                before, change = (math.sqrt(v) for v in combined.get(name, pair))
                 updates[name] = change / before if before > 0 else (math.inf if change > 0 else 0.0)
     finally:
         for hook in hooks:
             hook.remove()
         with torch.no_grad():
             for name, p in named.items():
-                p.copy_(saved[name])
+                local(p).copy_(saved[name])
         if state is not None:
             opt.load_state_dict(state)  # casts each state tensor back to its parameter's device
     return StepRecord(losses, updates, what, loss is not None, changes if watch else None)
