@@ -29,7 +29,8 @@ STAGES: List[Tuple[str, Tuple[str, ...]]] = [
     ("gate", ("initaudit.gate",)),
     ("fixing", ("initaudit.fixing",)),
     ("api", ("initaudit.api",)),
-    ("front end", ("initaudit.cli", "initaudit.pytest_plugin", "initaudit.testing", "initaudit.__main__")),
+    ("front end", ("initaudit.cli", "initaudit.pytest_plugin", "initaudit.testing", "initaudit.__main__",
+                   "initaudit.integrations")),
 ]
 RANK = {name: i for i, (name, _) in enumerate(STAGES)}
 
