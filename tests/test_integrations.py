@@ -174,3 +174,24 @@ def test_importing_initaudit_imports_no_framework():
 def test_a_bad_fail_level_is_a_clear_error():
     with pytest.raises(ValueError, match="fail_on"):
         InitAuditCallback(fail_on="warnings")
+
+
+def test_the_counts_reach_the_loggers_after_the_callback(tmp_path):
+    # report_to integrations sit before the user's callbacks in the Trainer's list: put the
+    # callback first and they see the counts in the run's first logged metrics
+    class Integration(transformers.TrainerCallback):
+        first = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if Integration.first is None:
+                Integration.first = dict(logs)
+
+    torch.manual_seed(0)
+    arguments = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=8, logging_steps=1, report_to="none",
+        use_cpu=True, seed=0, save_strategy="no", disable_tqdm=True)
+    trainer = transformers.Trainer(model=Classifier(), args=arguments, train_dataset=Features(),
+                                   callbacks=[Integration()])
+    trainer.callback_handler.callbacks.insert(0, InitAuditCallback())
+    trainer.train()
+    assert Integration.first["initaudit/errors"] == 0 and "loss" in Integration.first
