@@ -195,3 +195,49 @@ def test_the_counts_reach_the_loggers_after_the_callback(tmp_path):
     trainer.callback_handler.callbacks.insert(0, InitAuditCallback())
     trainer.train()
     assert Integration.first["initaudit/errors"] == 0 and "loss" in Integration.first
+
+
+DISTRIBUTED_RUN = '''
+import os, sys, torch
+sys.path.insert(0, {tests!r})
+import transformers
+transformers.logging.set_verbosity_warning()
+from test_integrations import Classifier, Features
+from initaudit.integrations.transformers import InitAuditCallback
+from initaudit.integrations.start import InitAuditStop
+torch.manual_seed(0)
+args = transformers.TrainingArguments(output_dir=sys.argv[1], max_steps=2, per_device_train_batch_size=8,
+                                      logging_steps=1, report_to="none", use_cpu=True, seed=0,
+                                      save_strategy="no", disable_tqdm=True)
+trainer = transformers.Trainer(model=Classifier(zero_hidden=sys.argv[2] == "zero"), args=args,
+                               train_dataset=Features(), callbacks=[InitAuditCallback()])
+try:
+    trainer.train()
+    print("trained", trainer.state.global_step, args.world_size)
+except InitAuditStop:
+    print("stopped", trainer.state.global_step, args.world_size)
+'''
+
+
+def test_under_a_distributed_launch_every_process_stops_and_one_reports(tmp_path):
+    # two processes started as torchrun / accelerate launch start them: DDP over gloo on CPU
+    import socket
+
+    script = tmp_path / "run.py"
+    script.write_text(DISTRIBUTED_RUN.format(tests=str(ROOT / "tests")))
+    for mode, verdict in (("zero", "stopped 0 2"), ("healthy", "trained 2 2")):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / mode), mode], text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  env=dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2",
+                                           LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                                           OMP_NUM_THREADS="1"))
+                 for r in range(2)]
+        outputs = [p.communicate(timeout=240) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outputs
+        assert [out.strip().splitlines()[-1] for out, _ in outputs] == [verdict, verdict], outputs
+        # only the main process prints the summary and writes the report
+        assert "initaudit" in outputs[0][0] + outputs[0][1] and "initaudit" not in outputs[1][0] + outputs[1][1]
+        assert (tmp_path / mode / "initaudit.json").exists()
