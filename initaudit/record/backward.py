@@ -33,12 +33,15 @@ def first_step_gradients(
         return bool(trainable), {i: None for i, _ in trainable}, [None] * len(leaves)
     wrt = [p for _, p in trainable] + leaves
     sharded = any(knowledge.is_dtensor(p) for p in wrt)
+    # a custom autograd Function may write gradients itself (reversible layers, reentrant
+    # checkpointing: its backward calls torch.autograd.backward), which autograd.grad never sees
+    through_grad = sharded or has_custom_function(loss_value)
     skipped: Set[int] = set()
     if linear_grads is not None and not sharded:
         skipped = linear_grads.plan(loss_value, wrt)
         wrt = [t for t in wrt if id(t) not in skipped]
     try:
-        if sharded:
+        if through_grad:
             grads = accumulated_gradients(loss_value, wrt)
         else:
             grads = torch.autograd.grad(loss_value.reshape(()), wrt, allow_unused=True) if wrt else ()
@@ -65,9 +68,26 @@ class Factored:
     row: torch.Tensor  # [sum(G), ||G||^2, nonfinite(G)], float64, on the device
 
 
+def has_custom_function(loss_value: torch.Tensor) -> bool:
+    """Whether the loss's autograd graph holds a node of a Python ``torch.autograd.Function``
+    (whose ``backward`` may accumulate into ``.grad`` by its own ``torch.autograd.backward``)."""
+    custom = torch.autograd.function.BackwardCFunction
+    stack, seen = [loss_value.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, custom):
+            return True
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return False
+
+
 def accumulated_gradients(loss_value: torch.Tensor, wrt: List[torch.Tensor]) -> List[Optional[torch.Tensor]]:
     """Gradients through ``.grad``, for sharded parameters (FSDP2) whose gradient is
-    reduce-scattered into ``.grad`` by hooks that ``torch.autograd.grad`` does not run.
+    reduce-scattered into ``.grad`` by hooks that ``torch.autograd.grad`` does not run, and
+    for graphs with a custom ``autograd.Function`` that may accumulate ``.grad`` itself.
 
     ``.grad`` is cleared first so that nothing accumulates onto the user's; the caller's
     :func:`~initaudit.record.state.preserved` puts the user's ``.grad`` back afterwards.

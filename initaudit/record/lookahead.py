@@ -34,7 +34,7 @@ from typing import Callable, Dict, Hashable, List, Optional, Tuple
 
 import torch
 
-from initaudit.record.backward import accumulated_gradients
+from initaudit.record.backward import accumulated_gradients, has_custom_function
 from initaudit.record.distributed import is_sharded, local, shard_groups
 
 # Adam's default learning rate: the size of every element's first update
@@ -144,6 +144,7 @@ def _gradients(loss_of: LossOf, wrt: List[torch.Tensor]) -> List[Optional[torch.
     loss = loss_of()
     if loss is None or not loss.requires_grad or not wrt:
         return [None] * len(wrt)
-    if any(is_sharded(t) for t in wrt):
-        return accumulated_gradients(loss, wrt)  # FSDP2 reduce-scatters into .grad in its hooks
+    if any(is_sharded(t) for t in wrt) or has_custom_function(loss):
+        # FSDP2 reduce-scatters into .grad in its hooks; a custom Function may accumulate it itself
+        return accumulated_gradients(loss, wrt)
     return list(torch.autograd.grad(loss.reshape(()), wrt, allow_unused=True))

@@ -28,6 +28,7 @@ from torch import nn
 from initaudit.core import knowledge
 from initaudit.record import distributed
 from initaudit.record.distributed import local
+from initaudit.record.backward import has_custom_function
 from initaudit.record.probe import LossFn, compute_loss
 from initaudit.record.walk import call_model
 
@@ -148,8 +149,10 @@ def first_steps(model: nn.Module, example_input: Any, loss: Optional[LossFn], se
                     hook.remove()
             value = compute_loss(call_model(model, example_input), example_input, loss, seed)
             losses.append(float(value.detach()))
-            if sharded:
-                for p in params:  # FSDP2 reduce-scatters into .grad in hooks autograd.grad does not run
+            if sharded or has_custom_function(value):
+                # FSDP2 reduce-scatters into .grad in hooks autograd.grad does not run; a custom
+                # autograd Function may accumulate .grad in its own backward
+                for p in params:
                     p.grad = None
                 value.reshape(()).backward()
             else:

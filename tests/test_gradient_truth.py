@@ -1,0 +1,83 @@
+"""Gradient findings that match what training sees (issue 21): gradients a custom autograd
+Function writes itself; stochastic layers; structural zeros."""
+
+import pytest
+import torch
+from conftest import codes, findings
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from initaudit import audit
+
+
+class ReversibleAdd(torch.autograd.Function):
+    """``y = x + f(x)`` computed without a graph and recomputed in the backward, which calls
+    ``torch.autograd.backward`` itself: ``f``'s parameters get their gradient through
+    ``.grad`` only, as in reversible layers (RevNet, Reformer)."""
+
+    @staticmethod
+    def forward(ctx, x, f, *params):
+        ctx.f = f
+        ctx.save_for_backward(x)
+        with torch.no_grad():
+            return x + f(x)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        (x,) = ctx.saved_tensors
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            torch.autograd.backward(x + ctx.f(x), grad_y)
+        return (x.grad, None) + (None,) * len(list(ctx.f.parameters()))
+
+
+class Reversible(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.f = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, width))
+
+    def forward(self, x):
+        return ReversibleAdd.apply(x, self.f, *self.f.parameters())
+
+
+class Checkpointed(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.f = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, width))
+
+    def forward(self, x):
+        return x + checkpoint(self.f, x, use_reentrant=True)  # the reentrant form: its own backward
+
+
+class Unused(nn.Module):
+    """A block with a parameter the forward never uses: a true IA301 next to the others."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.block, self.spare = block, nn.Linear(16, 16)
+
+    def forward(self, x):
+        return self.block(x)
+
+
+@pytest.mark.parametrize("block", [Reversible, Checkpointed])
+def test_gradients_a_custom_function_writes_itself_are_seen(block):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), Unused(block(16)), block(16), nn.Linear(16, 4))
+    x = torch.randn(32, 8)
+    # the user's .grad, which the audit's .backward() must put back exactly
+    model(x).sum().backward()
+    held = {n: (p.grad, p.grad.clone()) for n, p in model.named_parameters() if p.grad is not None}
+    report = audit(model, x)
+    no_gradient = {f.location for f in findings(report, "IA301")}
+    assert no_gradient == {"1.spare.weight", "1.spare.bias"}, no_gradient  # only the parameter truly unused
+    grads = {t.name: t.grad for t in report.recording.parameters}
+    assert grads["2.f.0.weight"] is not None and grads["2.f.0.weight"].norm > 0
+    for n, p in model.named_parameters():
+        if n in held:
+            assert p.grad is held[n][0] and torch.equal(p.grad, held[n][1]), n
+        else:
+            assert p.grad is None, n
+    # the optimizer's first step moves them too
+    stepped = audit(model, x, optimizer="SGD(lr=0.1)")
+    assert next(t for t in stepped.recording.parameters if t.name == "1.block.f.0.weight").update_ratio > 0
