@@ -81,3 +81,60 @@ def test_gradients_a_custom_function_writes_itself_are_seen(block):
     # the optimizer's first step moves them too
     stepped = audit(model, x, optimizer="SGD(lr=0.1)")
     assert next(t for t in stepped.recording.parameters if t.name == "1.block.f.0.weight").update_ratio > 0
+
+
+class DropPath(nn.Module):
+    """Stochastic depth as libraries write it (no parameters, a per-example mask in training)."""
+
+    def __init__(self, p):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        keep = (torch.rand(x.shape[0], *([1] * (x.dim() - 1))) >= self.p).to(x.dtype)
+        return x * keep / (1 - self.p)
+
+
+class Block(nn.Module):
+    def __init__(self, width, p):
+        super().__init__()
+        self.f = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Dropout(0.3), nn.Linear(width, width))
+        self.drop = DropPath(p)
+
+    def forward(self, x):
+        return x + self.drop(self.f(x))
+
+
+def stochastic_depth_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), *[Block(16, 0.5) for _ in range(6)], nn.Linear(16, 3))
+
+
+def gradient_findings(report):
+    return sorted((f.code, f.location) for f in report.findings if f.code.startswith("IA3"))
+
+
+def test_gradient_findings_do_not_depend_on_the_seed_of_dropout_and_drop_path():
+    model, x = stochastic_depth_net(), torch.randn(2, 8)  # a batch of two: a block is often dropped for both
+    reports = [audit(model, x, seed=seed) for seed in range(5)]
+    assert all(gradient_findings(r) == gradient_findings(reports[0]) for r in reports), \
+        [gradient_findings(r) for r in reports]
+    assert gradient_findings(reports[0]) == []  # every block trains
+    note = next(n for n in reports[0].notes if "stochastic" in n)
+    assert note.startswith("12 stochastic") and "1.f.2" in note  # 6 dropouts by class, 6 drop-paths by behaviour
+    # modes as they were: every module still in training mode after the audit
+    assert all(m.training for m in model.modules())
+    # normalization still sees the batch: a BatchNorm's running statistics are the audit's to restore
+    bn = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), DropPath(0.5), nn.Linear(16, 3))
+    before = bn[1].running_mean.clone()
+    audit(bn, torch.randn(4, 8))
+    assert torch.equal(bn[1].running_mean, before) and all(m.training for m in bn.modules())
+
+
+def test_a_deterministic_parameter_free_module_is_left_as_it_is():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Flatten(), nn.Linear(16, 3))
+    report = audit(model, torch.randn(4, 8))
+    assert not any("stochastic" in n for n in report.notes)

@@ -216,6 +216,8 @@ try:
     print("trained", trainer.state.global_step, args.world_size)
 except InitAuditStop:
     print("stopped", trainer.state.global_step, args.world_size)
+if torch.distributed.is_initialized():  # as a launched script ends: gloo aborts at exit otherwise
+    torch.distributed.destroy_process_group()
 '''
 
 

@@ -73,14 +73,16 @@ def test_ia206_a_huge_gain_that_reaches_the_head_is_a_warning():
 
 
 def test_ia206_a_huge_gain_before_a_head_that_reads_a_norm_is_information():
-    """Hugging Face's MobileNet v1 at its own init: the measured gain is far above 1000, but its
-    classifier reads the last BatchNorm through a ReLU6 and global pooling, which sets its scale."""
+    """Hugging Face's MobileNet v1 at its own init: the measured gain is far above 10 (about 340;
+    above 1000 while its classifier's dropout of p=0.999 still scaled it in training mode), but
+    its classifier reads the last BatchNorm through a ReLU6 and global pooling, which sets its
+    scale."""
     from corpus import CORPUS
 
     model, example = CORPUS["hf-mobilenet-v1"]()
     report = audit(model, example)
     (f,) = findings(report, "IA206")
-    assert report.recording.jacobian_gain > 1000 and f.severity == "info"
+    assert report.recording.jacobian_gain > 100 and f.severity == "info"
     head = next(t for t in report.recording.parameters if t.name == "classifier.weight")
     assert head.input_normalized
 

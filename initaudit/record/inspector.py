@@ -27,6 +27,7 @@ from initaudit.record.ignores import declared_ignores
 from initaudit.record.modules import declared_init_std, declared_ties, module_records, output_record
 from initaudit.record.logits import (cross_entropy_stats, find_cross_entropy, find_labels, find_logits, initial_loss,
                                      labelled_loss)
+from initaudit.record.stochastic import Deterministic
 from initaudit.record.step import OptimizerSpec, first_steps
 from initaudit.record.probe import LossFn, compute_loss, jacobian_gain, probe_input, random_projection_loss
 from initaudit.record.resolve import resolve
@@ -76,6 +77,7 @@ def inspect(
     partials = distributed.Partials()
     tensors = tensor_records(param_names, buffer_names, module_names, deferred, partials)
     backward, grads, gain, gain_note, loss_value = False, {}, None, None, None
+    stochastic_note: Optional[str] = None
     streams: List[int] = []
     call_reaches: List[Optional[str]] = []
     call_feeds: List[Optional[str]] = []
@@ -86,8 +88,17 @@ def inspect(
             model.train()
             seed_torch(seed)
             x, leaves = probe_input(example_input) if run_backward else (example_input, [])
+            calm = Deterministic(model, module_names)
+            calm.attach()
             with torch.enable_grad() if run_backward else torch.no_grad():
-                output = forward_with_hooks(model, x, recorder)
+                try:
+                    output = forward_with_hooks(model, x, recorder)
+                finally:
+                    calm.detach()
+                if calm.names:
+                    stochastic_note = (f"{len(calm.names)} stochastic module(s) ran as in evaluation mode (dropout, "
+                                       f"drop-path: no masks), so that no finding depends on the seed: "
+                                       + ", ".join(calm.names[:5]) + (", ..." if len(calm.names) > 5 else ""))
                 logits = find_logits(output, classes)
                 if logits is not None:
                     classes = logits.shape[-1]
@@ -182,7 +193,8 @@ def inspect(
         call_ends=call_ends,
         unobserved=[m.name for m in modules if m.has_parameters and m.calls == 0] if run_forward else [],
         notes=(["a TorchScript module takes no forward hooks: parameters and gradients are audited, "
-                "module outputs (and the signal rules) are not"] if recorder.scripted else []) + skipped_steps,
+                "module outputs (and the signal rules) are not"] if recorder.scripted else []) + skipped_steps
+              + ([stochastic_note] if stochastic_note else []),
     )
 
 

@@ -140,7 +140,7 @@ def first_steps(model: nn.Module, example_input: Any, loss: Optional[LossFn], se
     seen: Dict[str, List[torch.Tensor]] = {}
     hooks = _watch(model, watch or [], seen)
     try:
-        model.train()
+        # in the modes the caller set: training mode, its stochastic regularizers off (record.stochastic)
         params = list(named.values())
         sharded = any(distributed.is_sharded(p) for p in params)
         for step in range(steps):
