@@ -138,3 +138,28 @@ def test_a_deterministic_parameter_free_module_is_left_as_it_is():
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Flatten(), nn.Linear(16, 3))
     report = audit(model, torch.randn(4, 8))
     assert not any("stochastic" in n for n in report.notes)
+
+
+@pytest.mark.parametrize("norm", [nn.BatchNorm2d, nn.InstanceNorm2d])
+def test_a_bias_before_a_batch_norm_cannot_train_whatever_the_last_bit(norm):
+    verdicts = set()
+    for seed in range(4):
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Conv2d(3, 8, 3), norm(8), nn.ReLU(), nn.Conv2d(8, 8, 3, bias=False), norm(8),
+                              nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 4))
+        report = audit(model, torch.randn(4, 3, 8, 8), seed=seed)
+        found = [f for f in findings(report, "IA302")]
+        verdicts.add(tuple((f.severity, tuple(f.locations)) for f in found))
+        (f,) = found
+        assert "normalized away" in f.message and "'1'" in f.message and f.severity == "info"
+        assert report.ok("warning")
+    assert verdicts == {(("info", ("0.bias",)),)}
+
+
+def test_a_bias_before_a_layer_norm_trains_and_is_not_reported():
+    # LayerNorm subtracts the mean over the features, which a per-feature bias is not constant along
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.LayerNorm(32), nn.ReLU(), nn.Linear(32, 4))
+    report = audit(model, torch.randn(16, 8))
+    assert "IA302" not in codes(report)
+    assert next(t for t in report.recording.parameters if t.name == "0.bias").grad.norm > 1e-3

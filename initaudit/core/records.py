@@ -69,6 +69,9 @@ class TensorRecord:
     input_normalized: bool = False  # a product's activation operand is a normalization's output (pre-LN)
     stream_reaches: Optional[str] = None  # a residual branch's: where the stream it joins ends up, as reaches
     input_from: Optional[str] = None  # a product's weight: the module whose output the product reads
+    # the batch normalization op its product's output goes straight into (record.dataflow): an
+    # offset added there is removed again with each channel's batch mean
+    normalized_by: Optional[str] = None
     # a look past the first step (record.lookahead), made only where the first one leaves it open:
     # for a first-step gradient that is exactly zero, the first later step whose gradient is not
     # (0: none within the look-ahead: stuck); for a weight with all elements equal, max |G - G[0]| / max |G|

@@ -133,6 +133,9 @@ class Use:
     input_normalized: bool = False  # a product's activation operand comes straight from a normalization
     stream_reaches: Optional[str] = None  # for a residual branch: where the stream it joins ends up (as reaches)
     input_call: Optional[int] = None  # a product's: the module call whose output is its activation operand
+    # the batch normalization (autograd op) the op's output goes straight into, which subtracts
+    # each channel's batch mean: a per-channel offset added there is removed again
+    normalized_by: Optional[str] = None
 
 
 def node_name(node: Any) -> str:
@@ -586,6 +589,40 @@ def _downstream(graph: Graph, op: Any) -> Tuple[Optional[str], Optional[str]]:
     return None, None
 
 
+# normalizations that subtract a per-channel mean over the batch (and positions): BatchNorm in
+# training mode, and InstanceNorm, which PyTorch computes as a batch norm of the reshaped input
+CHANNEL_MEAN_NORMS = frozenset({"NativeBatchNormBackward0", "CudnnBatchNormBackward0", "MiopenBatchNormBackward0",
+                                "NativeBatchNormLegitBackward0", "BatchNormWithUpdateBackward0"})
+# ops that move a channel's values without mixing channels or positions
+CHANNEL_VIEWS = frozenset({"ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "TransposeBackward0",
+                           "PermuteBackward0", "UnsqueezeBackward0", "SqueezeBackward0", "SqueezeBackward1",
+                           "CloneBackward0", "ContiguousBackward0"})
+
+
+def _channel_norm_after(graph: Graph, op: Any) -> Optional[str]:
+    """The batch normalization that ``op``'s output goes straight into (through views, dropout
+    and parameter offsets only, read by nothing else), or ``None``."""
+    node = op
+    for _ in range(16):
+        parents = list(graph.consumers(node))
+        if len(parents) != 1:
+            return None
+        parent, slot = parents[0]
+        name = node_name(parent)
+        if name in CHANNEL_MEAN_NORMS:
+            return name
+        if name in CHANNEL_VIEWS or name in DROPOUT:
+            node = parent
+            continue
+        if name in ADDS:
+            has_other, other = graph.other_input(parent, slot)
+            if has_other and other is not None and graph.is_parameter_path(other):
+                node = parent  # a bias added separately
+                continue
+        return None
+    return None
+
+
 def _gradient_weights(graph: Graph, op: Any, limit: int = 20000) -> Optional[List[int]]:
     """The ``id`` values of the weights of the nearest products on every path from ``op``'s output to the
     loss, through any other operation; ``None`` when some path reaches the loss without one
@@ -714,5 +751,6 @@ def _uses(graph: Graph, keys: Dict[int, Hashable], made: Dict[Any, int]) -> Dict
         stream = "+".join(sorted(graph.stream_reaches(op))) if "branch" in (reaches or "") else ""
         uses[key] = Use(node_name(op), role, feeds, branch, following, reaches or None, gradient, fan_in,
                         role == "mixing" and graph.normalized_input(op), stream or None,
-                        graph.operand_call(op, made) if role == "mixing" else None)
+                        graph.operand_call(op, made) if role == "mixing" else None,
+                        _channel_norm_after(graph, op) if feeds == "norm" else None)
     return uses

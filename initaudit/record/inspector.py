@@ -253,6 +253,7 @@ def note_uses(tensors: List[Tracked], loss_value: Optional[torch.Tensor], param_
         if record.kind != "parameter" or use is None:
             continue
         record.role, record.consumer_op, record.feeds, record.branch = use.role, use.op, use.feeds, use.branch
+        record.normalized_by = use.normalized_by
         record.reaches, record.stream_reaches = use.reaches, use.stream_reaches
         record.input_normalized = use.input_normalized
         if use.input_call is not None and use.input_call < len(recorder.calls):

@@ -40,6 +40,27 @@ def no_gradient(ctx: RuleContext) -> Iterator[Violation]:
         )
 
 
+def normalized_away(rec: Recording) -> List[TensorRecord]:
+    """The trainable offsets (biases) whose op's output goes straight into a batch normalization
+    (``normalized_by``, from the autograd graph): BatchNorm in training mode and InstanceNorm
+    subtract each channel's mean, which removes a per-channel constant exactly, so the offset's
+    gradient is zero in exact arithmetic and about 1e-8 of its neighbours' in float32."""
+    return [t for t in rec.parameters if t.normalized_by and t.role == "offset" and t.requires_grad
+            and t.grad is not None and not t.grad.nonfinite]
+
+
+def _norm_module(rec: Recording, t: TensorRecord) -> Optional[str]:
+    """The first normalization module called after ``t``'s module (for the message)."""
+    order = rec.call_order
+    if t.module not in order:
+        return None
+    for name in order[order.index(t.module) + 1:]:
+        module = rec.module(name)
+        if module is not None and module.kind == "norm":
+            return name
+    return None
+
+
 @rule(
     "IA303",
     "non-finite-gradient",
@@ -73,7 +94,27 @@ def non_finite_gradient(ctx: RuleContext) -> Iterator[Violation]:
 )
 def zero_gradient(ctx: RuleContext) -> Iterator[Violation]:
     rec = ctx.recording
-    zero = [t for t in rec.parameters if t.grad is not None and t.grad.norm == 0 and not t.grad.nonfinite]
+    # decided by structure, not by the last bit: an offset added right before a batch norm
+    normalized = normalized_away(rec)
+    if normalized:
+        names = [t.name for t in normalized]
+        norms = sorted({n for n in (_norm_module(rec, t) for t in normalized) if n})
+        largest = max(t.grad.norm for t in normalized)
+        yield Violation(
+            names[0],
+            f"{len(names)} bias(es) cannot train: its effect is normalized away ({_listed(names)}): each is added "
+            "right before a batch normalization"
+            + (f" ({', '.join(repr(n) for n in norms[:3])}{', ...' if len(norms) > 3 else ''})" if norms else "")
+            + ", which subtracts every channel's mean over the batch, so the bias leaves the output unchanged and "
+            f"its gradient is zero in exact arithmetic (here {'exactly zero' if largest == 0 else f'at most {largest:.2g}, rounding'}); "
+            "the model trains without it: drop it (bias=False before a BatchNorm, as torchvision's ResNets do)",
+            fix=None,
+            severity="info",
+            locations=names,
+        )
+    skip = {t.name for t in normalized}
+    zero = [t for t in rec.parameters if t.grad is not None and t.grad.norm == 0 and not t.grad.nonfinite
+            and t.name not in skip]
     if not zero:
         return
     roots = gradient_roots(rec)
