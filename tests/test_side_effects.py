@@ -9,6 +9,7 @@ import random
 import numpy
 import pytest
 import torch
+import torch.utils.checkpoint
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -28,6 +29,27 @@ class Residual(nn.Module):
 
     def forward(self, x):
         return x + self.body(x)
+
+
+class Checkpointed(nn.Module):
+    """A residual body under reentrant checkpointing: a custom autograd Function whose backward
+    writes its parameters' .grad itself (the audit then goes through .grad, and must put it back)."""
+
+    def __init__(self, body):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x):
+        return x + torch.utils.checkpoint.checkpoint(self.body, x, use_reentrant=True)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth without parameters: found stochastic by behaviour, run deterministically."""
+
+    def forward(self, x):
+        if not self.training:
+            return x
+        return x * (torch.rand(x.shape[0], *([1] * (x.dim() - 1))) >= 0.5).to(x.dtype) * 2
 
 
 class Recurrent(nn.Module):
@@ -56,7 +78,8 @@ def architectures(draw):
         layers.append(nn.Conv2d(3, width, 3, padding=1) if conv else nn.Linear(6, width))
         shared = None
         for _ in range(draw(st.integers(1, 4))):
-            block_kind = draw(st.sampled_from(["layer", "norm", "dropout", "residual", "shared"]))
+            block_kind = draw(st.sampled_from(["layer", "norm", "dropout", "residual", "shared", "drop_path",
+                                               "checkpoint"]))
             act = draw(st.sampled_from(ACTIVATIONS))()
             if block_kind == "layer":
                 layer = nn.Conv2d(channels, width, 3, padding=1) if conv else nn.Linear(width, width)
@@ -69,6 +92,11 @@ def architectures(draw):
             elif block_kind == "residual":
                 body = nn.Conv2d(channels, channels, 3, padding=1) if conv else nn.Linear(width, width)
                 layers.append(Residual(nn.Sequential(body, act)))
+            elif block_kind == "drop_path":
+                layers.append(DropPath())
+            elif block_kind == "checkpoint":
+                body = nn.Conv2d(channels, channels, 3, padding=1) if conv else nn.Linear(width, width)
+                layers.append(Checkpointed(nn.Sequential(body, act)))
             else:
                 shared = shared or (nn.Conv2d(channels, channels, 1) if conv else nn.Linear(width, width))
                 layers += [shared, act]  # the same module object, possibly again later

@@ -42,7 +42,9 @@ def first_step_gradients(
         wrt = [t for t in wrt if id(t) not in skipped]
     try:
         if through_grad:
-            grads = accumulated_gradients(loss_value, wrt)
+            # every trainable parameter's .grad is cleared, the factored ones' too: a backward
+            # accumulates into whatever .grad it finds (the caller puts the user's back)
+            grads = accumulated_gradients(loss_value, wrt, also=[p for _, p in trainable])
         else:
             grads = torch.autograd.grad(loss_value.reshape(()), wrt, allow_unused=True) if wrt else ()
     except Exception as exc:
@@ -84,19 +86,22 @@ def has_custom_function(loss_value: torch.Tensor) -> bool:
     return False
 
 
-def accumulated_gradients(loss_value: torch.Tensor, wrt: List[torch.Tensor]) -> List[Optional[torch.Tensor]]:
+def accumulated_gradients(loss_value: torch.Tensor, wrt: List[torch.Tensor],
+                          also: Optional[List[torch.Tensor]] = None) -> List[Optional[torch.Tensor]]:
     """Gradients through ``.grad``, for sharded parameters (FSDP2) whose gradient is
     reduce-scattered into ``.grad`` by hooks that ``torch.autograd.grad`` does not run, and
     for graphs with a custom ``autograd.Function`` that may accumulate ``.grad`` itself.
 
-    ``.grad`` is cleared first so that nothing accumulates onto the user's; the caller's
+    The ``.grad`` of ``wrt`` and of ``also`` (the other tensors the backward reaches) is
+    cleared first and after, so that nothing accumulates onto the user's; the caller's
     :func:`~initaudit.record.state.preserved` puts the user's ``.grad`` back afterwards.
     """
-    for t in wrt:
+    cleared = list(wrt) + list(also or [])
+    for t in cleared:
         t.grad = None
     loss_value.reshape(()).backward()
     grads = [t.grad for t in wrt]
-    for t in wrt:
+    for t in cleared:
         t.grad = None
     return grads
 
