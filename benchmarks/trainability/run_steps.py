@@ -45,7 +45,7 @@ sys.path.insert(0, HERE)
 import torch  # noqa: E402
 
 from configs import build  # noqa: E402
-from run import LABELS, auc, in_split  # noqa: E402
+from run import LABELS, _num, auc, in_split  # noqa: E402
 from tasks import task_for  # noqa: E402
 from train import RUNS, THRESHOLD  # noqa: E402
 
@@ -99,10 +99,6 @@ def prec_rec(flagged: List[bool], fails: List[bool]) -> Tuple[Optional[float], O
     tp = sum(f and g for f, g in zip(flagged, fails))
     n = sum(flagged)
     return (tp / n if n else None), (tp / sum(fails) if any(fails) else None), n
-
-
-def _num(v: Optional[float]) -> str:
-    return "n/a" if v is None else f"{v:.3f}"
 
 
 def main() -> None:

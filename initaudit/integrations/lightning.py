@@ -21,20 +21,15 @@ standalone ``pytorch_lightning``.
 
 from __future__ import annotations
 
-import os
 import warnings
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Mapping
 
 try:
     from lightning.pytorch import Callback
 except ImportError:  # the standalone package
     from pytorch_lightning import Callback
 
-from initaudit.integrations.start import REPORT_NAME, InitAuditStop, audit_start, first_batch, metrics, write_report
-from initaudit.report.report import Report
-
-FAIL_LEVELS = ("error", "warning", "info", "never")
-
+from initaudit.integrations.start import InitAuditStop, StartGate, audit_start, first_batch, metrics, write_report
 
 class _TrainingStepAsForward:
     """While in use, the module's ``forward`` is its ``training_step`` on a batch (index 0),
@@ -66,7 +61,7 @@ class _TrainingStepAsForward:
         self.module.__dict__.update(self.saved)
 
 
-class InitAuditCallback(Callback):
+class InitAuditCallback(StartGate, Callback):
     """Audit the ``LightningModule`` at the start of training and stop the run before its
     first step when a finding is at or above ``fail_on`` (``"error"``, ``"warning"``,
     ``"info"``, or ``"never"`` to report without stopping).
@@ -77,23 +72,10 @@ class InitAuditCallback(Callback):
     arguments go to :func:`initaudit.audit`. After it ran, ``callback.report`` is the report.
     """
 
-    def __init__(self, fail_on: str = "warning", select: Optional[Iterable[str]] = None,
-                 ignore: Optional[Iterable[str]] = None, report_to: Optional[str] = None, steps: int = 1,
-                 **audit_options: Any) -> None:
-        if fail_on not in FAIL_LEVELS:
-            raise ValueError(f"InitAuditCallback(fail_on={fail_on!r}): expected one of {', '.join(FAIL_LEVELS)}")
-        self.fail_on = fail_on
-        self.select, self.ignore = select, ignore
-        self.report_to = report_to
-        self.steps = steps
-        self.audit_options = audit_options
-        self.report: Optional[Report] = None
-
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if trainer.global_step > 0:
             return
-        options = dict(select=self.select, ignore=self.ignore, target=type(pl_module).__name__,
-                       **self.audit_options)
+        options = self.options(type(pl_module).__name__)
         if not pl_module.automatic_optimization:
             # its training_step steps the optimizers itself: running it would train
             report = audit_start(pl_module, None, None, params_only=True, **options)
@@ -107,10 +89,10 @@ class InitAuditCallback(Callback):
                 report = audit_start(pl_module, (batch,), lambda loss, _x: loss, optimizer=optimizer,
                                      steps=self.steps, **options)
         self.report = report
-        failed = self.fail_on != "never" and not report.ok(self.fail_on)
+        failed = self.failed(report)
         stop = trainer.strategy.reduce_boolean_decision(failed, all=False)  # every process stops, or none
         if trainer.is_global_zero:
-            path = self.report_to or os.path.join(trainer.default_root_dir, REPORT_NAME)
+            path = self.report_path(trainer.default_root_dir)
             write_report(report, path)
             for logger in trainer.loggers:
                 logger.log_metrics(metrics(report), step=trainer.global_step)

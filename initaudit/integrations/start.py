@@ -25,6 +25,40 @@ from initaudit.record.state import RNGState
 from initaudit.report.report import Report, fails
 
 REPORT_NAME = "initaudit.json"  # in the run's output directory
+FAIL_LEVELS = ("error", "warning", "info", "never")
+
+
+class StartGate:
+    """The options every training-start callback takes, and its verdict.
+
+    ``fail_on``: the least severity that stops the run (``"never"``: report and go on).
+    ``select`` / ``ignore``: rule codes or prefixes. ``report_to``: where to write the JSON
+    report (default: :data:`REPORT_NAME` in the run's output directory). ``steps``: how many
+    of the optimizer's first steps to take and undo (1 to 3). Other keyword arguments go to
+    :func:`initaudit.audit`. ``report``: the last report (``None`` before one is made)."""
+
+    def __init__(self, fail_on: str = "warning", select: Optional[Iterable[str]] = None,
+                 ignore: Optional[Iterable[str]] = None, report_to: Optional[str] = None, steps: int = 1,
+                 **audit_options: Any) -> None:
+        if fail_on not in FAIL_LEVELS:
+            raise ValueError(f"InitAuditCallback(fail_on={fail_on!r}): expected one of {', '.join(FAIL_LEVELS)}")
+        self.fail_on = fail_on
+        self.select, self.ignore = select, ignore
+        self.report_to = report_to
+        self.steps = steps
+        self.audit_options = audit_options
+        self.report: Optional[Report] = None
+
+    def options(self, target: str) -> dict:
+        """:func:`initaudit.audit`'s keyword arguments for the model named ``target``."""
+        return dict(select=self.select, ignore=self.ignore, target=target, **self.audit_options)
+
+    def failed(self, report: Report) -> bool:
+        """Whether ``report`` has a finding at or above ``fail_on``."""
+        return self.fail_on != "never" and not report.ok(self.fail_on)
+
+    def report_path(self, output_dir: Optional[str]) -> str:
+        return self.report_to or os.path.join(output_dir or ".", REPORT_NAME)
 
 
 class InitAuditStop(RuntimeError):

@@ -20,20 +20,15 @@ without the callback are bit-identical). Requires ``transformers`` (``pip instal
 
 from __future__ import annotations
 
-import os
 from typing import Any, Iterable, Optional
 
 from transformers import TrainerCallback
 from transformers.utils import logging
 
-from initaudit.integrations.start import (REPORT_NAME, InitAuditStop, agree, audit_start, first_batch, metrics,
+from initaudit.integrations.start import (InitAuditStop, StartGate, agree, audit_start, first_batch, metrics,
                                           model_device, to_device, write_report)
-from initaudit.report.report import Report
 
 logger = logging.get_logger("initaudit")
-
-FAIL_LEVELS = ("error", "warning", "info", "never")
-
 
 def own_loss(output: Any, _batch: Any) -> Any:
     """The loss a Hugging Face model returns for a batch with ``labels`` (its ``loss`` field,
@@ -44,7 +39,7 @@ def own_loss(output: Any, _batch: Any) -> Any:
     return value
 
 
-class InitAuditCallback(TrainerCallback):
+class InitAuditCallback(StartGate, TrainerCallback):
     """Audit the model at the start of training and stop the run before its first step when
     a finding is at or above ``fail_on`` (``"error"``, ``"warning"``, ``"info"``, or
     ``"never"`` to report without stopping).
@@ -61,14 +56,7 @@ class InitAuditCallback(TrainerCallback):
     def __init__(self, fail_on: str = "warning", select: Optional[Iterable[str]] = None,
                  ignore: Optional[Iterable[str]] = None, report_to: Optional[str] = None, steps: int = 1,
                  **audit_options: Any) -> None:
-        if fail_on not in FAIL_LEVELS:
-            raise ValueError(f"InitAuditCallback(fail_on={fail_on!r}): expected one of {', '.join(FAIL_LEVELS)}")
-        self.fail_on = fail_on
-        self.select, self.ignore = select, ignore
-        self.report_to = report_to
-        self.steps = steps
-        self.audit_options = audit_options
-        self.report: Optional[Report] = None
+        StartGate.__init__(self, fail_on, select, ignore, report_to, steps, **audit_options)
         self._pending_metrics: Optional[dict] = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
@@ -78,13 +66,13 @@ class InitAuditCallback(TrainerCallback):
         device = model_device(model)
         batch = to_device(first_batch(train_dataloader), device)
         loss = own_loss if isinstance(batch, dict) and "labels" in batch else None
-        report = audit_start(model, batch, loss, optimizer=optimizer, steps=self.steps, select=self.select,
-                             ignore=self.ignore, target=type(model).__name__, **self.audit_options)
+        report = audit_start(model, batch, loss, optimizer=optimizer, steps=self.steps,
+                             **self.options(type(model).__name__))
         self.report = report
-        failed = self.fail_on != "never" and not report.ok(self.fail_on)
+        failed = self.failed(report)
         stop = agree(failed, device)  # every process stops, or none
         if state.is_world_process_zero:
-            path = self.report_to or os.path.join(args.output_dir or ".", REPORT_NAME)
+            path = self.report_path(args.output_dir)
             write_report(report, path)
             line = f"initaudit: {report.summary_line()}; report: {path}"
             (logger.warning if failed else logger.info)(line)
