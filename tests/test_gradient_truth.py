@@ -163,3 +163,29 @@ def test_a_bias_before_a_layer_norm_trains_and_is_not_reported():
     report = audit(model, torch.randn(16, 8))
     assert "IA302" not in codes(report)
     assert next(t for t in report.recording.parameters if t.name == "0.bias").grad.norm > 1e-3
+
+
+class Attention(nn.Module):
+    """Single-head self-attention with separate projections: the key's bias adds ``q . b_k`` to
+    every score of a row, which the softmax over positions removes."""
+
+    def __init__(self, width=32):
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(width, width) for _ in range(4))
+
+    def forward(self, x):
+        scores = self.q(x) @ self.k(x).transpose(1, 2) / x.shape[-1] ** 0.5
+        return x + self.o(torch.softmax(scores, dim=-1) @ self.v(x))
+
+
+def test_a_bias_whose_gradient_cancels_is_one_verdict_whatever_the_last_bit():
+    verdicts = set()
+    for seed in range(4):
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Linear(8, 32), Attention(), nn.LayerNorm(32), nn.Linear(32, 4))
+        report = audit(model, torch.randn(4, 10, 8), seed=seed)
+        grad = next(t.grad.norm for t in report.recording.parameters if t.name == "1.k.bias")
+        assert grad < 1e-6  # zero in exact arithmetic: rounding, or exactly zero
+        verdicts.add(tuple((f.severity, tuple(f.locations)) for f in findings(report, "IA302")))
+        assert report.ok("warning")
+    assert verdicts == {(("info", ("1.k.bias",)),)}  # the query's and value's biases train

@@ -49,6 +49,26 @@ def normalized_away(rec: Recording) -> List[TensorRecord]:
             and t.grad is not None and not t.grad.nonfinite]
 
 
+# a bias's gradient is the sum of its output's gradient over rows and positions; when what
+# follows removes a constant (a softmax over positions, a mean subtracted), that sum cancels to
+# float32 rounding, about 1e-8 of the weight's gradient: 2^-16 leaves a hundredfold margin above
+# rounding and is far below any bias that trains (its gradient is of the order of its weight's)
+CANCELLED = 2.0 ** -16
+
+
+def cancelling(rec: Recording) -> List[TensorRecord]:
+    """The trainable offsets whose first-step gradient is at most :data:`CANCELLED` times the
+    gradient norm of a weight of their own module, which is not zero: the module's output gets
+    a gradient, and its sum over the rows (the offset's) cancels."""
+    weights: Dict[str, float] = {}
+    for t in rec.parameters:
+        if t.ndim >= 2 and t.grad is not None and not t.grad.nonfinite:
+            weights[t.module] = max(weights.get(t.module, 0.0), t.grad.norm)
+    return [t for t in rec.parameters if t.role == "offset" and t.requires_grad and t.grad is not None
+            and not t.grad.nonfinite and weights.get(t.module, 0.0) > 0
+            and t.grad.norm <= CANCELLED * weights[t.module]]
+
+
 def _norm_module(rec: Recording, t: TensorRecord) -> Optional[str]:
     """The first normalization module called after ``t``'s module (for the message)."""
     order = rec.call_order
@@ -113,6 +133,23 @@ def zero_gradient(ctx: RuleContext) -> Iterator[Violation]:
             locations=names,
         )
     skip = {t.name for t in normalized}
+    # the rest decided by a relative threshold: an offset whose gradient cancels while its own
+    # weight's does not (exactly zero, or zero to rounding) is removed by what follows it
+    cancelled = [t for t in cancelling(rec) if t.name not in skip]
+    if cancelled:
+        names = [t.name for t in cancelled]
+        yield Violation(
+            names[0],
+            f"{len(names)} bias(es) get a gradient that cancels ({_listed(names)}): at most "
+            f"{CANCELLED:.1e} of their own weight's (exactly zero or rounding), while that weight's is not zero, "
+            "so whatever they add is removed by what follows (a softmax over positions removes a key "
+            "projection's bias; a normalization removes its mean); they will not train, and the model trains "
+            "without them",
+            fix=None,
+            severity="info",
+            locations=names,
+        )
+        skip |= set(names)
     zero = [t for t in rec.parameters if t.grad is not None and t.grad.norm == 0 and not t.grad.nonfinite
             and t.name not in skip]
     if not zero:
