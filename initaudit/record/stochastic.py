@@ -31,14 +31,18 @@ import torch
 from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
+from initaudit.core import knowledge
+
 PROBE_ROWS = 64  # rows of the repeated input a behavioural test draws masks for
 PROBE_ELEMENTS = 1 << 22  # ... unless that would exceed this many elements
 
 
 def _is_candidate(module: nn.Module) -> bool:
-    """A leaf module with no parameters and no buffers of its own: one that can only be
-    stochastic through the RNG (an activation, a pooling, a reshape, or a drop-path)."""
-    return (training_leaf(module) and not any(True for _ in module.parameters(recurse=False))
+    """A leaf module with no parameters and no buffers of its own that torch's own classes do
+    not already name (activations, pooling, reshapes are deterministic): one that can only be
+    stochastic through the RNG, such as a library's drop-path."""
+    return (training_leaf(module) and knowledge.classify(module)[0] == knowledge.OTHER
+            and not any(True for _ in module.parameters(recurse=False))
             and not any(True for _ in module.buffers(recurse=False)))
 
 

@@ -63,7 +63,8 @@ def initial_loss(ctx: RuleContext) -> Iterator[Violation]:
     # a balanced batch looks that much imbalanced by chance
     gain = floor - labelled.prior_entropy - (classes - 1) / (2 * labelled.rows)
     threshold = float(ctx.options["prior-gain"])
-    if gain > threshold and labelled.loss - labelled.prior_entropy > threshold:
+    # a few labels per class say little of the class frequencies: ten each on average at least
+    if labelled.rows >= 10 * classes and gain > threshold and labelled.loss - labelled.prior_entropy > threshold:
         bias = next((t for t in rec.parameters if head is not None and t.module == head.module
                      and t.attr == "bias"), None)
         yield Violation(
