@@ -216,8 +216,13 @@ try:
     print("trained", trainer.state.global_step, args.world_size)
 except InitAuditStop:
     print("stopped", trainer.state.global_step, args.world_size)
-if torch.distributed.is_initialized():  # as a launched script ends: gloo aborts at exit otherwise
+if torch.distributed.is_initialized():
     torch.distributed.destroy_process_group()
+# gloo's threads can abort the interpreter's teardown ("terminate called without an active
+# exception") after everything above has run: leave without it, as the launched script is done
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)
 '''
 
 
