@@ -20,7 +20,7 @@ without the callback are bit-identical). Requires ``transformers`` (``pip instal
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 from transformers import TrainerCallback
 from transformers.utils import logging
@@ -53,11 +53,7 @@ class InitAuditCallback(StartGate, TrainerCallback):
     After it ran, ``callback.report`` is the report (``None`` where the run was not audited).
     """
 
-    def __init__(self, fail_on: str = "warning", select: Optional[Iterable[str]] = None,
-                 ignore: Optional[Iterable[str]] = None, report_to: Optional[str] = None, steps: int = 1,
-                 **audit_options: Any) -> None:
-        StartGate.__init__(self, fail_on, select, ignore, report_to, steps, **audit_options)
-        self._pending_metrics: Optional[dict] = None
+    _pending_metrics: Optional[dict] = None  # the counts, until the run's first log takes them
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                        train_dataloader: Any = None, **kwargs: Any) -> None:

@@ -114,10 +114,11 @@ def inspect(
                     logits = scored[0]
                 if scored is not None and scored[0].shape[-1] == classes:
                     deferred.put(scalars, "labelled_loss", cross_entropy_stats(*scored))
-                elif logits is not None and find_labels(example_input, labels) is not None:
+                elif logits is not None:
+                    given = find_labels(example_input, labels)
                     own = output.get("loss") if isinstance(output, dict) else getattr(output, "loss", None)
-                    stats = labelled_loss(logits, find_labels(example_input, labels),
-                                          own if isinstance(own, torch.Tensor) and own.numel() == 1 else None)
+                    stats = None if given is None else labelled_loss(
+                        logits, given, own if isinstance(own, torch.Tensor) and own.numel() == 1 else None)
                     if stats is not None:
                         deferred.put(scalars, "labelled_loss", stats)
                 if run_backward:
