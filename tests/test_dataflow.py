@@ -90,6 +90,28 @@ def test_roles_of_a_plain_mlp():
     assert found["4.weight"].branch is None and found["4.weight"].next_weights == []
 
 
+@pytest.mark.parametrize("written", ["mse_loss", "out - target", "target - out"])
+def test_a_regression_loss_written_as_a_difference_is_not_an_adapter_sum(written):
+    # ``out - target`` subtracts a tensor without gradient from a product, as a LoRA sum on a
+    # frozen model's first layer adds one; a difference is a comparison, not an adapter, and
+    # the MLP under it is the main path whichever way its loss is written
+    torch.manual_seed(0)
+    model = nn.Sequential(*[m for _ in range(6) for m in (nn.Linear(32, 32), nn.ReLU())], nn.Linear(32, 1))
+    with torch.no_grad():
+        for layer in list(model)[:-1:2]:
+            layer.weight.normal_(0, 1e-3)  # 177x below He's std: the signal is gone by the head
+    x, target = torch.randn(64, 32), torch.randn(64, 1)
+    loss = {"mse_loss": lambda out, _x: nn.functional.mse_loss(out, target),
+            "out - target": lambda out, _x: ((out - target) ** 2).mean(),
+            "target - out": lambda out, _x: (target - out).abs().mean()}[written]
+    report = audit(model, x, loss=loss)
+    found = uses(report)
+    assert {found[f"{i}.weight"].reaches for i in range(0, 13, 2)} == {"output"}
+    assert all(found[f"{i}.weight"].branch is None for i in range(0, 13, 2))
+    (mismatch,) = findings(report, "IA201")
+    assert mismatch.severity == "warning" and "residual branch" not in mismatch.message
+
+
 def test_raw_lora_b_at_zero_is_the_recipe_and_a_trains_from_step_two():
     torch.manual_seed(0)
     report = audit(RawLoRA(), torch.randn(32, 16))

@@ -785,3 +785,44 @@ def test_a_signal_finding_lsuv_cannot_reach_is_listed_with_why():
     assert "IA202" in codes(result.fix.before) and result.fix.lsuv == {}
     (why,) = [why for f, why in result.fix.unfixed if f.code == "IA202"]
     assert "nothing to rescale" in why and changed(model, before) == []
+
+
+def test_a_sigmoid_stack_is_redrawn_at_the_sigmoid_gain_and_then_trains():
+    # sigmoid's slope at 0 is 1/4: LSUV's unit variance before it (the fixed point of He's and
+    # tanh's gains) leaves the gradient shrinking layer after layer, while the re-draw at gain 4
+    # (Glorot & Bengio 2010) keeps it; the fix keeps that re-draw, and it trains
+    from initaudit.fixing.fixer import lsuv_scale
+
+    def build():
+        torch.manual_seed(0)
+        model = nn.Sequential(*[m for i in range(8) for m in (nn.Linear(32 if i == 0 else 64, 64), nn.Sigmoid())],
+                              nn.Linear(64, 1))
+        with torch.no_grad():
+            for layer in list(model)[:-1:2]:
+                layer.weight.normal_(0, 1e-3)
+        return model
+
+    def trained(model, steps=300):
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = ((model(x) - y) ** 2).mean()
+            loss.backward()
+            opt.step()
+        return loss.item()
+
+    g = torch.Generator().manual_seed(100)
+    x = torch.randn(256, 32, generator=g)
+    y = torch.sin(x @ torch.randn(32, 1, generator=g) / 3)
+    model = build()
+    result = audit(model, x, loss=lambda out, _x: ((out - y) ** 2).mean(), fix=True)
+    assert {"IA201", "IA202"} <= set(codes(result.fix.before)) and not codes(result, "warning")
+    hidden = list(model)[:-1:2]
+    for layer in hidden:
+        assert layer.weight.std().item() == pytest.approx(4 / math.sqrt(layer.in_features), rel=0.05)
+    assert not set(result.fix.lsuv) & {str(i) for i in range(0, 16, 2)}
+    # the same re-draw with LSUV's unit variance on top, as the fix did before
+    unit = copy.deepcopy(model)
+    lsuv_scale(unit, x, layers={str(i) for i in range(0, 16, 2)})
+    fixed_loss, unit_loss, unfixed_loss = trained(model), trained(unit), trained(build())
+    assert fixed_loss < unit_loss / 5 and fixed_loss < unfixed_loss / 20

@@ -116,6 +116,21 @@ def test_gain_range():
     assert gains.gain_range(knowledge.Activation("selu")) == (1.0, 1.0)
 
 
+def test_sigmoid_gain_runs_from_lecun_to_the_inverse_of_its_slope_at_zero():
+    # Glorot & Bengio (2010)'s linearisation: near 0 a sigmoid scales its input by its slope
+    # there, so the weight that keeps the gradient's variance is 1/slope times the linear one
+    z = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    (slope,) = torch.autograd.grad(torch.sigmoid(z), z)
+    low, high = gains.gain_range(knowledge.Activation("sigmoid"))
+    assert low == torch.nn.init.calculate_gain("sigmoid") == 1.0
+    assert high == pytest.approx(1 / slope.item())
+    # the fix draws the upper end, as for tanh
+    call = gains.init_call(knowledge.Activation("sigmoid"), "w", 64)
+    w = torch.empty(64, 64)
+    eval(call, {"nn": torch.nn, "math": math, "torch": torch, "w": w})
+    assert w.std().item() == pytest.approx(high / 8, rel=0.05)
+
+
 def test_classify():
     assert knowledge.classify(nn.Conv2d(3, 4, 3)) == (knowledge.LAYER, None)
     assert knowledge.classify(nn.BatchNorm2d(4))[0] == knowledge.NORM

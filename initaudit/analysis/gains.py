@@ -1,7 +1,7 @@
 """The init gain each nonlinearity asks for, and the ``torch.nn.init`` call that gives it.
 
 ``std = gain / sqrt(fan_in)``: He et al. (2015) for the ReLU family, Glorot & Bengio
-(2010) for tanh, LeCun for linear, sigmoid and SELU (Klambauer et al. 2017), and the
+(2010) for tanh and sigmoid, LeCun for linear and SELU (Klambauer et al. 2017), and the
 second-moment gain ``1 / sqrt(E[phi(z)^2])`` for smooth activations.
 """
 
@@ -15,6 +15,9 @@ import torch
 from torch import nn
 
 from initaudit.core.knowledge import Activation
+
+# sigmoid's slope at 0 is 1/4: the gain that keeps the gradient's variance through it
+SIGMOID_GAIN = 4.0
 
 _ELEMENTWISE: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": torch.nn.functional.gelu,
@@ -50,7 +53,14 @@ def gain_range(activation: Activation) -> Tuple[float, float]:
       ``calculate_gain("leaky_relu", slope) = sqrt(2 / (1 + slope^2))``;
     - tanh: anything from Glorot's gain 1 to ``calculate_gain("tanh") = 5/3``
       (Glorot & Bengio 2010);
-    - sigmoid, softmax, no activation (linear): 1;
+    - sigmoid: from LeCun's 1 (``calculate_gain("sigmoid")``) to 4: near 0, sigmoid(z) is
+      1/2 + z/4, so a weight four times the linear scale keeps the variance of the gradient
+      through it (Glorot & Bengio 2010's linearisation; Bengio 2012, "Practical
+      recommendations", uses 4x Glorot's range for sigmoid units). On the trainability
+      benchmark's calibrate split, four 8-layer sigmoid CNNs that end at 0.50-0.60 of the
+      baseline loss after a re-draw at gain 1 and LSUV end at 0.36-0.46 with every weight
+      drawn at gain 4 (threshold 0.5; benchmarks/README.md);
+    - softmax, no activation (linear): 1;
     - SELU: LeCun, 1 (Klambauer et al. 2017);
     - GELU, SiLU, Mish, ELU, CELU, Softplus, Hardswish: :func:`second_moment_gain`.
     """
@@ -61,9 +71,11 @@ def gain_range(activation: Activation) -> Tuple[float, float]:
         g = nn.init.calculate_gain("leaky_relu", activation.param)
     elif name == "tanh":
         return 1.0, nn.init.calculate_gain("tanh")
+    elif name == "sigmoid":
+        return nn.init.calculate_gain("sigmoid"), SIGMOID_GAIN
     elif name in _ELEMENTWISE:
         g = second_moment_gain(name)
-    else:  # linear, sigmoid, softmax, selu
+    else:  # linear, softmax, selu
         g = 1.0
     return g, g
 
@@ -87,6 +99,8 @@ def init_call(activation: Activation, target: str, fan_in: int, torch_fan_in: Op
     if name in _ELEMENTWISE:
         gain = second_moment_gain(name)
         return f"nn.init.normal_({target}, std={gain:.4g} / math.sqrt({fan_in}))"
+    if name == "sigmoid":
+        return f"nn.init.normal_({target}, std={SIGMOID_GAIN:g} / math.sqrt({fan_in}))"
     # LeCun normal: std = 1 / sqrt(fan_in)
     return f'nn.init.kaiming_normal_({target}, nonlinearity="linear")'
 
@@ -105,4 +119,5 @@ def init_name(activation: Activation) -> str:
         "relu": "He",
         "leaky_relu": "He",
         "tanh": "Glorot to calculate_gain('tanh')",
+        "sigmoid": "LeCun to Glorot & Bengio's 4x for sigmoid",
     }.get(activation.name, "second-moment" if activation.name in _ELEMENTWISE else "LeCun")

@@ -356,7 +356,8 @@ def repair(
                 unfixed.append((f, "no automatic fix: " + why))
         factors: Dict[str, float] = {}
         if lsuv and example_input is not None and data:
-            factors, scale_lines, scale_changes = rescale(model, report, example_input)
+            redrawn = {c.name.rpartition(".")[0] for c in changes}
+            factors, scale_lines, scale_changes = rescale(model, report, example_input, redrawn)
             lines += scale_lines
             changes += scale_changes
             if not factors:
@@ -370,10 +371,25 @@ def repair(
                      seed=seed)
 
 
-def rescale(model: nn.Module, report: Report, example_input: Any) -> Tuple[Dict[str, float], List[str], List[Change]]:
+def kept_at_sigmoid_gain(report: Report, redrawn: Set[str]) -> Set[str]:
+    """The layers of ``redrawn`` (module names this fix re-drew) whose output feeds a sigmoid;
+    every name of each. LSUV's unit output variance is the fixed point of the zero-mean
+    nonlinearities' gains (He's for ReLU, tanh's, SELU's); a sigmoid's output has mean 1/2 and
+    slope 1/4, and unit variance before it leaves the gradient shrinking about 16x in variance per
+    layer: such a layer keeps its re-draw at the sigmoid gain (:data:`~initaudit.analysis.gains.
+    SIGMOID_GAIN`, Glorot & Bengio 2010)."""
+    rec = report.recording
+    sigmoid = {name for name, use in report.analysis.consumers.items()
+               if use.activation.name == "sigmoid" and name in redrawn}
+    return {name for m in rec.modules if set(m.names) & sigmoid for name in m.names}
+
+
+def rescale(model: nn.Module, report: Report, example_input: Any,
+            redrawn: Optional[Set[str]] = None) -> Tuple[Dict[str, float], List[str], List[Change]]:
     """The data-dependent repair of the signal findings, in two passes on the example batch.
 
-    First LSUV on the main path (:func:`lsuv_layers`) to unit output variance. Then what is
+    First LSUV on the main path (:func:`lsuv_layers`; not a layer this fix re-drew for a sigmoid,
+    :func:`kept_at_sigmoid_gain`) to unit output variance. Then what is
     too large for the stream is scaled down, never up (a small branch end or head is the
     recipe): inside a residual branch to unit variance; at a branch's end to 1/L of the
     stream's (which starts near unit variance, the main path's target), so that L branches
@@ -382,11 +398,12 @@ def rescale(model: nn.Module, report: Report, example_input: Any) -> Tuple[Dict[
     variance (logits of order one). Returns the total factor per layer, the lines that
     reproduce them, and the changes."""
     old = {layer: _std(model, layer + ".weight") for layer in _layers(model)}
-    main = lsuv_scale(model, example_input, layers=lsuv_layers(report))
+    kept = kept_at_sigmoid_gain(report, redrawn or set())
+    main = lsuv_scale(model, example_input, layers=lsuv_layers(report) - kept)
     ends = branch_ends(report)
     count = len({report.recording.module(n).names[0] if report.recording.module(n) else n for n in ends})
     head = report.analysis.output_layer
-    targets = {**{n: 1.0 for n in branch_interior(report)}, **{n: 1 / count for n in ends}}
+    targets = {**{n: 1.0 for n in branch_interior(report) - kept}, **{n: 1 / count for n in ends}}
     if head and head not in ends and not _frozen(model, [head + ".weight"]):
         targets[head] = 1.0
     shrunk = lsuv_scale(model, example_input, layers=set(targets), target=targets, shrink_only=True)

@@ -90,6 +90,7 @@ NORM_OPS = frozenset({"NativeLayerNormBackward0", "NativeBatchNormBackward0", "C
 RECURRENT_OPS = frozenset({"MkldnnRnnLayerBackward0", "CudnnRnnBackward0", "MiopenRnnBackward0", "LstmMpsBackward0",
                            "ThnnFusedLstmCellBackward0", "ThnnFusedGruCellBackward0"})
 ADDS = frozenset({"AddBackward0", "SubBackward0", "AddcmulBackward0", "AddcdivBackward0", "RsubBackward0"})
+SUBTRACTIONS = frozenset({"SubBackward0", "RsubBackward0", "RsubBackward1"})
 SCALES = frozenset({"MulBackward0", "DivBackward0"})
 POOLS = frozenset({"MeanBackward0", "MeanBackward1", "AvgPool1DBackward0", "AvgPool2DBackward0", "AvgPool3DBackward0",
                    "AdaptiveAvgPool2DBackward0", "AdaptiveAvgPool3DBackward0", "MaxPool2DWithIndicesBackward0"})
@@ -427,7 +428,11 @@ class Graph:
         frozen layer's output: a LoRA update on its base layer. Without a gradient path at all
         the other addend is a frozen layer fed by frozen layers (the first adapted layer of a
         frozen model), so it counts too, but only when this side is a product: ``x + eps``
-        with a constant ``eps`` is no adapter."""
+        with a constant ``eps`` is no adapter, nor is a difference: an adapter's update is added
+        to its base's output, while ``out - target`` (a regression loss written by hand) compares
+        a product with a tensor that has no gradient either."""
+        if node_name(add) in SUBTRACTIONS:
+            return False
         has_other, other = self.other_input(add, slot)
         if not has_other or (other is not None and (self.is_parameter_path(other) or not self.frozen_product(other))):
             return False
