@@ -6,6 +6,10 @@
 
     initaudit examples/deep_mlp.py:build
     initaudit examples/deep_mlp.py:build --factory-arg depth=4
+
+At depth 4 the signal shrinks about 20x, which such a stack survives (the trainability
+benchmark's defaults range: plain stacks at this init train up to 8 layers and fail at 16):
+IA201 is then info, not a warning.
 """
 
 from torch import nn

@@ -77,7 +77,7 @@ def case_ia105():
 def case_ia201():
     m = relu_stack()
     with torch.no_grad():
-        m[2].weight.mul_(30)
+        m[2].weight.mul_(100)  # 100x He: far past what trains (IA201 severe-factor 30)
     return m, torch.randn(32, 16)
 
 

@@ -31,7 +31,7 @@ def test_profile_on_the_30_layer_example():
 
 def test_plot_writes_a_png(tmp_path):
     path = tmp_path / "profile.png"
-    result = CliRunner().invoke(main, [f"{EXAMPLES / 'deep_mlp.py'}:build", "--factory-arg", "depth=5",
+    result = CliRunner().invoke(main, [f"{EXAMPLES / 'deep_mlp.py'}:build", "--factory-arg", "depth=16",
                                        "--plot", str(path)])
     assert result.exit_code == 1  # the findings decide the exit code, not the plot
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -72,9 +72,19 @@ HF_INITS = {"own": 6, "range_0.2": 1, "range_1": 2, "torch_default": 2, "normal_
 TRANSFORMER_SIZES = ((2, 64), (4, 64), (6, 64), (8, 64), (12, 64), (2, 128), (4, 128), (6, 128), (2, 256))
 
 
+# indices from here on are the *defaults range*: plain MLPs and CNNs (no normalization, no
+# residual) at PyTorch's own default init (``kaiming_uniform_(a=sqrt(5))``, std 1/sqrt(3 fan_in)),
+# the model most users write first, at the depths they write it (3 to 16 layers): where the
+# default init's shrinking signal (1/sqrt(6) of He's std per ReLU layer) stops training
+DEFAULTS_FROM = 592
+DEFAULTS_KINDS = ("mlp", "mlp", "cnn", "mlp", "mlp", "cnn")
+
+
 def config(index: int) -> Dict[str, Any]:
     """The configuration of benchmark model ``index``."""
     rng = random.Random(index)
+    if index >= DEFAULTS_FROM:
+        return _defaults_config(index, rng)
     if index >= EXTENDED_FROM:
         return _extended_config(index, rng)
     if index >= STRESS_FROM:
@@ -154,6 +164,21 @@ def _extended_config(index: int, rng: random.Random) -> Dict[str, Any]:
                    batchnorm=rng.random() < 0.5, activation=rng.choice(["relu", "relu", "gelu", "tanh"]),
                    init=_pick(rng, WEIGHT_INITS), zero_init_residual=rng.random() < 0.3,
                    fault=_pick(rng, {**FAULTS, "zero_norm_gain": 1}))
+    return cfg
+
+
+def _defaults_config(index: int, rng: random.Random) -> Dict[str, Any]:
+    """A configuration of the defaults range (see :data:`DEFAULTS_FROM`)."""
+    kind = DEFAULTS_KINDS[index % len(DEFAULTS_KINDS)]
+    cfg: Dict[str, Any] = {"index": index, "family": kind}
+    if kind == "mlp":
+        cfg.update(depth=rng.choice([3, 4, 6, 8, 12, 16]), width=rng.choice([64, 128, 256]),
+                   activation=rng.choice(["relu", "relu", "leaky_relu", "gelu", "silu", "tanh"]), norm="none",
+                   init="default", fault="none")
+    else:
+        cfg.update(depth=rng.choice([2, 4, 8, 12, 16]), channels=rng.choice([8, 16]), residual=False,
+                   batchnorm=False, activation=rng.choice(["relu", "relu", "gelu", "tanh"]), init="default",
+                   zero_init_residual=False, fault="none")
     return cfg
 
 

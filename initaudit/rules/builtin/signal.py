@@ -78,6 +78,10 @@ def _segment_crossing(ctx: RuleContext, signal: List[Tuple[str, float]], directi
     # a stream that meets a normalization on every path to the loss (a pre-LN stack's final norm)
     # grows by the sum of its branches, and the norm rescales it: the size reaches no loss
     rescaled = direction == "exploding" and meets_norms(ctx.recording, name)
+    # a fall between 1/signal-vanishing-ratio and 1/signal-vanishing-severe: what plain stacks at
+    # PyTorch's default init lose over 6-8 layers, and they train (Adam's normalized steps)
+    mild = direction == "vanishing" and min(s for _, s in signal) >= first / float(
+        ctx.options["signal-vanishing-severe"])
     return Violation(
         name,
         f"the signal {direction[:-3]}es along the depth: the per-feature std across the batch of the "
@@ -88,10 +92,12 @@ def _segment_crossing(ctx: RuleContext, signal: List[Tuple[str, float]], directi
         + ("The output is losing its dependence on the input" if direction == "vanishing"
            else "Activations will overflow or saturate")
         + (_LASTS_ONE_STEP if passing else "")
-        + (_RESCALED if rescaled else ""),
+        + (_RESCALED if rescaled else "")
+        + (f"; it stays above 1/{float(ctx.options['signal-vanishing-severe']):g} of the first layer's, a loss "
+           "that plain stacks at PyTorch's default init take over 6-8 layers and still train" if mild else ""),
         fix=None,
         locations=[n for n, _ in signal[: crossed + 1]][-2:],
-        severity="info" if passing or rescaled else None,
+        severity="info" if passing or rescaled or mild else None,
         caused_by=f"IA101 {cause}" if cause else None,
     )
 
@@ -103,12 +109,16 @@ def _segment_crossing(ctx: RuleContext, signal: List[Tuple[str, float]], directi
     "The input-dependent part of the layer outputs falls below 1/{signal-vanishing-ratio} of the first layer's, "
     "or that of the output layer's input, for its size, below 1/{collapse-ratio} of the first layer's.",
     # 100, not 10: on the trainability benchmark's calibrate split, nets whose signal falls 10-100x
-    # train (Adam's normalized steps): AUC 0.850 -> 0.856, precision 0.536 -> 0.554, recall unchanged
+    # train (Adam's normalized steps): AUC 0.850 -> 0.856, precision 0.536 -> 0.554, recall unchanged.
+    # signal-vanishing-severe: a fall beyond 1/1000 is a warning, one between 1/100 and 1/1000 info.
+    # On the calibrate split with the benchmark's defaults range (plain MLPs and CNNs at PyTorch's
+    # default init, whose signal falls 100-1000x over 6-8 layers and which train), with IA201's
+    # compound-severe 1000: precision 0.714 -> 0.815, recall 0.904 unchanged
     # collapse-ratio: the representation the output layer reads varies with the input less than
     # 1/1000 as much, for its size, as the first layer's output. On the calibrate split the failing
     # configurations it newly catches (deep sigmoid and ReLU MLPs with LayerNorm) sit below 1e-6; of
     # those that train, all but two (already warned: their signal also vanishes) stay above 1e-3
-    options={"signal-vanishing-ratio": 100.0, "collapse-ratio": 1000.0},
+    options={"signal-vanishing-ratio": 100.0, "signal-vanishing-severe": 1000.0, "collapse-ratio": 1000.0},
     needs="forward",
     fix="data",
     why_no_fix="repaired with data: LSUV rescales each layer, in forward order, until its output variance "
@@ -116,7 +126,10 @@ def _segment_crossing(ctx: RuleContext, signal: List[Tuple[str, float]], directi
 )
 def signal_vanishing(ctx: RuleContext) -> Iterator[Violation]:
     found = list(_crossing(ctx, "vanishing"))
-    yield from found or _collapse(ctx)
+    yield from found
+    # a mild fall (info) does not rule out that the examples have collapsed onto one vector
+    if all(v.severity == "info" and not v.caused_by for v in found):
+        yield from _collapse(ctx)
 
 
 def input_dependence(output: OutputRecord) -> Optional[float]:
