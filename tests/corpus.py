@@ -533,6 +533,31 @@ class NFNet(nn.Module):
         return self.head(self.act(self.blocks(self.stem(x))).mean(dim=(2, 3)))
 
 
+def default_mlp() -> nn.Module:
+    """The tutorial MLP: three hidden ReLU layers at PyTorch's default init (std 1/sqrt(3 fan_in),
+    1/sqrt(6) of He's): its signal shrinks about 15x, which it survives (the trainability
+    benchmark's defaults range trains such MLPs up to 8 layers)."""
+    return nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
+                         nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, LABELS))
+
+
+def default_cnn() -> nn.Module:
+    """Four ReLU convolutions at PyTorch's default init, global average pooling, a linear head."""
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2, padding=1),
+                         nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(64, LABELS))
+
+
+def conv_autoencoder() -> nn.Module:
+    """A convolutional autoencoder at PyTorch's default init, transposed convolutions back up to
+    a sigmoid image."""
+    return nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.ConvTranspose2d(32, 16, 4, stride=2, padding=1), nn.ReLU(),
+                         nn.ConvTranspose2d(16, 3, 4, stride=2, padding=1), nn.Sigmoid())
+
+
 def handwritten(cls: type, make_input: Callable[[], torch.Tensor]) -> Builder:
     def build():
         torch.manual_seed(0)
@@ -549,6 +574,10 @@ TORCH: dict[str, Builder] = {
     "rezero-transformer": handwritten(ReZeroTransformer, lambda: features(SEQ, 32)),
     "convnext-layer-scale": handwritten(ConvNeXt, pixels),
     "nfnet-skipinit": handwritten(NFNet, pixels),
+    # what most users write first, at PyTorch's own default init
+    "torch-default-mlp": handwritten(default_mlp, lambda: features(32)),
+    "torch-default-cnn": handwritten(default_cnn, pixels),
+    "torch-conv-autoencoder": handwritten(conv_autoencoder, pixels),
 }
 
 PEFT: dict[str, Builder] = {
