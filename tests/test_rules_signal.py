@@ -275,6 +275,17 @@ def test_ia204_dead_relu_units():
         model[0].bias[:48] = -100.0  # 48 of 64 units can never fire
     (f,) = findings(audit(model, torch.randn(64, 16)), "IA204")
     assert f.location == "0" and f.message.startswith("75% of the units")
+    # the 16 alive units carry the gradient: information, not a warning
+    assert f.severity == "info" and "the units still alive carry the gradient" in f.message
+
+
+def test_ia204_a_layer_with_every_unit_dead_is_a_warning():
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2))
+    with torch.no_grad():
+        model[2].bias.fill_(-100.0)  # no unit of the second layer can fire: nothing reaches the first
+    report = audit(model, torch.randn(64, 16))
+    (f,) = findings(report, "IA204")
+    assert f.location == "2" and f.severity == "warning" and "no gradient reaches the layers below" in f.message
 
 
 def test_ia204_dead_conv_channels():
