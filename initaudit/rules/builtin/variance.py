@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from initaudit.analysis import gains
 from initaudit.analysis.fingerprint import Fingerprint
@@ -99,6 +99,7 @@ def variance_mismatch(ctx: RuleContext) -> Iterator[Violation]:
     severe = float(ctx.options["severe-factor"])
     signal_tol = float(ctx.options["signal-tolerance"])
     compound_severe = float(ctx.options["compound-severe"])
+    signal_along_depth = None  # IA202's measure, read once, for the first run too small
     for run in ctx.analysis.runs:
         # a frozen weight (a pretrained base under adapters) is not the user's to re-initialize
         scales = [s for s in (recommended_std(u) for u in run) if s is not None and not frozen(s.use.weight)]
@@ -137,7 +138,11 @@ def variance_mismatch(ctx: RuleContext) -> Iterator[Violation]:
         # the signal it shrinks falls beyond compound-severe, over the run or along the depth (its
         # consequence, IA202's measure): what plain stacks at PyTorch's default init lose, 100-1000x
         # over 4-6 layers, they survive (Adam's normalized steps)
-        fall = _depth_fall(ctx, run) if product < 1 else None
+        fall = None
+        if product < 1:
+            if signal_along_depth is None:
+                signal_along_depth = layer_signal(ctx.recording, ctx.analysis.output_layer)
+            fall = _depth_fall(signal_along_depth, run)
         far = product > 1 or (signal is not None and product < 1 / compound_severe and signal < 1 / compound_severe) \
             or (fall is not None and fall < 1 / compound_severe)
         severity = "info"
@@ -146,18 +151,18 @@ def variance_mismatch(ctx: RuleContext) -> Iterator[Violation]:
             severity = "warning"
         init = ctx.analysis.fingerprint(worst.use.weight)
         survived = compounded and confirmed and not far and severity == "info" and not (
-            normalized or branch or bounded) and worst.off_by <= severe
+            normalized or branch or bounded)
         yield _violation(scales, worst, product, signal, normalized, severity, init, branch,
                          ctx.recording.declared_init_std, bounded, compound_severe if survived else None)
 
 
-def _depth_fall(ctx: RuleContext, run: List[LayerUse]) -> Optional[float]:
-    """The smallest ratio of the signal along the depth (IA202's per-feature std of the layer
-    outputs that carry the signal) to its value at the start of the segment, over the segments
-    that hold a layer of ``run``; ``None`` where none does."""
+def _depth_fall(signal: List[List[Tuple[str, float]]], run: List[LayerUse]) -> Optional[float]:
+    """The smallest ratio of the signal along the depth (``signal``: IA202's per-feature std of
+    the layer outputs that carry it, in segments) to its value at the start of its segment, over
+    the segments that hold a layer of ``run``; ``None`` where none does."""
     names = {u.module.name for u in run}
     falls = [min(s for _, s in segment) / segment[0][1]
-             for segment in layer_signal(ctx.recording, ctx.analysis.output_layer)
+             for segment in signal
              if len(segment) > 1 and segment[0][1] > 0 and names & {n for n, _ in segment}]
     return min(falls) if falls else None
 
