@@ -46,6 +46,23 @@ def test_the_stored_labels_reproduce():
             assert (new is None and old is None) or new == pytest.approx(old, rel=1e-4), row["config"]
 
 
+def test_another_draw_is_the_same_recipe_with_other_weights():
+    import torch
+    from configs import build
+    from tasks import task_for
+
+    cfg = config(429)  # a 4-conv CNN drawn at twice He's std
+    task = task_for(cfg)
+    labelled, again, other = (build(cfg, task, draw=d).state_dict() for d in (0, 0, 1))
+    assert all(torch.equal(labelled[k], again[k]) for k in labelled)  # draw 0 is the labelled model
+    assert labelled.keys() == other.keys()
+    weights = [k for k in labelled if k.endswith("weight") and labelled[k].dim() > 1]
+    assert weights and all(labelled[k].shape == other[k].shape for k in labelled)
+    assert not any(torch.equal(labelled[k], other[k]) for k in weights)
+    for k in weights:  # the same init scheme: the same std within sampling error
+        assert other[k].std().item() == pytest.approx(labelled[k].std().item(), rel=0.35), k
+
+
 def test_the_stored_labels_keep_their_procedure():
     document = json.loads((BENCH / "labels.json").read_text())
     assert document["procedure"]["threshold"] == 0.5 and len(document["procedure"]["runs"]) == 6

@@ -571,9 +571,20 @@ def _hf(cfg: Dict[str, Any], task: Any) -> nn.Module:
     return model
 
 
-def build(cfg: Dict[str, Any], task: Any) -> nn.Module:
-    """The model of ``cfg`` for ``task`` (see :mod:`tasks`), the same for the same index."""
-    torch.manual_seed(cfg["index"])
+DRAW_STRIDE = 1_000_003
+
+
+def init_seed(index: int, draw: int = 0) -> int:
+    """The torch seed of a configuration's weights: ``index`` for the labelled draw (``draw`` 0),
+    ``draw * DRAW_STRIDE + index`` for another draw of the same recipe."""
+    return draw * DRAW_STRIDE + index
+
+
+def build(cfg: Dict[str, Any], task: Any, draw: int = 0) -> nn.Module:
+    """The model of ``cfg`` for ``task`` (see :mod:`tasks`), the same for the same index; ``draw``
+    > 0 draws the same recipe's weights again under another seed (the architecture, the planted
+    fault's place and the task stay the configuration's)."""
+    torch.manual_seed(init_seed(cfg["index"], draw))
     rng = random.Random(10_000 + cfg["index"])
     family = cfg["family"]
     if family == "mlp":

@@ -6,8 +6,8 @@ A label is one training (six optimizer settings, :mod:`train`) of one init draw:
 ``configs.build`` makes under the configuration's index. For every configuration of the
 split whose stored best loss ends within ``--band`` of its baseline (around the 0.5 line that
 separates "trains" from "fails"), this builds the same recipe again under another seed
-(``torch.manual_seed(1_000_003 + index)`` around the build, so the weights are a second
-draw; the architecture, the task and the training are the configuration's), trains it
+(``configs.build(..., draw=1)``: ``torch.manual_seed(1_000_003 + index)``, so the weights are a
+second draw; the architecture, the task and the training are the configuration's), trains it
 exactly as labelled, and prints how many keep their label. Nothing is written to
 ``labels.json``: this measures the labels, it does not change them. The last line reads
 ``label stability: K/N keep their label within the band (split S)``.
@@ -34,23 +34,11 @@ from run import LABELS, in_split  # noqa: E402
 from tasks import task_for  # noqa: E402
 from train import THRESHOLD, train_all  # noqa: E402
 
-SECOND_DRAW = 1_000_003
-
-
 def second_draw(row: Dict[str, Any]) -> Tuple[int, str, float, str]:
     """``(index, stored label, best ratio of the second draw, its label)``."""
     cfg = row["config"]
     task = task_for(cfg)
-    seed = torch.manual_seed
-
-    def reseeded(value: int) -> Any:  # build() seeds with the index: the second draw's seed instead
-        return seed(SECOND_DRAW + value if value == cfg["index"] else value)
-
-    torch.manual_seed = reseeded
-    try:
-        model = configs.build(cfg, task)
-    finally:
-        torch.manual_seed = seed
+    model = configs.build(cfg, task, draw=1)
     losses = train_all(model, task, seed=cfg["index"])
     best = min(losses)
     ratio = best / task.baseline if math.isfinite(best) else math.inf

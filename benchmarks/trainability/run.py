@@ -13,6 +13,10 @@ batch with its task's loss. "Fails" is the positive class. For the split it prin
 - per rule, how often it fires on failing and on training configurations;
 - the same figures per family.
 
+``--attribute`` trains the misses and the false alarms again (other init draws of their recipe,
+and each miss at its architecture's textbook init) and says how many sit within the labels'
+draw-to-draw noise or fail for their architecture, not their init.
+
 The split is fixed by index: alternate blocks of six (one configuration of each family)
 calibrate and report. Thresholds are tuned
 on ``calibrate`` only; the README publishes ``report``. The last line reads
@@ -120,6 +124,54 @@ def score(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     }
 
 
+def _attribution(row: Dict[str, Any]) -> Dict[str, Any]:
+    """Two other init draws of a configuration's recipe, trained as labelled, and for a failing one
+    whether its architecture trains at its textbook init (``run_fix.textbook``)."""
+    from run_fix import own_draws, trains_at_textbook_init
+    from train import THRESHOLD
+
+    torch.set_num_threads(1)
+    draws = own_draws(row["config"])
+    result = {"draws": draws, "draws_fail": sum(d is None or d >= THRESHOLD for d in draws)}
+    if row["label"] == "fails":
+        result["textbook_trains"] = trains_at_textbook_init(row["config"])
+    return result
+
+
+def attribute(rows: List[Dict[str, Any]], jobs: int) -> None:
+    """Where do the misses and false alarms come from? A label is one training of one init draw,
+    so a configuration near the 0.5 line can change sides with the draw; and a model that fails at
+    any init fails for its architecture (or the budget), which no init check can see. Prints both
+    for each miss and each false alarm, and a count of each."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    def warned(r: Dict[str, Any]) -> bool:
+        return any(s in ("error", "warning") for _, s in r["findings"])
+
+    misses = [r for r in rows if r["label"] == "fails" and not warned(r)]
+    alarms = [r for r in rows if r["label"] == "trains" and warned(r)]
+    with ProcessPoolExecutor(max_workers=max(jobs, 1), mp_context=get_context("spawn")) as pool:
+        found = list(pool.map(_attribution, misses + alarms, chunksize=1))
+    for title, group, results in (("missed failures", misses, found[:len(misses)]),
+                                  ("false alarms", alarms, found[len(misses):])):
+        print(f"{title} (index family: labelled best loss / baseline; two other draws of the recipe"
+              + ("; the textbook init" if title == "missed failures" else "") + "):")
+        for r, a in zip(group, results):
+            draws = ", ".join("inf" if d is None else f"{d:.2f}" for d in a["draws"])
+            ref = {True: "trains", False: "fails", None: "is this one"}.get(a.get("textbook_trains"), "")
+            print(f"  {r['config']['index']} {r['config']['family']}: {r['best_ratio'] or math.inf:.2f}; {draws}"
+                  + (f"; textbook init {ref}" if title == "missed failures" else ""))
+    if misses:
+        bound = sum(a.get("textbook_trains") is False for a in found[:len(misses)])
+        drawn = sum(a["draws_fail"] < 2 for a in found[:len(misses)])
+        print(f"of the {len(misses)} missed failures, {bound} fail at the textbook init of their architecture too; "
+              f"{drawn} train on at least one other draw of their own recipe")
+    if alarms:
+        drawn = sum(a["draws_fail"] > 0 for a in found[len(misses):])
+        print(f"of the {len(alarms)} false alarms, {drawn} fail on at least one other draw of their own recipe")
+
+
 def _num(v: Optional[float]) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
@@ -129,6 +181,10 @@ def main() -> None:
     parser.add_argument("--split", choices=("calibrate", "report", "all"), default="all")
     parser.add_argument("--json", help="write the per-configuration results and the scores to FILE")
     parser.add_argument("--labels", default=LABELS)
+    parser.add_argument("--attribute", action="store_true",
+                        help="train the misses and false alarms again: other init draws of their recipe, and each "
+                        "miss at its architecture's textbook init (about 15 s each on one core)")
+    parser.add_argument("--jobs", type=int, default=1, help="processes for --attribute (one thread each)")
     args = parser.parse_args()
     with open(args.labels) as f:
         document = json.load(f)
@@ -157,6 +213,8 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"split": args.split, "overall": overall, "families": families, "rows": rows}, f, indent=1)
+    if args.attribute:
+        attribute(rows, args.jobs)
     print(f"trainability: AUC {_num(overall['auc'])}, precision {_num(overall['precision'])}, "
           f"recall {_num(overall['recall'])}, proxy AUC {_num(overall['proxy_auc'])}, "
           f"{overall['configs']} configs (split {args.split})")

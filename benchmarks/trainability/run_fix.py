@@ -12,6 +12,8 @@ with what was built.
   thread); it is **rescued** when it now trains (some run below half the baseline).
 - A configuration labelled **trains** whose model the fix changed is trained the same way;
   it is **harmed** when its best loss is more than 10% above the labelled best.
+  Where it is, two other init draws of its own recipe are trained too: a fix re-draws what it
+  re-initializes, so the summary says how many harms exceed the spread of the recipe's draws.
 - The known-good models of ``tests/corpus.py`` (real architectures at their own init) are
   audited and repaired; **untouched** counts those that come out bit-identical.
 
@@ -91,6 +93,23 @@ def trains_at_textbook_init(cfg: Dict[str, Any]) -> Optional[bool]:
     return min(losses) < THRESHOLD * task.baseline
 
 
+def own_draws(cfg: Dict[str, Any], draws: int = 2) -> List[Optional[float]]:
+    """The best loss / baseline of ``draws`` other init draws of the configuration's own recipe
+    (``configs.build(..., draw=k)``), each trained as the labels are made (``None``: diverged).
+    A fix re-draws what it re-initializes, so a harm smaller than the spread of these is the
+    draw's, not the init's."""
+    from configs import build
+    from tasks import task_for
+    from train import train_all
+
+    task = task_for(cfg)
+    ratios: List[Optional[float]] = []
+    for draw in range(1, draws + 1):
+        best = min(train_all(build(cfg, task, draw=draw), task, seed=cfg["index"]))
+        ratios.append(best / task.baseline if math.isfinite(best) else None)
+    return ratios
+
+
 def fix_and_train(row: Dict[str, Any]) -> Dict[str, Any]:
     """One configuration: audit, fix, and (where the fix changed it) train it as labelled."""
     import torch
@@ -132,6 +151,11 @@ def fix_and_train(row: Dict[str, Any]) -> Dict[str, Any]:
     result["labelled_best_ratio"] = row["best_ratio"]
     result["trains_after"] = best < THRESHOLD * task.baseline
     result["harmed"] = row["label"] == "trains" and not best <= HARM * labelled_best
+    if result["harmed"]:
+        # one draw against another: how far do other draws of the recipe as built land?
+        result["own_draws"] = own_draws(cfg)
+        spread = max([row["best_ratio"], *(r for r in result["own_draws"] if r is not None)])
+        result["beyond_draws"] = result["best_ratio"] is None or result["best_ratio"] > HARM * spread
     if row["label"] == "fails" and not result["trains_after"]:
         result["textbook_trains"] = trains_at_textbook_init(cfg)
     return result
@@ -222,8 +246,14 @@ def main() -> None:
         print("failing, warned, and left as they were (no automatic fix): "
               + ", ".join(f"{r['index']} ({','.join(r['unfixed'] or r['warned'])})" for r in warned_unfixed))
     for r in harmed:
+        draws = ", ".join("inf" if v is None else f"{v:.3f}" for v in r["own_draws"])
         print(f"  harmed: {r['index']} {r['family']}: best {r['labelled_best_ratio']:.3f} -> "
-              f"{'inf' if r['best_ratio'] is None else format(r['best_ratio'], '.3f')} of the baseline")
+              f"{'inf' if r['best_ratio'] is None else format(r['best_ratio'], '.3f')} of the baseline; "
+              f"other draws of its own recipe: {draws}")
+    if harmed:
+        beyond = [r for r in harmed if r["beyond_draws"]]
+        print(f"of the {len(harmed)} harmed, {len(beyond)} end more than {HARM - 1:.0%} above every draw of their "
+              "own recipe (the labelled one and two others); the rest are within the spread of the draws")
     if corpus is not None:
         for name, names in corpus["changed"].items():
             print(f"  known-good {name}: the fix changed {', '.join(names)}")
