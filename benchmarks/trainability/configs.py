@@ -79,10 +79,20 @@ TRANSFORMER_SIZES = ((2, 64), (4, 64), (6, 64), (8, 64), (12, 64), (2, 128), (4,
 DEFAULTS_FROM = 592
 DEFAULTS_KINDS = ("mlp", "mlp", "cnn", "mlp", "mlp", "cnn")
 
+# indices from here on are the *gains range*: the same plain MLPs and CNNs drawn at their
+# nonlinearity's textbook std (He, Glorot, ...: ``calculate_gain`` times 1/sqrt(fan_in)) times
+# 1.5 to 4, shallow to deep (2-12 layers): the scales too *large* by a known factor, whose
+# growth compounds over the layers, as the defaults range holds those too small by one
+GAINS_FROM = 664
+GAINS_KINDS = DEFAULTS_KINDS
+GAINS = {"gain_1.5": 2, "gain_2": 3, "gain_3": 2, "gain_4": 2}
+
 
 def config(index: int) -> Dict[str, Any]:
     """The configuration of benchmark model ``index``."""
     rng = random.Random(index)
+    if index >= GAINS_FROM:
+        return _gains_config(index, rng)
     if index >= DEFAULTS_FROM:
         return _defaults_config(index, rng)
     if index >= EXTENDED_FROM:
@@ -178,6 +188,21 @@ def _defaults_config(index: int, rng: random.Random) -> Dict[str, Any]:
     else:
         cfg.update(depth=rng.choice([2, 4, 8, 12, 16]), channels=rng.choice([8, 16]), residual=False,
                    batchnorm=False, activation=rng.choice(["relu", "relu", "gelu", "tanh"]), init="default",
+                   zero_init_residual=False, fault="none")
+    return cfg
+
+
+def _gains_config(index: int, rng: random.Random) -> Dict[str, Any]:
+    """A configuration of the gains range (see :data:`GAINS_FROM`)."""
+    kind = GAINS_KINDS[index % len(GAINS_KINDS)]
+    cfg: Dict[str, Any] = {"index": index, "family": kind}
+    if kind == "mlp":
+        cfg.update(depth=rng.choice([2, 3, 4, 6, 8, 12]), width=rng.choice([64, 128, 256]),
+                   activation=rng.choice(["relu", "relu", "leaky_relu", "gelu", "silu", "tanh"]), norm="none",
+                   init=_pick(rng, GAINS), fault="none")
+    else:
+        cfg.update(depth=rng.choice([2, 4, 8, 12]), channels=rng.choice([8, 16]), residual=False,
+                   batchnorm=False, activation=rng.choice(["relu", "relu", "gelu", "tanh"]), init=_pick(rng, GAINS),
                    zero_init_residual=False, fault="none")
     return cfg
 
