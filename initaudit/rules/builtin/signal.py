@@ -6,6 +6,7 @@ import math
 from typing import Iterator, List, Optional, Tuple
 
 from initaudit.analysis.graph import forward_calls, split_at_average_pools
+from initaudit.analysis.homogeneous import logits_note, only_logits_grow
 from initaudit.analysis.roles import inside_branch, main_path, moves_away
 from initaudit.core import knowledge
 from initaudit.core.records import OutputRecord, Recording, TensorRecord
@@ -78,6 +79,8 @@ def _segment_crossing(ctx: RuleContext, signal: List[Tuple[str, float]], directi
     # a stream that meets a normalization on every path to the loss (a pre-LN stack's final norm)
     # grows by the sum of its branches, and the norm rescales it: the size reaches no loss
     rescaled = direction == "exploding" and meets_norms(ctx.recording, name)
+    # through ReLU-like layers to a classifier's logits, a growth is their size (analysis.homogeneous)
+    logits = only_logits_grow(ctx.analysis, float(ctx.options["loss-severe"])) if direction == "exploding" else None
     # a fall between 1/signal-vanishing-ratio and 1/signal-vanishing-severe: what plain stacks at
     # PyTorch's default init lose over 6-8 layers, and they train (Adam's normalized steps)
     mild = direction == "vanishing" and min(s for _, s in signal) >= first / float(
@@ -93,11 +96,12 @@ def _segment_crossing(ctx: RuleContext, signal: List[Tuple[str, float]], directi
            else "Activations will overflow or saturate")
         + (_LASTS_ONE_STEP if passing else "")
         + (_RESCALED if rescaled else "")
+        + (logits_note(logits, float(ctx.options["loss-severe"])) if logits is not None and not rescaled else "")
         + (f"; it stays above 1/{float(ctx.options['signal-vanishing-severe']):g} of the first layer's, a loss "
            "that plain stacks at PyTorch's default init take over 6-8 layers and still train" if mild else ""),
         fix=None,
         locations=[n for n, _ in signal[: crossed + 1]][-2:],
-        severity="info" if passing or rescaled or mild else None,
+        severity="info" if passing or rescaled or mild or logits is not None else None,
         caused_by=f"IA101 {cause}" if cause else None,
     )
 
@@ -180,7 +184,8 @@ def _collapse(ctx: RuleContext) -> Iterator[Violation]:
     "signal-exploding",
     "warning",
     "The input-dependent part of the layer outputs rises above {signal-exploding-ratio}x the first layer's.",
-    options={"signal-exploding-ratio": 10.0},
+    # loss-severe: IA207's line, shared (analysis.homogeneous; the calibration is IA201's)
+    options={"signal-exploding-ratio": 10.0, "loss-severe": 1000.0},
     needs="forward",
     fix="data",
     why_no_fix="repaired with data: LSUV rescales each layer, in forward order, until its output variance "
@@ -326,7 +331,8 @@ def saturated_units(ctx: RuleContext) -> Iterator[Violation]:
     # split, of the configurations without another warning, the 6 above 1e3 with no norm before the
     # head all fail (below 1e3: 6 fail, 115 train); the 3 above it that train read their head from a
     # final norm (Hugging Face ViTs)
-    options={"jacobian-min": 0.1, "jacobian-max": 10.0, "jacobian-severe": 1000.0},
+    # loss-severe: IA207's line, shared (analysis.homogeneous; the calibration is IA201's)
+    options={"jacobian-min": 0.1, "jacobian-max": 10.0, "jacobian-severe": 1000.0, "loss-severe": 1000.0},
     needs="backward",
     fix="data",
     why_no_fix="repaired with data: LSUV rescales each layer, in forward order, until its output variance "
@@ -340,6 +346,8 @@ def jacobian_gain(ctx: RuleContext) -> Iterator[Violation]:
     side = "below" if gain < low else "above"
     head = head_weight(ctx)
     severe = gain > float(ctx.options["jacobian-severe"]) and not (head is not None and head.input_normalized)
+    logits = only_logits_grow(ctx.analysis, float(ctx.options["loss-severe"])) if severe else None
+    severe = severe and logits is None
     yield Violation(
         "(model)",
         f"the end-to-end Jacobian gain tr(J^T J) / min(inputs, outputs) is {gain:.3g}, {side} "
@@ -349,7 +357,8 @@ def jacobian_gain(ctx: RuleContext) -> Iterator[Violation]:
         "Pennington et al. 2017)"
         + (f"; above {float(ctx.options['jacobian-severe']):g}, with no normalization before the output layer, "
            "the first steps' updates are that much too large for a learning rate that suits the loss"
-           if severe else ""),
+           if severe else "")
+        + (logits_note(logits, float(ctx.options["loss-severe"])) if logits is not None else ""),
         fix=None,
         severity="warning" if severe else None,
     )
