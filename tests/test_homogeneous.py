@@ -75,6 +75,28 @@ def test_a_saturating_classifier_is_not_judged_by_its_logits(images):
     assert homogeneous_classifier(analyze(relu.recording))
 
 
+class ResidualClassifier(nn.Module):
+    """A residual ReLU block on the image itself, ``x + conv(relu(conv(x)))``, then a conv, pooling
+    and a head: the skip and the branch scale by different powers of a common factor, so their
+    sum is not ``c^L f(x)`` (the skip is the input: no layer's output forks into it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.branch = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 3, 3, padding=1))
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = x + self.branch(x)
+        return self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+def test_a_residual_relu_classifier_is_not_judged_by_its_logits(images):
+    torch.manual_seed(0)
+    report = audit(ResidualClassifier(), images, classes=4, seed=0)
+    assert not homogeneous_classifier(analyze(report.recording))
+
+
 def test_the_fix_leaves_a_relu_classifier_whose_logits_train_alone(images):
     model = conv_classifier(nn.ReLU, depth=4, gain=4.0)
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -34,21 +34,24 @@ HOMOGENEOUS = frozenset({"relu", "leaky_relu", "gelu", "silu", "mish", "softplus
 # module types whose name says relu or tanh but that saturate: ReLU6 clamps at 6
 _SATURATING_TYPES = frozenset({"ReLU6", "Hardtanh"})
 # what a layer's output may reach and stay homogeneous (``LayerUse.ends``: ``None`` is the next
-# layer): not attention, a gate, or a fork the graph does not resolve (q, k and v split from one
-# product; a GELU written with tensor ops reads its input several times)
-_HOMOGENEOUS_ENDS = frozenset({None, "activation", "add", "norm", "output"})
+# layer): not attention, a gate, a sum with a stream (a residual or LoRA branch: scaling both
+# sides by different powers of c changes what the sum computes), or a fork the graph does not
+# resolve (q, k and v split from one product; a GELU written with tensor ops reads its input
+# several times)
+_HOMOGENEOUS_ENDS = frozenset({None, "activation", "norm", "output"})
 
 
 def homogeneous_classifier(analysis: Analysis) -> bool:
     """Whether the model is a classifier (its logits' expected loss at init was measured) whose
-    every layer call feeds a :data:`HOMOGENEOUS` nonlinearity, with no recurrent module, no
-    saturating activation module, and no layer but the head whose output reaches anything but a
-    layer, a nonlinearity, a sum, a norm or the output (attention's softmax, a gate, a fork)."""
+    every layer call feeds a :data:`HOMOGENEOUS` nonlinearity, with no residual stream, no
+    recurrent module, no saturating activation module, and no layer but the head whose output
+    reaches anything but a layer, a nonlinearity, a norm or the output (attention's softmax, a
+    gate, a sum with a stream, a fork)."""
     rec: Recording = analysis.recording
     if rec.classes is None or rec.expected_initial_loss is None or rec.logit_std is None:
         return False
     uses = [use for run in analysis.runs for use in run]
-    if not uses:
+    if not uses or rec.stream_calls:  # a residual stream: x + f(x) is not c^L f(x)
         return False
     # the head's output reaches the loss's softmax: those are the logits, judged by IA207
     if any(use.activation.name not in HOMOGENEOUS
