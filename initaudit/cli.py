@@ -102,7 +102,9 @@ def show_fix(after: "Report", emit_code: bool, machine_output: bool) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH, show_default=True,
               help="Batch of an inferred example input.")
 @click.option("--classes", type=click.IntRange(min=2), metavar="C",
-              help="The output is logits over C classes: compare the loss at init with ln C (IA207).")
+              help="The output is logits over C classes: compare the loss at init with ln C (IA207); in a "
+                   "classifier of ReLU-like layers, a scale too large is then judged by its logits (IA201, "
+                   "IA203, IA206).")
 @click.option("--optimizer", "optimizer_spec", metavar="SPEC",
               help='Take the first steps with this optimizer, e.g. "AdamW(lr=3e-4, weight_decay=0.1)", and undo them (IA701).')
 @click.option("--steps", type=click.IntRange(1, 3), default=1, show_default=True,
