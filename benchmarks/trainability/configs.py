@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import math
 import random
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 import torch
 from torch import nn
@@ -84,7 +84,6 @@ DEFAULTS_KINDS = ("mlp", "mlp", "cnn", "mlp", "mlp", "cnn")
 # 1.5 to 4, shallow to deep (2-12 layers): the scales too *large* by a known factor, whose
 # growth compounds over the layers, as the defaults range holds those too small by one
 GAINS_FROM = 664
-GAINS_KINDS = DEFAULTS_KINDS
 GAINS = {"gain_1.5": 2, "gain_2": 3, "gain_3": 2, "gain_4": 2}
 
 
@@ -177,34 +176,31 @@ def _extended_config(index: int, rng: random.Random) -> Dict[str, Any]:
     return cfg
 
 
-def _defaults_config(index: int, rng: random.Random) -> Dict[str, Any]:
-    """A configuration of the defaults range (see :data:`DEFAULTS_FROM`)."""
+def _plain_config(index: int, rng: random.Random, mlp_depths: List[int], cnn_depths: List[int],
+                  init: Callable[[random.Random], str]) -> Dict[str, Any]:
+    """A plain MLP or CNN (no normalization, no residual, no fault), one of each kind of
+    :data:`DEFAULTS_KINDS` in turn; ``init`` draws its init scheme (after the activation)."""
     kind = DEFAULTS_KINDS[index % len(DEFAULTS_KINDS)]
     cfg: Dict[str, Any] = {"index": index, "family": kind}
     if kind == "mlp":
-        cfg.update(depth=rng.choice([3, 4, 6, 8, 12, 16]), width=rng.choice([64, 128, 256]),
+        cfg.update(depth=rng.choice(mlp_depths), width=rng.choice([64, 128, 256]),
                    activation=rng.choice(["relu", "relu", "leaky_relu", "gelu", "silu", "tanh"]), norm="none",
-                   init="default", fault="none")
+                   init=init(rng), fault="none")
     else:
-        cfg.update(depth=rng.choice([2, 4, 8, 12, 16]), channels=rng.choice([8, 16]), residual=False,
-                   batchnorm=False, activation=rng.choice(["relu", "relu", "gelu", "tanh"]), init="default",
+        cfg.update(depth=rng.choice(cnn_depths), channels=rng.choice([8, 16]), residual=False,
+                   batchnorm=False, activation=rng.choice(["relu", "relu", "gelu", "tanh"]), init=init(rng),
                    zero_init_residual=False, fault="none")
     return cfg
+
+
+def _defaults_config(index: int, rng: random.Random) -> Dict[str, Any]:
+    """A configuration of the defaults range (see :data:`DEFAULTS_FROM`)."""
+    return _plain_config(index, rng, [3, 4, 6, 8, 12, 16], [2, 4, 8, 12, 16], lambda _: "default")
 
 
 def _gains_config(index: int, rng: random.Random) -> Dict[str, Any]:
     """A configuration of the gains range (see :data:`GAINS_FROM`)."""
-    kind = GAINS_KINDS[index % len(GAINS_KINDS)]
-    cfg: Dict[str, Any] = {"index": index, "family": kind}
-    if kind == "mlp":
-        cfg.update(depth=rng.choice([2, 3, 4, 6, 8, 12]), width=rng.choice([64, 128, 256]),
-                   activation=rng.choice(["relu", "relu", "leaky_relu", "gelu", "silu", "tanh"]), norm="none",
-                   init=_pick(rng, GAINS), fault="none")
-    else:
-        cfg.update(depth=rng.choice([2, 4, 8, 12]), channels=rng.choice([8, 16]), residual=False,
-                   batchnorm=False, activation=rng.choice(["relu", "relu", "gelu", "tanh"]), init=_pick(rng, GAINS),
-                   zero_init_residual=False, fault="none")
-    return cfg
+    return _plain_config(index, rng, [2, 3, 4, 6, 8, 12], [2, 4, 8, 12], lambda r: _pick(r, GAINS))
 
 
 def configs(count: int) -> List[Dict[str, Any]]:
