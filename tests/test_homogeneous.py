@@ -102,3 +102,16 @@ def test_the_fix_leaves_a_relu_classifier_whose_logits_train_alone(images):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     audit(model, images, classes=4, seed=0, fix=True)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_the_head_of_a_classifier_whose_layers_are_redrawn_is_scaled_on_the_new_logits(images):
+    # IA207's factor (1 / the logits' spread, about 1e-7 here) is measured before the fix; once
+    # IA201 re-draws the layers below the head, the logits are measured again instead
+    model = conv_classifier(nn.ReLU, depth=12, gain=4.0)
+    report = audit(model, images, classes=4, seed=0, fix=True)
+    assert warned(report) == []
+    head = model[-1].weight
+    textbook = (1 / head.shape[1]) ** 0.5
+    assert head.std().item() > 0.05 * textbook  # not the stale 1e-7 factor
+    assert report.recording.expected_initial_loss < torch.log(torch.tensor(4.0)).item() + 1.0
+    assert any("measured again" in line for line in report.fix.lines)

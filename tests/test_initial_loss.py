@@ -1,5 +1,6 @@
 """IA207: the loss at init of a classifier, read from its logits (record.logits)."""
 
+import copy
 import math
 
 import pytest
@@ -51,10 +52,16 @@ def test_an_over_large_head_is_reported_with_a_fix_that_brings_the_loss_to_ln_c(
     (finding,) = findings(report, "IA207")
     assert finding.severity == "info" and finding.location == "2" and "mul_(" in finding.fix
     assert report.recording.expected_initial_loss - math.log(10) > 5
+    alone = audit(copy.deepcopy(model), x, classes=10, fix=True, fail_on="info", select=["IA207"])
+    assert any(c.code == "IA207" for c in alone.fix.changes)  # its own line: the head by 1/spread
+    assert "IA207" not in codes(alone)
+    assert alone.recording.expected_initial_loss - math.log(10) < 1.0
+    # with IA206's data fix too, LSUV changes the layer below the head first: the head is then
+    # scaled on logits measured after it, not by the factor measured before
     fixed = audit(model, x, classes=10, fix=True, fail_on="info")
-    assert any(c.code == "IA207" for c in fixed.fix.changes)
-    assert "IA207" not in codes(fixed)
-    assert fixed.recording.expected_initial_loss - math.log(10) < 1.0
+    assert "IA207" not in codes(fixed) and fixed.recording.expected_initial_loss - math.log(10) < 1.0
+    assert any(c.name == "0.weight" for c in fixed.fix.changes) and any(c.name == "2.weight" for c in fixed.fix.changes)
+    assert any(line.startswith("# IA207 initial-loss: 2, measured again") for line in fixed.fix.lines)
 
 
 def test_logits_so_large_the_softmax_is_one_hot_are_a_warning():

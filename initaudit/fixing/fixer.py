@@ -53,6 +53,11 @@ REDRAW_RULES = frozenset({"IA101", "IA102", "IA103", "IA104", "IA105", "IA201"})
 # current one (it would otherwise re-draw the same scale that was found wrong)
 OWN_INIT_BAND = (0.8, 1.25)
 
+# the rules whose fix scales a tensor by a factor measured on the model's output (IA207: the head by
+# the logits' spread): measured before any fix, that factor is stale once another fix has changed
+# the layers below it, and the output is measured again instead (:func:`remeasured_head`)
+MEASURED_ON_OUTPUT = frozenset({"IA207"})
+
 # the torch.nn.init functions that draw random numbers (each takes ``generator=``)
 RANDOM_INITS = frozenset({"uniform_", "normal_", "trunc_normal_", "xavier_uniform_", "xavier_normal_",
                           "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "sparse_"})
@@ -313,7 +318,13 @@ def repair(
         seed_torch(seed)  # for what draws from the global RNG: reset_parameters of an untied copy
         acting = to_repair(report, fail_on)
         data = [f for f in acting if fix_safety(rules, f.code)[0] == "data"]
-        for f in acting:
+        # measured on the output: after every other fix, which may change what it measured
+        measured = [f for f in acting if f.code in MEASURED_ON_OUTPUT and f.fix]
+        deferred: List[Finding] = []
+        for f in [f for f in acting if f not in measured] + measured:
+            if f in measured and (changes or (data and lsuv)) and example_input is not None:
+                deferred.append(f)  # the layers below it change first: measured again after them
+                continue
             safety, why = fix_safety(rules, f.code)
             names = [n for n in dict.fromkeys([f.location, *f.locations])]
             frozen = _frozen(model, names)
@@ -365,10 +376,35 @@ def repair(
                              "normalization, sits in a residual branch, or is the output layer) is off unit "
                              "variance; the cause is the architecture or the nonlinearity, not a layer's scale")
                             for f in data]
+        for f in deferred:
+            head_lines, head_changes = remeasured_head(model, report, example_input, f)
+            lines += head_lines
+            changes += head_changes
     finally:
         rng.restore()
     return FixResult(report, lines, changes, factors, unsafe=structural, unfixed=unfixed, tied=tied, model=model,
                      seed=seed)
+
+
+def remeasured_head(model: nn.Module, report: Report, example_input: Any,
+                    finding: Finding) -> Tuple[List[str], List[Change]]:
+    """The repair of a finding measured on the output (:data:`MEASURED_ON_OUTPUT`: logits too
+    large) once other fixes have changed the layers below the head: the head is scaled down, never
+    up, to an output variance of at most 1 on the example batch, measured now (logits of order
+    one, IA207's aim). Only a comment line, where the other fixes already brought the logits there."""
+    head = report.analysis.output_layer
+    if not head or _frozen(model, [head + ".weight"]):
+        return [], []
+    old = _std(model, head + ".weight")
+    shrunk = lsuv_scale(model, example_input, layers={head}, target={head: 1.0}, shrink_only=True)
+    if not shrunk:
+        return [f"# {finding.code} {finding.rule}: {finding.location}, measured again after the fixes above "
+                "changed the layers below it: its output variance on the example batch is at most 1 now"], []
+    lines = [f"# {finding.code} {finding.rule}: {finding.location}, measured again after the fixes above changed "
+             "the layers below it: scaled down to an output variance of at most 1 on the example batch\n"
+             + "\n".join(f"{accessor(layer + '.weight')}.mul_({factor!r})" for layer, factor in shrunk.items())]
+    return lines, [Change(head + ".weight", finding.code, old, _std(model, head + ".weight"),
+                          "output layer, measured after the other fixes: output variance at most 1")]
 
 
 def kept_at_sigmoid_gain(report: Report, redrawn: Set[str]) -> Set[str]:
