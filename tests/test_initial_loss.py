@@ -1,4 +1,5 @@
-"""IA207: the loss at init of a classifier, read from its logits (record.logits)."""
+"""IA207: the loss at init of a classifier, read from its logits (record.logits), and of a regression,
+against the loss of an all-zero output (record.probe.zero_output_loss)."""
 
 import copy
 import math
@@ -261,3 +262,68 @@ def test_the_cross_entropy_in_your_loss_names_the_classes_and_the_labels():
     lm, ids = TiedLM(), torch.randint(0, 50, (8, 16))
     leaked = audit(lm, ids, loss=lm_loss(ids))
     assert leaked.recording.classes == 50 and any("shuffled" in f.message for f in findings(leaked, "IA207"))
+
+
+# a regression: the loss at init against the loss of an all-zero output -----------------------------
+
+
+def regressor(gain):
+    """A 4-layer ReLU MLP with He's std times ``gain`` (1: He's own), 8 outputs."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
+                          nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 8))
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            layer.weight.data.mul_(gain)
+    return model
+
+
+def mse_against(y):
+    return lambda out, _x: F.mse_loss(out, y)
+
+
+def test_the_zero_output_loss_of_a_squared_error_is_the_targets_mean_square():
+    torch.manual_seed(1)
+    x, y = torch.randn(64, 32), 3 * torch.randn(64, 8)
+    report = audit(regressor(1.0), x, loss=mse_against(y))
+    assert report.recording.zero_output_loss == pytest.approx(float(y.double().pow(2).mean()), rel=1e-6)
+    assert report.to_dict()["zero_output_loss"] == pytest.approx(report.recording.zero_output_loss)
+
+
+def test_an_output_far_larger_than_the_targets_is_a_warning_and_a_moderate_one_info():
+    torch.manual_seed(1)
+    x, y = torch.randn(64, 32), torch.randn(64, 8)
+    # each layer 3x He's std: the output is 3^4 = 81x what He's init gives, about 50x the targets
+    (finding,) = findings(audit(regressor(3.0), x, loss=mse_against(y)), "IA207")
+    assert finding.severity == "warning" and finding.location == "6"
+    report = audit(regressor(3.0), x, loss=mse_against(y))
+    ratio = report.recording.loss / report.recording.zero_output_loss
+    assert ratio > 400 and f"{ratio:.3g}x the loss of an output of all zeros" in finding.message
+    # 1.5x He's std per layer: about 5x He's output, a ratio between 10 and 400: info
+    (mild,) = findings(audit(regressor(1.5), x, loss=mse_against(y)), "IA207")
+    assert mild.severity == "info"
+
+
+def test_a_regression_at_hes_init_or_without_a_loss_of_its_own_is_not_judged():
+    torch.manual_seed(1)
+    x, y = torch.randn(64, 32), torch.randn(64, 8)
+    report = audit(regressor(1.0), x, loss=mse_against(y))
+    assert report.recording.loss / report.recording.zero_output_loss < 10
+    assert "IA207" not in codes(report)
+    # the audit's own loss (a random projection) has no zero-output reference: nothing measured
+    plain = audit(regressor(3.0), x)
+    assert plain.recording.zero_output_loss is None and "IA207" not in codes(plain)
+
+
+def test_a_loss_that_cannot_take_zeros_leaves_the_audit_alone():
+    torch.manual_seed(1)
+    x, y = torch.randn(64, 32), torch.randn(64, 8)
+
+    def normalized(out, _x):  # a cosine loss: the zero output has no direction
+        if not out.abs().sum():
+            raise ValueError("zero output")
+        return 1 - F.cosine_similarity(out, y).mean()
+
+    report = audit(regressor(3.0), x, loss=normalized)
+    assert report.recording.zero_output_loss is None and "IA207" not in codes(report)

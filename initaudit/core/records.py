@@ -185,6 +185,9 @@ class Recording:
     declared_ties: Set[FrozenSet[str]]  # parameter-name sets the model itself declares tied
     backward: bool  # whether a backward was made
     loss: Optional[float] = None
+    # the user's loss of an all-zero output (record.probe.zero_output_loss): a regression's loss
+    # at init is measured against it; None for logits (ln C is theirs) or the audit's own loss
+    zero_output_loss: Optional[float] = None
     # a classifier's logits at init (record.logits): how many classes, the expected
     # cross-entropy for a uniformly drawn label (ln C at best), and a row's logit std
     classes: Optional[int] = None

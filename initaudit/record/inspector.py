@@ -29,7 +29,8 @@ from initaudit.record.logits import (cross_entropy_stats, find_cross_entropy, fi
                                      labelled_loss)
 from initaudit.record.stochastic import Deterministic
 from initaudit.record.step import OptimizerSpec, first_steps
-from initaudit.record.probe import LossFn, compute_loss, jacobian_gain, probe_input, random_projection_loss
+from initaudit.record.probe import (LossFn, compute_loss, jacobian_gain, probe_input, random_projection_loss,
+                                    zero_output_loss)
 from initaudit.record.resolve import resolve
 from initaudit.record.state import preserved, seed_torch
 from initaudit.record.tensors import Tracked, note_unjudged, tensor_records
@@ -134,6 +135,10 @@ def inspect(
                     backward, grads, input_grads = first_step_gradients(loss_value, param_names, leaves, linear_grads)
                     input_grads = probed if probed is not None else input_grads
                     gain, gain_note = jacobian_gain(output, input_grads, sum(t.numel() for t in leaves))
+                    # after the backward: a loss that draws random numbers leaves the gradients alone
+                    zero = zero_output_loss(output, x, loss) if logits is None and scored is None else None
+                    if zero is not None:
+                        deferred.put(scalars, "zero_output_loss", zero, transfer.first)
             if gain is not None:
                 deferred.put(scalars, "jacobian_gain", (gain * recorder.pooling).reshape(1), transfer.first)
                 if recorder.pooling != 1.0:
@@ -176,6 +181,7 @@ def inspect(
         declared_init_std=declared_init_std(_unwrapped_hf(model)),
         backward=backward,
         loss=scalars.loss,
+        zero_output_loss=scalars.zero_output_loss,
         classes=classes if scalars.initial_loss is not None else None,
         expected_initial_loss=scalars.initial_loss[0] if scalars.initial_loss is not None else None,
         logit_std=scalars.initial_loss[1] if scalars.initial_loss is not None else None,

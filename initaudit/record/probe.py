@@ -50,6 +50,27 @@ def compute_loss(output: Any, example_input: Any, loss: Optional[LossFn], seed: 
     return value
 
 
+def zero_output_loss(output: Any, example_input: Any, loss: Optional[LossFn]) -> Optional[torch.Tensor]:
+    """``loss(0, x)``: the user's loss of a model whose output is all zeros, a float64 one-element
+    tensor on its device, or ``None`` where the output is not one floating tensor.
+
+    It is what a loss at init is measured against when the output is not read as logits: for
+    a squared error, the targets' mean square ``E[y^2]`` (a model that has learnt nothing and
+    outputs zero scores that); for a cross-entropy, ``ln C``. No forward: the loss alone, on a
+    tensor of zeros shaped like the output, without a graph.
+    """
+    if loss is None or not isinstance(output, torch.Tensor) or not output.is_floating_point():
+        return None
+    try:
+        with torch.no_grad():
+            value = loss(torch.zeros_like(output), example_input)
+    except Exception:  # a loss that needs more of the output than its values: nothing to compare with
+        return None
+    if not isinstance(value, torch.Tensor) or value.numel() != 1 or not value.is_floating_point():
+        return None
+    return value.detach().reshape(1).double()
+
+
 def probe_input(example_input: Any) -> Tuple[Any, List[torch.Tensor]]:
     """The input with each floating tensor replaced by a detached copy that requires grad.
 

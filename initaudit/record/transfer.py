@@ -68,6 +68,7 @@ class RunValues:
 
     loss: Optional[float] = None
     jacobian_gain: Optional[float] = None
+    zero_output_loss: Optional[float] = None  # the user's loss of an all-zero output (probe.zero_output_loss)
     initial_loss: Optional[List[float]] = None  # [E_y[CE] for a uniform label, logit std]
     labelled_loss: Optional[List[float]] = None  # [CE, CE shuffled, its noise, H(prior), rows]
 

@@ -111,6 +111,7 @@ class Report:
                 "jacobian_note": self.recording.jacobian_note,
             },
             "loss": finite_or_none(self.recording.loss),
+            "zero_output_loss": finite_or_none(self.recording.zero_output_loss),
             "initial_loss": None if self.recording.classes is None else {
                 "classes": self.recording.classes,
                 "expected": finite_or_none(self.recording.expected_initial_loss),

@@ -1,4 +1,5 @@
-"""Rules on the loss at init: a classifier should start near ln C."""
+"""Rules on the loss at init: a classifier should start near ln C, any other model near the loss of a
+zero output."""
 
 from __future__ import annotations
 
@@ -20,16 +21,24 @@ from initaudit.rules.registry import RuleContext, Violation, rule
     "info",
     "A classifier's expected loss at init exceeds ln C by more than {loss-excess} (nats): its logits are "
     "over-confident at random; or, with the batch's labels, the loss already knows them (a leak), or "
-    "imbalanced classes leave the output bias at zero.",
+    "imbalanced classes leave the output bias at zero; a model whose output is not logits: its loss at init "
+    "exceeds {output-loss-ratio}x the loss of an all-zero output.",
+    # output-loss-severe: on the calibrate split, of the 146 regression configurations (MSE, unit-variance
+    # targets), every one above 418x the zero output's loss fails (32; all but one already warned by
+    # another rule); the largest ratio among those that train is 348 (a 2-block ResNet-style MLP at
+    # 2x He's std); between 100x and 348x, 4 fail and 5 train
     options={"loss-excess": 1.0, "loss-severe": 1000.0, "leak-margin": 0.5, "leak-sigmas": 5.0,
-             "prior-gain": 0.1},
+             "prior-gain": 0.1, "output-loss-ratio": 10.0, "output-loss-severe": 400.0},
     needs="forward",
     fix="safe",
 )
 def initial_loss(ctx: RuleContext) -> Iterator[Violation]:
     rec = ctx.recording
     classes, expected, spread = rec.classes, rec.expected_initial_loss, rec.logit_std
-    if classes is None or expected is None or spread is None:
+    if classes is None:
+        yield from output_too_large(ctx)
+        return
+    if expected is None or spread is None:
         return
     head = head_weight(ctx)
     where = head.module if head is not None else "(model)"
@@ -79,6 +88,40 @@ def initial_loss(ctx: RuleContext) -> Iterator[Violation]:
             "whole training set)",
             locations=[bias.name] if bias is not None else [],
         )
+
+
+def output_too_large(ctx: RuleContext) -> Iterator[Violation]:
+    """IA207's finding for an output that is not logits (a regression): the loss at init against
+    ``loss(0)``, the loss of a model that outputs zeros (record.probe.zero_output_loss).
+
+    For a squared error against targets ``y``, ``E[(f - y)^2] = E[y^2] + E[f^2] - 2 E[f y]``, and at init
+    ``f`` is uncorrelated with ``y``: the ratio is ``1 + E[f^2] / E[y^2]``, so a ratio ``r`` is an output
+    ``sqrt(r - 1)`` times the targets' RMS."""
+    rec = ctx.recording
+    start, zero = rec.loss, rec.zero_output_loss
+    if start is None or zero is None or not (math.isfinite(zero) and zero > 0) or math.isnan(start):
+        return
+    ratio = start / zero
+    if not ratio > float(ctx.options["output-loss-ratio"]):
+        return
+    severe = not math.isfinite(ratio) or ratio > float(ctx.options["output-loss-severe"])
+    head = head_weight(ctx)
+    where = head.module if head is not None else "(model)"
+    scale = math.sqrt(ratio - 1) if math.isfinite(ratio) else math.inf
+    yield Violation(
+        where,
+        f"the loss at init is {start:.4g}, {ratio:.3g}x the loss of an output of all zeros ({zero:.4g}), which "
+        "a model that has learnt nothing yet should about match: for a squared error the output starts about "
+        f"{scale:.3g}x the size of the targets, uncorrelated with them, so the first steps are spent shrinking "
+        "it rather than learning (Karpathy 2019, \"verify loss @ init\"); "
+        + (f"scale the output layer '{head.module}' down (or zero it), or the layers below it if their scale "
+           "grows along the depth (IA201, IA203)" if head is not None else "scale the output down")
+        + (f"; beyond {float(ctx.options['output-loss-severe']):g}x, every such configuration of the "
+           "trainability benchmark's calibrate split failed" if severe else ""),
+        fix=None,
+        severity="warning" if severe else None,
+        locations=[head.name] if head is not None else [],
+    )
 
 
 def over_confident(ctx: RuleContext, classes: int, expected: float, spread: float, head: Any) -> Violation:
