@@ -327,3 +327,26 @@ def test_a_loss_that_cannot_take_zeros_leaves_the_audit_alone():
 
     report = audit(regressor(3.0), x, loss=normalized)
     assert report.recording.zero_output_loss is None and "IA207" not in codes(report)
+
+
+def test_the_fix_scales_an_over_large_regression_head_to_the_targets_size():
+    torch.manual_seed(1)
+    x, y = torch.randn(64, 32), torch.randn(64, 8)
+    model = regressor(1.0)
+    model[6].weight.data.mul_(30)  # He's stack, the head alone 30x too large
+    report = audit(model, x, loss=mse_against(y))
+    assert report.recording.loss / report.recording.zero_output_loss > 400
+    fixed = audit(model, x, loss=mse_against(y), fix=True, select=["IA207"])
+    assert {c.name for c in fixed.fix.changes} == {"6.weight", "6.bias"}
+    # the output is then about the targets' size: E[(f - y)^2] = E[y^2] + E[f^2], twice the zero output's
+    ratio = fixed.recording.loss / fixed.recording.zero_output_loss
+    assert 1.5 < ratio < 2.5 and "IA207" not in codes(fixed)
+
+
+def test_a_regression_head_is_measured_again_after_the_layers_below_it_are_fixed():
+    torch.manual_seed(1)
+    x, y = torch.randn(64, 32), torch.randn(64, 8)
+    model = regressor(3.0)  # every layer 3x He's: IA201 re-draws the stack, then the head is measured again
+    fixed = audit(model, x, loss=mse_against(y), fix=True)
+    assert any(line.startswith("# IA207 initial-loss: 6, measured again") for line in fixed.fix.lines)
+    assert fixed.recording.loss / fixed.recording.zero_output_loss < 10 and "IA207" not in codes(fixed)

@@ -14,6 +14,8 @@ with what was built.
   it is **harmed** when its best loss is more than 10% above the labelled best.
   Where it is, two other init draws of its own recipe are trained too: a fix re-draws what it
   re-initializes, so the summary says how many harms exceed the spread of the recipe's draws.
+  One whose best loss falls below the labelled best divided by :data:`IMPROVED` is counted as
+  **improved**: it trains by the label's line, but what its warning named cost it that much.
 - The known-good models of ``tests/corpus.py`` (real architectures at their own init) are
   audited and repaired; **untouched** counts those that come out bit-identical.
 
@@ -43,6 +45,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 HARM = 1.10  # harmed: the best loss after the fix above this times the labelled best
+# improved: a configuration that trains, warned (a false alarm by its label), whose best loss after the
+# fix is below the labelled best divided by this: the warning named something that cost it
+IMPROVED = 1.5
 LABELS = os.path.join(HERE, "labels.json")
 
 
@@ -254,6 +259,13 @@ def main() -> None:
         beyond = [r for r in harmed if r["beyond_draws"]]
         print(f"of the {len(harmed)} harmed, {len(beyond)} end more than {HARM - 1:.0%} above every draw of their "
               "own recipe (the labelled one and two others); the rest are within the spread of the draws")
+    if touched:
+        improved = [r for r in touched if r["best_ratio"] is not None
+                    and r["best_ratio"] * IMPROVED < r["labelled_best_ratio"]]
+        ratios = sorted(r["labelled_best_ratio"] / r["best_ratio"] for r in touched if r["best_ratio"])
+        print(f"of the {len(touched)} that train and that the fix changed (warned: false alarms by their label), "
+              f"{len(improved)} train at least {IMPROVED:g}x better after it (best loss, labelled / fixed: "
+              + ", ".join(f"{v:.2f}" for v in ratios) + ")")
     if corpus is not None:
         for name, names in corpus["changed"].items():
             print(f"  known-good {name}: the fix changed {', '.join(names)}")

@@ -108,19 +108,27 @@ def output_too_large(ctx: RuleContext) -> Iterator[Violation]:
     head = head_weight(ctx)
     where = head.module if head is not None else "(model)"
     scale = math.sqrt(ratio - 1) if math.isfinite(ratio) else math.inf
+    fix = None
+    scaled = [t for t in (head, next((t for t in rec.parameters if head is not None and t.module == head.module
+                                      and t.attr == "bias"), None)) if t is not None]
+    if scaled and math.isfinite(scale) and scale > 0:
+        # the output is linear in the head's weight and bias: both times 1 / sqrt(r - 1) give an
+        # output the targets' size, E[f^2] = E[y^2], and a loss at init of about twice the zero output's
+        fix = "\n".join(f"{accessor(t.name)}.mul_({1 / scale:.4g})" for t in scaled)
     yield Violation(
         where,
         f"the loss at init is {start:.4g}, {ratio:.3g}x the loss of an output of all zeros ({zero:.4g}), which "
         "a model that has learnt nothing yet should about match: for a squared error the output starts about "
         f"{scale:.3g}x the size of the targets, uncorrelated with them, so the first steps are spent shrinking "
         "it rather than learning (Karpathy 2019, \"verify loss @ init\"); "
-        + (f"scale the output layer '{head.module}' down (or zero it), or the layers below it if their scale "
-           "grows along the depth (IA201, IA203)" if head is not None else "scale the output down")
+        + (f"scaling the output layer '{head.module}' down by {scale:.3g} gives an output the targets' size "
+           "(or the layers below it, where their scale grows along the depth: IA201, IA203)"
+           if head is not None else "scale the output down")
         + (f"; beyond {float(ctx.options['output-loss-severe']):g}x, every such configuration of the "
            "trainability benchmark's calibrate split failed" if severe else ""),
-        fix=None,
+        fix=fix,
         severity="warning" if severe else None,
-        locations=[head.name] if head is not None else [],
+        locations=[t.name for t in scaled],
     )
 
 
