@@ -15,6 +15,7 @@ error. Prints the ratios; ``--json FILE`` writes everything.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import ctypes
 import gc
 import json
@@ -56,11 +57,11 @@ def mlp(depth: int = 30, width: int = 1024) -> nn.Module:
 class GPT2Shaped(nn.Module):
     """GPT-2-small's shape: 12 layers, d=768, 12 heads, vocab 50257 (tied head)."""
 
-    def __init__(self, layers: int = 12, d: int = 768, vocab: int = 50257, context: int = 1024):
+    def __init__(self, layers: int = 12, d: int = 768, vocab: int = 50257, context: int = 1024, heads: int = 12):
         super().__init__()
         self.tokens = nn.Embedding(vocab, d)
         self.positions = nn.Embedding(context, d)
-        block = nn.TransformerEncoderLayer(d, 12, 4 * d, dropout=0.0, batch_first=True, norm_first=True,
+        block = nn.TransformerEncoderLayer(d, heads, 4 * d, dropout=0.0, batch_first=True, norm_first=True,
                                            activation="gelu")
         self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
@@ -99,7 +100,20 @@ CASES = {
     "gpt2": "gpt2-small shape",
     "lstm": "lstm lm",
     "resnet": "resnet-style cnn",
+    "gpt-6x512": "gpt shape 6x512",
+    "hf-gpt2": "hf gpt2 (transformers)",
 }
+
+
+def hf_gpt2(scale: int) -> nn.Module:
+    """Hugging Face's ``GPT2LMHeadModel`` from its default config (GPT-2 small: 12 layers, d=768,
+    vocab 50257, tied head), built offline (no weights downloaded), with its own init and
+    eager attention; ``scale`` divides the layers and width as for the other cases. Needs
+    ``transformers`` (the benchmark extra)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_layer=12 // scale, n_embd=768 // scale, n_head=12 // scale)
+    return GPT2LMHeadModel(config)
 
 
 def build_case(case: str, quick: bool, device: str) -> Tuple[nn.Module, torch.Tensor]:
@@ -115,6 +129,10 @@ def build_case(case: str, quick: bool, device: str) -> Tuple[nn.Module, torch.Te
         model, x = LSTMLanguageModel(10000, 512 // scale), torch.randint(0, 10000, (8, 32))
     elif case == "resnet":
         model, x = resnet_style(64 // scale), torch.randn(16, 3, 32, 32)
+    elif case == "gpt-6x512":
+        model, x = GPT2Shaped(6, 512 // scale, heads=8), torch.randint(0, 50257, (4, 64))
+    elif case == "hf-gpt2":
+        model, x = hf_gpt2(scale), torch.randint(0, 50257, (4, 64))
     else:
         raise ValueError(f"unknown case {case!r}; known: {sorted(CASES)}")
     return model.to(device), x.to(device)
@@ -493,7 +511,9 @@ def measure(case: str, args: argparse.Namespace) -> Dict[str, Any]:
 TARGETS = [
     ("summary statistics, one read", "summary_vs_read", 5.0, None),
     ("peak memory, one step", "audit_vs_step_memory", 1.1, None),
-    ("whole audit, one step", "audit_vs_step", 1.2, ("gpt2", "mlp")),
+    # issue 7 stated it for the GPT-2 shape and the MLP; issue 17 for the MLP, a 6x512 GPT shape and
+    # Hugging Face's own GPT-2 with its full vocabulary
+    ("whole audit, one step", "audit_vs_step", 1.2, ("gpt2", "mlp", "gpt-6x512", "hf-gpt2")),
 ]
 
 
@@ -614,7 +634,11 @@ def main() -> None:
         return
     started = time.perf_counter()
     rows = []
-    for case in args.only or list(CASES):
+    cases = args.only or list(CASES)
+    if "hf-gpt2" in cases and importlib.util.find_spec("transformers") is None:
+        print("hf-gpt2: skipped, transformers is not installed (pip install -e '.[bench]')")
+        cases = [c for c in cases if c != "hf-gpt2"]
+    for case in cases:
         rows.append(measure(case, args))
         r = rows[-1]
         print(f"{r['model']:18} params {r['parameters'] / 1e6:7.1f}M  step {r['step_s']:.3f}s  "

@@ -133,6 +133,42 @@ def test_gradient_findings_do_not_depend_on_the_seed_of_dropout_and_drop_path():
     assert torch.equal(bn[1].running_mean, before) and all(m.training for m in bn.modules())
 
 
+def test_stochastic_depth_whose_rate_grows_from_zero_is_found_in_every_block_that_drops():
+    # stochastic depth's rate grows linearly with the depth, from 0 at the first block: one
+    # verdict per kind of module (class and attributes), so the first, deterministic, decides
+    # nothing for the others
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), *[Block(16, 0.1 * i) for i in range(6)], nn.Linear(16, 3))
+    for block in model[1:7]:
+        block.f[2].p = 0.0  # only the drop-paths here
+    note = next(n for n in audit(model, torch.randn(2, 8)).notes if "stochastic" in n)
+    assert note.startswith("5 stochastic") and "2.drop" in note and "1.drop" not in note
+
+
+class CountingGELU(nn.Module):
+    """A library's activation module (no parameters, not a torch class): deterministic."""
+
+    calls = 0
+
+    def forward(self, x):
+        CountingGELU.calls += 1
+        return torch.nn.functional.gelu(x)
+
+
+def test_a_library_activation_used_in_every_block_is_tested_once():
+    torch.manual_seed(0)
+    model = nn.Sequential(*[m for _ in range(8) for m in (nn.Linear(16, 16), CountingGELU())], nn.Linear(16, 3))
+    x = torch.randn(4, 16)
+    CountingGELU.calls = 0
+    model(x)
+    plain = CountingGELU.calls  # 8: one call each
+    CountingGELU.calls = 0
+    report = audit(model, x)
+    assert not any("stochastic" in n for n in report.notes)
+    # the audit's forward, and the behavioural test (two calls) of the first one only
+    assert plain == 8 and CountingGELU.calls == plain + 2
+
+
 def test_a_deterministic_parameter_free_module_is_left_as_it_is():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Flatten(), nn.Linear(16, 3))

@@ -16,7 +16,11 @@ stays in training mode:
   is repeated along its first dimension up to :data:`PROBE_ROWS` rows for the test, so that
   a per-example mask (drop-path drops whole examples) is all but certain to differ between
   the two calls even for a batch of one or two. Found stochastic, its output is replaced by
-  its evaluation-mode output and it stays in evaluation mode for the rest of the audit.
+  its evaluation-mode output and it stays in evaluation mode for the rest of the audit. The
+  test is made once per kind of module, its class and its plain attributes (:func:`kind_of`):
+  a library's activation module used in every block (GPT-2's ``NewGELUActivation``) is
+  tested at its first call and the verdict holds for the others, while drop-path modules of
+  different rates (stochastic depth's rate grows with the depth, from 0) are each tested.
 
 The modules' training flags are the caller's :func:`~initaudit.record.state.preserved`
 block's to restore. Dropout written as a function inside a module with parameters (an
@@ -25,7 +29,7 @@ attention's ``F.dropout`` on its weights) cannot be switched off alone; its mask
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, Dict, List
 
 import torch
 from torch import nn
@@ -56,6 +60,14 @@ def _repeated(x: torch.Tensor) -> torch.Tensor:
     return x.repeat(times, *([1] * (x.dim() - 1))) if x.dim() else x
 
 
+def kind_of(module: nn.Module) -> Any:
+    """``(class, its plain public attributes)``: modules alike in both compute alike, so one
+    behavioural test decides for all of them (a drop rate is such an attribute)."""
+    plain = (bool, int, float, str, type(None))
+    return type(module), tuple(sorted((k, v) for k, v in vars(module).items()
+                                      if not k.startswith("_") and isinstance(v, plain)))
+
+
 class Deterministic:
     """Switches the stochastic regularizers of a model off for the audit (see the module
     docstring). ``attach()`` before the forward, ``detach()`` after it; ``names`` lists the
@@ -67,6 +79,7 @@ class Deterministic:
         self.names: List[str] = []
         self.handles: List[Any] = []
         self.tested: set = set()
+        self.verdicts: Dict[Any, bool] = {}  # kind_of(module) -> found stochastic
 
     def attach(self) -> None:
         for module in self.model.modules():
@@ -95,10 +108,13 @@ class Deterministic:
         if not (len(args) == 1 and isinstance(args[0], torch.Tensor) and isinstance(output, torch.Tensor)
                 and args[0].is_floating_point() and args[0].numel()):
             return None
-        with torch.no_grad():
-            probe = _repeated(args[0].detach())
-            if torch.equal(module.forward(probe), module.forward(probe)):
-                return None
+        kind = kind_of(module)
+        if kind not in self.verdicts:
+            with torch.no_grad():
+                probe = _repeated(args[0].detach())
+                self.verdicts[kind] = not torch.equal(module.forward(probe), module.forward(probe))
+        if not self.verdicts[kind]:
+            return None
         module.train(False)
         self._found(module)
         return module.forward(*args)
