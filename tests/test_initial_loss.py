@@ -350,3 +350,26 @@ def test_a_regression_head_is_measured_again_after_the_layers_below_it_are_fixed
     fixed = audit(model, x, loss=mse_against(y), fix=True)
     assert any(line.startswith("# IA207 initial-loss: 6, measured again") for line in fixed.fix.lines)
     assert fixed.recording.loss / fixed.recording.zero_output_loss < 10 and "IA207" not in codes(fixed)
+
+
+def test_a_regression_factory_with_its_loss_is_judged_from_the_command_line(write_target):
+    import json
+
+    path = write_target(
+        "import torch\n"
+        "from torch import nn\n"
+        "from torch.nn import functional as F\n"
+        "def build(head_scale=300.0):\n"
+        "    torch.manual_seed(0)\n"
+        "    model = nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 8))\n"
+        "    model[2].weight.data.mul_(head_scale)\n"
+        "    x, y = torch.randn(64, 32), torch.randn(64, 8)\n"
+        "    return {'model': model, 'input': x, 'loss': lambda out, _x: F.mse_loss(out, y)}\n"
+    )
+    warned = CliRunner().invoke(main, [f"{path}:build", "--select", "IA207", "--format", "json"])
+    doc = json.loads(warned.stdout)
+    (finding,) = [f for f in doc["findings"] if f["code"] == "IA207"]
+    assert finding["severity"] == "warning" and warned.exit_code == 1
+    assert doc["loss"] / doc["zero_output_loss"] > 400
+    calm = CliRunner().invoke(main, [f"{path}:build", "--select", "IA207", "--factory-arg", "head_scale=1.0"])
+    assert "IA207" not in calm.stdout and calm.exit_code == 0
