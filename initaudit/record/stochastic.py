@@ -61,11 +61,12 @@ def _repeated(x: torch.Tensor) -> torch.Tensor:
 
 
 def kind_of(module: nn.Module) -> Any:
-    """``(class, its plain public attributes)``: modules alike in both compute alike, so one
-    behavioural test decides for all of them (a drop rate is such an attribute)."""
+    """``(class, its public attributes)``: modules alike in both compute alike, so one behavioural
+    test decides for all of them. A plain attribute (a drop rate) counts by value, any other (a
+    tensor, a config object) by identity: two modules holding different objects are two kinds."""
     plain = (bool, int, float, str, type(None))
-    return type(module), tuple(sorted((k, v) for k, v in vars(module).items()
-                                      if not k.startswith("_") and isinstance(v, plain)))
+    return type(module), tuple(sorted((k, v if isinstance(v, plain) else ("id", id(v)))
+                                      for k, v in vars(module).items() if not k.startswith("_")))
 
 
 class Deterministic:
