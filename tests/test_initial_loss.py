@@ -16,6 +16,14 @@ from initaudit.cli import main
 from initaudit.record.logits import find_logits, initial_loss
 
 
+def ia207_json(path, *args):
+    """The CLI's JSON report of ``path:build`` with IA207 alone, and its exit code."""
+    import json
+
+    result = CliRunner().invoke(main, [f"{path}:build", "--select", "IA207", "--format", "json", *args])
+    return json.loads(result.stdout), result.exit_code
+
+
 def classifier(head_std=None, classes=10):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, classes))
@@ -234,12 +242,11 @@ def test_labels_from_the_factory_and_in_the_json_report(write_target):
         "        model[2].weight[:, :4] = torch.eye(4)\n"
         "    return {'model': model, 'input': x, 'classes': 4, 'labels': y if labels == 'good' else y.float()}\n"
     )
-    result = CliRunner().invoke(main, [f"{path}:build", "--select", "IA207", "--format", "json"])
-    doc = json.loads(result.stdout)
+    doc, exit_code = ia207_json(path)
     jsonschema.validate(doc, json.loads((ROOT / "initaudit" / "schema.json").read_text()))
     labelled = doc["initial_loss"]["labelled"]
     assert labelled["rows"] == 64 and labelled["loss"] < labelled["shuffled"] - 1
-    assert result.exit_code == 1 and any("shuffled" in f["message"] for f in doc["findings"])
+    assert exit_code == 1 and any("shuffled" in f["message"] for f in doc["findings"])
     bad = CliRunner().invoke(main, [f"{path}:build", "--factory-arg", "labels='float'"])
     assert bad.exit_code == 2 and "labels" in bad.stderr and "Traceback" not in bad.output
 
@@ -353,8 +360,6 @@ def test_a_regression_head_is_measured_again_after_the_layers_below_it_are_fixed
 
 
 def test_a_regression_factory_with_its_loss_is_judged_from_the_command_line(write_target):
-    import json
-
     path = write_target(
         "import torch\n"
         "from torch import nn\n"
@@ -366,10 +371,9 @@ def test_a_regression_factory_with_its_loss_is_judged_from_the_command_line(writ
         "    x, y = torch.randn(64, 32), torch.randn(64, 8)\n"
         "    return {'model': model, 'input': x, 'loss': lambda out, _x: F.mse_loss(out, y)}\n"
     )
-    warned = CliRunner().invoke(main, [f"{path}:build", "--select", "IA207", "--format", "json"])
-    doc = json.loads(warned.stdout)
+    doc, exit_code = ia207_json(path)
     (finding,) = [f for f in doc["findings"] if f["code"] == "IA207"]
-    assert finding["severity"] == "warning" and warned.exit_code == 1
+    assert finding["severity"] == "warning" and exit_code == 1
     assert doc["loss"] / doc["zero_output_loss"] > 400
     calm = CliRunner().invoke(main, [f"{path}:build", "--select", "IA207", "--factory-arg", "head_scale=1.0"])
     assert "IA207" not in calm.stdout and calm.exit_code == 0
