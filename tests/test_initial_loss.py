@@ -377,3 +377,26 @@ def test_a_regression_factory_with_its_loss_is_judged_from_the_command_line(writ
     assert doc["loss"] / doc["zero_output_loss"] > 400
     calm = CliRunner().invoke(main, [f"{path}:build", "--select", "IA207", "--factory-arg", "head_scale=1.0"])
     assert "IA207" not in calm.stdout and calm.exit_code == 0
+
+
+def test_a_hugging_face_regression_head_is_judged_through_its_logits():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, num_labels=1)  # one output: a regression (an STS score, a reward)
+    model = BertForSequenceClassification(config)
+    ids, y = torch.randint(0, 100, (16, 8)), torch.randn(16)
+
+    def loss(out, _x):
+        return F.mse_loss(out.logits.squeeze(-1), y)
+
+    own = audit(model, ids, loss=loss)  # its own _init_weights: a head of std 0.02, an output near zero
+    assert own.recording.zero_output_loss == pytest.approx(float(y.double().pow(2).mean()), rel=1e-5)
+    assert "IA207" not in codes(own)
+    with torch.no_grad():
+        model.classifier.weight.mul_(10000)
+    (finding,) = findings(audit(model, ids, loss=loss), "IA207")
+    assert finding.severity == "warning" and finding.location == "classifier"
+    fixed = audit(model, ids, loss=loss, fix=True, select=["IA207"])
+    assert fixed.recording.loss / fixed.recording.zero_output_loss < 2.5

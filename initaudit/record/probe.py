@@ -50,20 +50,36 @@ def compute_loss(output: Any, example_input: Any, loss: Optional[LossFn], seed: 
     return value
 
 
+def zeroed(output: Any) -> Any:
+    """``output`` with its prediction all zeros: a floating tensor's zeros, or a dict's (a Hugging
+    Face ``ModelOutput``'s) copy with its ``logits`` zeroed (a regression head's one column;
+    the rest, the model's own ``loss`` among it, as it was). ``None`` for anything else."""
+    if isinstance(output, torch.Tensor):
+        return torch.zeros_like(output) if output.is_floating_point() else None
+    logits = output.get("logits") if isinstance(output, dict) else None
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+        return None
+    try:
+        return type(output)(**{k: torch.zeros_like(v) if k == "logits" else v for k, v in output.items()})
+    except TypeError:  # a dict subclass that does not take its items as keywords
+        return {**output, "logits": torch.zeros_like(logits)}
+
+
 def zero_output_loss(output: Any, example_input: Any, loss: Optional[LossFn]) -> Optional[torch.Tensor]:
-    """``loss(0, x)``: the user's loss of a model whose output is all zeros, a float64 one-element
-    tensor on its device, or ``None`` where the output is not one floating tensor.
+    """``loss(0, x)``: the user's loss of a model whose output is all zeros (:func:`zeroed`), a
+    float64 one-element tensor on its device, or ``None`` where the output has no prediction to zero.
 
     It is what a loss at init is measured against when the output is not read as logits: for
     a squared error, the targets' mean square ``E[y^2]`` (a model that has learnt nothing and
     outputs zero scores that); for a cross-entropy, ``ln C``. No forward: the loss alone, on a
     tensor of zeros shaped like the output, without a graph.
     """
-    if loss is None or not isinstance(output, torch.Tensor) or not output.is_floating_point():
+    zeros = zeroed(output) if loss is not None else None
+    if zeros is None:
         return None
     try:
         with torch.no_grad():
-            value = loss(torch.zeros_like(output), example_input)
+            value = loss(zeros, example_input)
     except Exception:  # a loss that needs more of the output than its values: nothing to compare with
         return None
     if not isinstance(value, torch.Tensor) or value.numel() != 1 or not value.is_floating_point():
