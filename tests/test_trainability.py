@@ -114,3 +114,26 @@ def test_scoring_counts_precision_and_recall_of_the_warnings():
     assert s["proxy_auc"] == 1.0 and s["auc"] == 0.5  # fails score 1, 0; trains 1, 0
     assert s["per_rule"] == {"IA202": {"fails": 1}, "IA206": {"trains": 1}}
     assert not math.isnan(s["auc"])
+
+
+def test_the_reference_targets_are_made_from_the_tasks_own_inputs():
+    """``reference.py``'s harder targets read the very inputs the labels were trained on: the
+    channel statistics are the offsets and scales the images task drew (its per-channel means
+    follow the offsets), and the teacher's classes come from the regression task's targets."""
+    import reference
+    import tasks
+    import torch
+
+    stats = reference.channel_statistics()
+    images = tasks.images()
+    assert torch.equal(stats.inputs, images.inputs) and stats.targets.shape == (tasks.EXAMPLES, 6)
+    means = images.inputs.mean(dim=(2, 3))  # offset + scale * (noise averaged over 144 pixels)
+    for channel in range(3):
+        pair = torch.stack([means[:, channel], stats.targets[:, channel]])
+        assert torch.corrcoef(pair)[0, 1] > 0.99
+    classes = reference.teacher_classes()
+    regression = tasks.regression()
+    assert torch.equal(classes.inputs, regression.inputs)
+    assert torch.equal(classes.targets, regression.targets.argmax(dim=1))
+    # the trivial loss of a classifier that predicts the class frequencies: at most ln 8
+    assert 0 < classes.baseline <= math.log(8) + 1e-9
