@@ -108,7 +108,7 @@ CASES = {
 def hf_gpt2(scale: int) -> nn.Module:
     """Hugging Face's ``GPT2LMHeadModel`` from its default config (GPT-2 small: 12 layers, d=768,
     vocab 50257, tied head), built offline (no weights downloaded), with its own init and
-    eager attention; ``scale`` divides the layers and width as for the other cases. Needs
+    the attention transformers picks by default (SDPA); ``scale`` divides the layers and width as for the other cases. Needs
     ``transformers`` (the benchmark extra)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
