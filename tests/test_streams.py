@@ -1,5 +1,6 @@
 """Branches that read a normalized stream, and streams that meet a norm before the loss."""
 
+import pytest
 import torch
 from conftest import findings
 from torch import nn
@@ -143,3 +144,115 @@ def test_ia202_the_input_of_a_pooled_head_is_what_the_pool_averages():
     head = next(t for t in report.recording.parameters if t.name == "head.weight")
     assert head.input_from == "conv.3"
     assert not findings(report, "IA202")
+
+
+# the branch/stream std ratio at each residual sum (record.dataflow.residual_sums, analysis.streams) --
+
+def _stream_by_hand(model: PreNorm, x: torch.Tensor) -> list:
+    """The stream's std before each block and after the last, computed by running the blocks."""
+    with torch.no_grad():
+        h = model.embed(x)
+        sizes = []
+        for norm, fc1, fc2 in zip(model.norms, model.fc1, model.fc2):
+            sizes.append(float(h.std()))
+            h = h + fc2(torch.relu(fc1(norm(h))))
+        return sizes + [float(h.std())]
+
+
+def test_the_stream_of_an_inline_stack_is_rebuilt_by_adding_variances():
+    """``h = h + f(h)`` written in the forward has no module output for the stream: each sum is
+    found in the autograd graph, its stream is the earlier sum, and S_k^2 = S_{k-1}^2 + b_k^2."""
+    torch.manual_seed(0)
+    model, x = PreNorm(final_norm=False, std=0.3), torch.randn(64, 8)
+    report = audit(model, x)
+    calls = report.recording.call_order
+    assert [[calls[b], None if s is None else calls[s], e] for b, s, e in report.recording.residual_sums] == [
+        ["fc2.0", "embed", None], ["fc2.1", None, 0], ["fc2.2", None, 1]]
+    sums = report.analysis.stream_sums
+    by_hand = _stream_by_hand(model, x)
+    assert sums[0].stream == pytest.approx(by_hand[0], rel=1e-3)  # the embedding's recorded output
+    for k, s in enumerate(sums):
+        assert s.total == pytest.approx(by_hand[k + 1], rel=0.05), k
+
+
+class Block(nn.Module):
+    def __init__(self, d: int, layer_scale: bool = False) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(d, d), nn.Linear(d, d)
+        self.gamma = nn.Parameter(torch.full((d,), 0.1)) if layer_scale else None
+
+    def forward(self, x):
+        branch = self.fc2(torch.relu(self.fc1(x)))
+        return x + (self.gamma * branch if self.gamma is not None else branch)
+
+
+def test_a_block_that_returns_its_sum_is_the_next_blocks_stream():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), Block(32), Block(32), nn.Linear(32, 2))
+    report = audit(model, torch.randn(64, 8))
+    sums = report.analysis.stream_sums
+    assert [s.branch for s in sums] == ["1.fc2", "2.fc2"]
+    assert sums[1].stream == report.recording.module("1").output.std  # measured, not rebuilt
+
+
+def test_a_branch_scaled_after_its_last_layer_is_not_measured():
+    """Layer scale multiplies the branch by a parameter after its last layer: the recorded output is
+    not what is summed, so no ratio is read from it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), Block(32, layer_scale=True), nn.Linear(32, 2))
+    report = audit(model, torch.randn(64, 8))
+    assert report.recording.residual_sums == [] and report.analysis.stream_sums == []
+
+
+def _pre_norm_with_gain(gain: float) -> PreNorm:
+    torch.manual_seed(0)
+    model = PreNorm(final_norm=False)
+    with torch.no_grad():
+        for norm in model.norms:
+            norm.weight.fill_(gain)
+        for layer in [*model.fc1, *model.fc2]:
+            layer.bias.zero_()  # PyTorch's default bias would pass a constant of its own past the gain
+    return model
+
+
+def test_ia201_a_branch_that_dominates_its_stream_is_a_warning_and_so_are_those_after_it():
+    """The first branch (32x LeCun's std per layer) adds about 1000x the embedding's std. The next
+    ones read the same unit-size LN output and add about as much again to a stream that is now
+    that large, so they grow it by no more than sqrt(2); but only because the first grew it:
+    brought down alone, the next would dominate in its place. All stay warnings, each naming the
+    measured ratio, the later ones the branch that grew their stream."""
+    report = audit(_pre_norm_with_gain(1.0), torch.randn(32, 8))
+    assert report.analysis.stream_sums[0].ratio > 100
+    assert all(s.ratio < 1.5 for s in report.analysis.stream_sums[1:])
+    by_location = {f.location: f for f in findings(report, "IA201")}
+    assert by_location["fc1.0"].severity == "warning"
+    assert "measured at the residual sum it joins" in by_location["fc1.0"].message
+    for later in ("fc1.1", "fc1.2"):
+        assert by_location[later].severity == "warning"
+        assert "the earlier branch 'fc2.0' grew" in by_location[later].message
+
+
+def test_ia201_a_large_branch_that_adds_little_to_its_stream_is_information():
+    """The same too-large branches behind LayerNorm gains of 1e-4: their outputs stay below the
+    stream's std, so the blocks start near the identity whatever their weights' fan-in says."""
+    report = audit(_pre_norm_with_gain(1e-4), torch.randn(32, 8))
+    assert all(s.ratio < 1 for s in report.analysis.stream_sums)
+    found = findings(report, "IA201")
+    assert found and {f.severity for f in found} == {"info"}
+    assert all("no more than sqrt(2)" in f.message for f in found if f.location.startswith("fc1."))
+
+
+def test_ia201_a_large_branch_added_to_a_zero_stream_says_the_branch_is_all_it_carries():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), Block(32), Block(32), nn.Linear(32, 2))
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.zero_()
+        for block in (model[1], model[2]):
+            for layer in (block.fc1, block.fc2):
+                layer.weight.normal_(std=3.0)  # 17x LeCun's 1/sqrt(32)
+    report = audit(model, torch.randn(64, 8))
+    assert report.analysis.stream_sums[0].stream == 0
+    first, second = (next(f for f in findings(report, "IA201") if f.location == f"{i}.fc1") for i in (1, 2))
+    assert "the stream is zero there" in first.message
+    assert "the earlier branch '1.fc2' grew from zero" in second.message

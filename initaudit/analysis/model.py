@@ -2,8 +2,8 @@
 
 The recorder writes down facts (statistics, call order, which modules started their forward
 when); this module interprets them: the runs of layers and what consumes each
-(:mod:`.graph`), the init each weight most likely came from (:mod:`.fingerprint`), and which
-layer is the model's head. Rules receive the :class:`Analysis` in their context, the report
+(:mod:`.graph`), the init each weight most likely came from (:mod:`.fingerprint`), how much
+each residual branch adds to its stream (:mod:`.streams`), and which layer is the model's head. Rules receive the :class:`Analysis` in their context, the report
 writes its fingerprints into the JSON, and the profile reads its runs; nobody stores
 derived results in the recording.
 """
@@ -15,6 +15,7 @@ from typing import Dict, List, Optional
 
 from initaudit.analysis.fingerprint import Fingerprint, identify
 from initaudit.analysis.graph import LayerUse, layer_runs
+from initaudit.analysis.streams import StreamSum, stream_sums
 from initaudit.core.records import Recording, TensorRecord
 
 
@@ -27,6 +28,8 @@ class Analysis:
     fingerprints: Dict[str, Fingerprint]  # by the tensor's first name: the init that most likely drew it
     output_layer: Optional[str]  # the model's head (see :func:`output_layer`)
     consumers: Dict[str, LayerUse] = field(default_factory=dict)  # first call of every layer, by module name
+    # the residual sums x + f(x) in forward order, with the stream's and the branch's std (:mod:`.streams`)
+    stream_sums: List[StreamSum] = field(default_factory=list)
 
     def fingerprint(self, t: TensorRecord) -> Optional[Fingerprint]:
         """The init that most likely drew ``t`` (``None``: not a weight, or not recognised)."""
@@ -40,7 +43,7 @@ class Analysis:
 
 
 def analyze(recording: Recording) -> Analysis:
-    """Interpret ``recording``: layer runs and consumers, fingerprints, the output layer."""
+    """Interpret ``recording``: layer runs and consumers, fingerprints, residual sums, the output layer."""
     runs = layer_runs(recording)
     consumers: Dict[str, LayerUse] = {}
     for run in runs:
@@ -52,7 +55,7 @@ def analyze(recording: Recording) -> Analysis:
             found = identify(t)
             if found is not None:
                 fingerprints[t.name] = found
-    return Analysis(recording, runs, fingerprints, output_layer(recording), consumers)
+    return Analysis(recording, runs, fingerprints, output_layer(recording), consumers, stream_sums(recording))
 
 
 def output_layer(recording: Recording) -> Optional[str]:

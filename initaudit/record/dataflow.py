@@ -702,13 +702,64 @@ def stream_outputs(graph: Graph, output_nodes: List[Any]) -> List[int]:
     return found
 
 
-CallFacts = Tuple[List[int], List[Optional[str]], List[Optional[str]], List[Optional[str]]]
+def _through_passing(graph: Graph, node: Any) -> Any:
+    """``node``'s source, looking back through dropout and a bias (a sum with a parameter): what
+    leaves the size of the activation as it was, so a recorded call's output seen past them is
+    still the value summed. A scale (layer scale, a constant factor) stops the walk: the value
+    summed is then not the call's output."""
+    node = graph.source(node)
+    for _ in range(8):
+        if node is None or node_name(node) not in DROPOUT | ADDS:
+            return node
+        below = [n for n in graph.inputs.get(node, ()) if n is not None and not graph.is_parameter_path(n)]
+        if len(below) != 1:
+            return node
+        node = graph.source(below[0])
+    return node
+
+
+# one residual sum x + f(x): (the call whose output is the branch f(x), the call whose output is
+# the stream x or None, the earlier sum (by position) that is the stream x or None)
+ResidualSum = Tuple[int, Optional[int], Optional[int]]
+
+
+def residual_sums(graph: Graph, made: Dict[Any, int]) -> List[ResidualSum]:
+    """The residual sums ``x + f(x)`` of the forward, in the order they ran, whose branch is a
+    module call's output (through dropout and a bias) and whose stream is a call's output or an
+    earlier such sum (a stack written inline, ``h = h + f(h)``, has no module output for its
+    stream): from them the stream's size at each sum follows from the recorded outputs, by
+    adding variances, ``S_k^2 = S_{k-1}^2 + b_k^2`` (a branch drawn independently of the stream
+    is uncorrelated with it at init)."""
+    adds = sorted((node for node in graph.inputs if node_name(node) in ("AddBackward0",)),
+                  key=lambda node: node._sequence_nr())
+    position: Dict[Any, int] = {}
+    found: List[ResidualSum] = []
+    for add in adds:
+        inputs = graph.inputs[add]
+        sides = [graph.residual_side(add, slot) for slot in range(len(inputs))]
+        if len(inputs) != 2 or sorted(s or "" for s in sides) != ["branch", "stream"]:
+            continue
+        branch = _through_passing(graph, inputs[sides.index("branch")])
+        stream = _through_passing(graph, inputs[sides.index("stream")])
+        if branch not in made:
+            continue
+        if stream in made:
+            found.append((made[branch], made[stream], None))
+        elif stream in position:
+            found.append((made[branch], None, position[stream]))
+        else:
+            continue
+        position[add] = len(found) - 1
+    return found
+
+
+CallFacts = Tuple[List[int], List[Optional[str]], List[Optional[str]], List[Optional[str]], List[ResidualSum]]
 
 
 def read(roots: List[torch.Tensor], keys: Dict[int, Hashable], output_nodes: List[Any] = ()
          ) -> Tuple[Dict[Hashable, Use], CallFacts]:
-    """``(uses, (streams, reaches, feeds, ends))`` on one walk of the graph below ``roots``:
-    :func:`_uses`, :func:`stream_outputs`, and for each module call where its output
+    """``(uses, (streams, reaches, feeds, ends, sums))`` on one walk of the graph below ``roots``:
+    :func:`_uses`, :func:`stream_outputs`, :func:`residual_sums`, and for each module call where its output
     ends up through normalizations and before them, and what it reaches first (as
     ``Use.reaches`` and ``Use.feeds``; ``None`` where the output has no gradient path), matched
     to the graph by the node that made it, so that a frozen layer, whose weight the graph
@@ -727,7 +778,7 @@ def read(roots: List[torch.Tensor], keys: Dict[int, Hashable], output_nodes: Lis
         reaches.append("+".join(sorted(graph.terminals(source, through_norms=True))) or None if known else None)
         ends.append("+".join(sorted(graph.terminals(source))) or None if known else None)
         feeds.append(_past_nonlinearity(graph, source) if known else None)
-    return _uses(graph, keys, made), (stream_outputs(graph, nodes), reaches, feeds, ends)
+    return _uses(graph, keys, made), (stream_outputs(graph, nodes), reaches, feeds, ends, residual_sums(graph, made))
 
 
 def _uses(graph: Graph, keys: Dict[int, Hashable], made: Dict[Any, int]) -> Dict[Hashable, Use]:

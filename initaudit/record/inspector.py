@@ -83,6 +83,7 @@ def inspect(
     call_reaches: List[Optional[str]] = []
     call_feeds: List[Optional[str]] = []
     call_ends: List[Optional[str]] = []
+    sums: List[dataflow.ResidualSum] = []
     with preserved(model):
         if run_forward:
             progress.phase("forward")
@@ -124,7 +125,7 @@ def inspect(
                         deferred.put(scalars, "labelled_loss", stats)
                 if run_backward:
                     # read before the backward frees the graph
-                    streams, call_reaches, call_feeds, call_ends = note_uses(tensors, loss_value, param_names, recorder)
+                    streams, call_reaches, call_feeds, call_ends, sums = note_uses(tensors, loss_value, param_names, recorder)
                     probed: Optional[List[Optional[torch.Tensor]]] = None
                     if loss is not None and leaves:
                         # a custom loss says nothing of the Jacobian: probe it with a projection of its own
@@ -198,6 +199,7 @@ def inspect(
         call_reaches=call_reaches,
         call_feeds=call_feeds,
         call_ends=call_ends,
+        residual_sums=[list(s) for s in sums],
         unobserved=[m.name for m in modules if m.has_parameters and m.calls == 0] if run_forward else [],
         notes=(["a TorchScript module takes no forward hooks: parameters and gradients are audited, "
                 "module outputs (and the signal rules) are not"] if recorder.scripted else []) + skipped_steps
@@ -241,12 +243,13 @@ def undecided_modules(tensors: List[Tracked]) -> Set[str]:
 def note_uses(tensors: List[Tracked], loss_value: Optional[torch.Tensor], param_names: Any,
               recorder: CallRecorder) -> dataflow.CallFacts:
     """Write each parameter's dataflow use (:mod:`.dataflow`) into its record; return the calls
-    whose output is a residual stream, and each call's reaches, feeds and ends (as ``dataflow.read``).
+    whose output is a residual stream, each call's reaches, feeds and ends, and the residual sums (as
+    ``dataflow.read``).
     A tensor the forward held in a module's place (FSDP2's unsharded parameter) stands for the
     module's parameter of that name."""
     nodes, recorder.output_nodes = recorder.output_nodes, []  # no reference to the graph outlives the walk
     if loss_value is None or loss_value.grad_fn is None:
-        return [], [], [], []
+        return [], [], [], [], []
     key_by_name = {name: key for key, (_, names) in param_names.items() for name in names}
     keys = {key: key for key in param_names}
     for held, (module_key, attr) in recorder.forward_parameters.items():

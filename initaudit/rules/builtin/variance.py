@@ -10,6 +10,7 @@ from initaudit.analysis.fingerprint import Fingerprint
 from initaudit.analysis.graph import LayerUse, accessor
 from initaudit.analysis.homogeneous import logits_note, only_logits_grow
 from initaudit.analysis.scales import Scale, recommended_std
+from initaudit.analysis.streams import StreamSum, skip_share
 from initaudit.core.records import TensorRecord
 from initaudit.rules.builtin.signal import layer_signal
 from initaudit.rules.registry import RuleContext, Violation, rule
@@ -144,6 +145,10 @@ def variance_mismatch(ctx: RuleContext) -> Iterator[Violation]:
         # however large, it adds to the stream, it does not multiply it block after block, and
         # where that stream meets a norm before the loss (a final norm) its size reaches nothing
         bounded = branch and run[0].weight.input_normalized and run[-1].weight.stream_reaches == "norm"
+        # measured where the graph and the recorded outputs allow: the branch's std over the
+        # stream's at the sum it joins, and whether the stream's growth compounds over the stack
+        measured = _measured_sum(ctx.analysis.stream_sums, run) if branch else None
+        dominates = measured is None or _dominates(measured, ctx.analysis.stream_sums)
         # a run too large compounds to a warning as soon as it is confirmed; one too small only when
         # the signal it shrinks falls beyond compound-severe, over the run or along the depth (its
         # consequence, IA202's measure): what plain stacks at PyTorch's default init lose, 100-1000x
@@ -155,7 +160,7 @@ def variance_mismatch(ctx: RuleContext) -> Iterator[Violation]:
             fall = _depth_fall(signal_along_depth, run)
         far = product > 1 or (signal is not None and product < 1 / compound_severe and signal < 1 / compound_severe) \
             or (fall is not None and fall < 1 / compound_severe)
-        severe_run = (not normalized and not (branch and product < 1) and not bounded
+        severe_run = (not normalized and not (branch and product < 1) and not bounded and dominates
                       and (worst.off_by > severe or (compounded and confirmed and far)))
         # too large, where the only consequence is the logits' size, and that is within bounds
         scales_logits = logits_only is not None and (product > 1 or worst.ratio > 1)
@@ -165,9 +170,59 @@ def variance_mismatch(ctx: RuleContext) -> Iterator[Violation]:
             normalized or branch or bounded)
         found = _violation(scales, worst, product, signal, normalized, severity, init, branch,
                            ctx.recording.declared_init_std, bounded, compound_severe if survived else None)
+        if measured is not None:
+            found.message += _stream_note(measured, ctx.analysis.stream_sums, dominates)
         if severe_run and scales_logits:
             found.message += logits_note(logits_only, loss_severe)
         yield found
+
+
+def _measured_sum(sums: List[StreamSum], run: List[LayerUse]) -> Optional[StreamSum]:
+    """The residual sum whose branch is the output of the run's last layer call (``None``: not
+    measured: a scale or an unrecorded op between them, or no such sum). A raw parameter standing
+    in for its layer (GPT-2's ``Conv1D`` weight) is matched to the module that holds it."""
+    name = run[-1].module.name
+    return next((s for s in sums if s.branch == name or name.rpartition(".")[0] == s.branch
+                 and name == run[-1].weight.name), None)
+
+
+def _dominates(at: StreamSum, sums: List[StreamSum]) -> bool:
+    """Whether the branch of ``at`` dominates its stream (``b / S > 1``: the stream more than
+    sqrt(2) times larger after the sum) and the stream's growth compounds: over all the
+    residual sums the identity paths' share, ``prod 1 / sqrt(1 + r_k^2)``, falls below
+    ``2^(-n/2)``, sqrt(2) per sum. Where an earlier branch already dominated, the stream this one
+    reads was grown by it: bring that one down and this one dominates in its place, so it is
+    judged by its weights, as an unmeasured branch is (a fix of the first alone would leave it)."""
+    if _grown_by(at, sums) is not None:
+        return True
+    return at.ratio > 1 and skip_share(sums) < 2 ** (-len(sums) / 2)
+
+
+def _grown_by(at: StreamSum, sums: List[StreamSum]) -> Optional[StreamSum]:
+    """The first sum before ``at`` whose branch dominated its stream (``None``: none did)."""
+    return next((s for s in sums[:sums.index(at)] if s.ratio > 1), None)
+
+
+def _stream_note(at: StreamSum, sums: List[StreamSum], dominates: bool) -> str:
+    r = at.ratio
+    if math.isinf(r):
+        note = (f"; measured at the residual sum it joins, the stream is zero there, and its output (std "
+                f"{at.added:.3g}) is all the sum carries")
+    else:
+        note = (f"; measured at the residual sum it joins, its output's std is {r:.3g}x the stream's "
+                f"({at.added:.3g} over {at.stream:.3g}), so the stream grows {math.sqrt(1 + r * r):.3g}x there")
+    root = _grown_by(at, sums)
+    if root is not None:
+        grew = "from zero" if root.stream == 0 else f"{root.total / root.stream:.3g}x"
+        return note + (f", a stream that the earlier branch '{root.branch}' grew {grew}: "
+                       "with that one brought down, this one would dominate in its place")
+    if r <= 1:
+        return note + ", no more than sqrt(2): the stream still carries the signal"
+    if not dominates:
+        growth = 1 / skip_share(sums)
+        return note + (f", but over the model's {len(sums)} residual sums the identity paths keep "
+                       f"1/{growth:.3g} of the output, no less than 1/sqrt(2) per sum: it does not compound")
+    return note
 
 
 def _depth_fall(signal: List[List[Tuple[str, float]]], run: List[LayerUse]) -> Optional[float]:
