@@ -112,6 +112,9 @@ class Report:
             },
             "loss": finite_or_none(self.recording.loss),
             "zero_output_loss": finite_or_none(self.recording.zero_output_loss),
+            "residual_sums": [{"branch": s.branch, "stream_std": finite_or_none(s.stream),
+                               "branch_std": finite_or_none(s.added), "ratio": finite_or_none(s.ratio)}
+                              for s in self.analysis.stream_sums],
             "initial_loss": None if self.recording.classes is None else {
                 "classes": self.recording.classes,
                 "expected": finite_or_none(self.recording.expected_initial_loss),
