@@ -702,22 +702,6 @@ def stream_outputs(graph: Graph, output_nodes: List[Any]) -> List[int]:
     return found
 
 
-def _through_passing(graph: Graph, node: Any) -> Any:
-    """``node``'s source, looking back through dropout and a bias (a sum with a parameter): what
-    leaves the size of the activation as it was, so a recorded call's output seen past them is
-    still the value summed. A scale (layer scale, a constant factor) stops the walk: the value
-    summed is then not the call's output."""
-    node = graph.source(node)
-    for _ in range(8):
-        if node is None or node_name(node) not in DROPOUT | ADDS:
-            return node
-        below = [n for n in graph.inputs.get(node, ()) if n is not None and not graph.is_parameter_path(n)]
-        if len(below) != 1:
-            return node
-        node = graph.source(below[0])
-    return node
-
-
 # one residual sum x + f(x): (the call whose output is the branch f(x), the call whose output is
 # the stream x or None, the earlier sum (by position) that is the stream x or None)
 ResidualSum = Tuple[int, Optional[int], Optional[int]]
@@ -739,8 +723,10 @@ def residual_sums(graph: Graph, made: Dict[Any, int]) -> List[ResidualSum]:
         sides = [graph.residual_side(add, slot) for slot in range(len(inputs))]
         if len(inputs) != 2 or sorted(s or "" for s in sides) != ["branch", "stream"]:
             continue
-        branch = _through_passing(graph, inputs[sides.index("branch")])
-        stream = _through_passing(graph, inputs[sides.index("stream")])
+        # through dropout and a bias, which leave the activation's size as it was; a scale (layer
+        # scale, a constant factor) stops the walk: what is summed is then not the call's output
+        branch = graph.made_by(inputs[sides.index("branch")], DROPOUT | ADDS)
+        stream = graph.made_by(inputs[sides.index("stream")], DROPOUT | ADDS)
         if branch not in made:
             continue
         if stream in made:

@@ -33,8 +33,10 @@ def random_projection_loss(output: Any, seed: int) -> Optional[torch.Tensor]:
             gen.manual_seed(seed)
             generators[t.device] = gen
         r = torch.randn(t.shape, generator=gen, device=t.device, dtype=torch.float32)
-        r = (r / math.sqrt(t.numel())).to(t.dtype)
-        term = (t * r).sum().float()
+        r = r.div_(math.sqrt(t.numel())).to(t.dtype)
+        # a dot product, not (t * r).sum(): no product tensor the size of the output (a language
+        # model's logits: 4 x 64 x 50257 floats, 60 ms of a 2 s audit on two cores for the two)
+        term = torch.dot(t.reshape(-1), r.reshape(-1)).float()
         total = term if total is None else total + term
     return total
 
