@@ -166,13 +166,56 @@ def test_the_stream_of_an_inline_stack_is_rebuilt_by_adding_variances():
     model, x = PreNorm(final_norm=False, std=0.3), torch.randn(64, 8)
     report = audit(model, x)
     calls = report.recording.call_order
-    assert [[calls[b], None if s is None else calls[s], e] for b, s, e in report.recording.residual_sums] == [
-        ["fc2.0", "embed", None], ["fc2.1", None, 0], ["fc2.2", None, 1]]
+    assert [[calls[b], bf, None if s is None else calls[s], e, sf]
+            for b, bf, s, e, sf in report.recording.residual_sums] == [
+        ["fc2.0", 1.0, "embed", None, 1.0], ["fc2.1", 1.0, None, 0, 1.0], ["fc2.2", 1.0, None, 1, 1.0]]
     sums = report.analysis.stream_sums
     by_hand = _stream_by_hand(model, x)
     assert sums[0].stream == pytest.approx(by_hand[0], rel=1e-3)  # the embedding's recorded output
     for k, s in enumerate(sums):
         assert s.total == pytest.approx(by_hand[k + 1], rel=0.05), k
+
+
+class Scaled(nn.Module):
+    """Constant factors around the sums: the embedding times 4 (as Gemma multiplies its
+    embeddings by sqrt(d)), the stream times 2 (DeepNet's alpha) and the branch by
+    ``torch.add``'s ``alpha`` of 0.5."""
+
+    def __init__(self, d: int = 32, blocks: int = 2) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, d)
+        self.fc1 = nn.ModuleList(nn.Linear(d, d) for _ in range(blocks))
+        self.fc2 = nn.ModuleList(nn.Linear(d, d) for _ in range(blocks))
+        self.head = nn.Linear(d, 2)
+
+    def forward(self, x):
+        h = self.embed(x) * torch.tensor(4.0)
+        for fc1, fc2 in zip(self.fc1, self.fc2):
+            h = torch.add(h * 2.0, fc2(torch.relu(fc1(h))), alpha=0.5)
+        return self.head(h)
+
+    def added_by_hand(self, x):
+        """``(stream, branch)`` std at each sum, as the sum adds them."""
+        with torch.no_grad():
+            h, found = self.embed(x) * 4.0, []
+            for fc1, fc2 in zip(self.fc1, self.fc2):
+                branch = 0.5 * fc2(torch.relu(fc1(h)))
+                found.append((float((h * 2.0).std()), float(branch.std())))
+                h = h * 2.0 + branch
+        return found
+
+
+def test_constant_factors_around_a_sum_scale_what_it_adds():
+    torch.manual_seed(0)
+    model, x = Scaled(), torch.randn(64, 8)
+    report = audit(model, x)
+    sums = report.analysis.stream_sums
+    by_hand = model.added_by_hand(x)
+    assert [s.branch for s in sums] == ["fc2.0", "fc2.1"]
+    assert sums[0].stream == pytest.approx(by_hand[0][0], rel=1e-3)  # 8x the embedding's recorded output
+    for s, (stream, branch) in zip(sums, by_hand):
+        assert s.added == pytest.approx(branch, rel=1e-3)
+        assert s.stream == pytest.approx(stream, rel=0.05)  # the second rebuilt by adding variances
 
 
 class Block(nn.Module):

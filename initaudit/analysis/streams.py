@@ -25,7 +25,9 @@ reads a normalized stream, so its size is fixed, and its ratio falls as the stre
 
 The sizes come from the recorded module outputs (``Recording.call_outputs``): the branch's is
 the call whose output is summed, the stream's the call whose output is the stream, or, for a
-stack written inline (``h = h + f(h)``), the earlier sum's, rebuilt by adding variances.
+stack written inline (``h = h + f(h)``), the earlier sum's, rebuilt by adding variances; a
+constant factor between them and the sum (``x * alpha + f(x)``, ``torch.add``'s ``alpha``)
+scales them.
 """
 
 from __future__ import annotations
@@ -62,17 +64,17 @@ def stream_sums(recording: Recording) -> List[StreamSum]:
     found: List[StreamSum] = []
     by_position: List[Optional[StreamSum]] = []
     outputs = recording.call_outputs
-    for branch_call, stream_call, earlier in recording.residual_sums:
+    for branch_call, branch_factor, stream_call, earlier, stream_factor in recording.residual_sums:
         stream: Optional[float] = None
         if stream_call is not None and stream_call < len(outputs) and outputs[stream_call] is not None:
-            stream = outputs[stream_call].std
+            stream = outputs[stream_call].std * abs(stream_factor)
         elif earlier is not None and earlier < len(by_position) and by_position[earlier] is not None:
-            stream = by_position[earlier].total
+            stream = by_position[earlier].total * abs(stream_factor)
         branch = outputs[branch_call] if branch_call < len(outputs) else None
         if stream is None or branch is None or not (math.isfinite(stream) and math.isfinite(branch.std)):
             by_position.append(None)
             continue
-        found.append(StreamSum(recording.call_order[branch_call], stream, branch.std))
+        found.append(StreamSum(recording.call_order[branch_call], stream, branch.std * abs(branch_factor)))
         by_position.append(found[-1])
     return found
 

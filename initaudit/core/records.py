@@ -224,10 +224,10 @@ class Recording:
     # by call index: as call_reaches, but a normalization ends a path ("norm" alone: every path from
     # the output meets a norm before the loss, as a pre-LN stack's stream meets its final norm)
     call_ends: List[Optional[str]] = field(default_factory=list)
-    # the residual sums x + f(x) in forward order, each [branch call, stream call or None, earlier
-    # sum or None] (record.dataflow.residual_sums): the stream's size at each follows from the
-    # recorded outputs (analysis.streams); empty without a backward
-    residual_sums: List[List[Optional[int]]] = field(default_factory=list)
+    # the residual sums x + f(x) in forward order, each [branch call, its constant factor, stream
+    # call or None, earlier sum or None, the stream's constant factor] (record.dataflow.residual_sums):
+    # the stream's size at each follows from the recorded outputs (analysis.streams); empty without a backward
+    residual_sums: List[List[Any]] = field(default_factory=list)
     _module_index: Optional[Dict[str, ModuleRecord]] = field(default=None, init=False, repr=False, compare=False)
 
     @property

@@ -34,6 +34,7 @@ change its meaning (views, dropout, a bias, a constant or per-channel factor):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, FrozenSet, Hashable, Iterator, List, Optional, Set, Tuple
 
@@ -267,7 +268,8 @@ class Graph:
         return False
 
     def addends(self, node: Any) -> Set[Any]:
-        """The terms of a sum (through views and nested sums): ``{x, a}`` for ``(x + a)``."""
+        """The terms of a sum (through views, nested sums and constant factors): ``{x, a}`` for
+        ``(x + a)`` and for ``(alpha * x + a)`` (DeepNet's up-weighted stream)."""
         terms: Set[Any] = set()
         stack = [self.source(node)]
         while stack and len(terms) < 64:
@@ -276,6 +278,8 @@ class Graph:
                 continue
             if node_name(current) in ("AddBackward0", "SubBackward0"):
                 stack.extend(self.source(n) for n in self.inputs.get(current, ()))
+            elif constant_factor(current) is not None:
+                stack.extend(self.source(n) for n in self.inputs.get(current, ()) if n is not None)
             else:
                 terms.add(current)
         return terms
@@ -702,19 +706,71 @@ def stream_outputs(graph: Graph, output_nodes: List[Any]) -> List[int]:
     return found
 
 
-# one residual sum x + f(x): (the call whose output is the branch f(x), the call whose output is
-# the stream x or None, the earlier sum (by position) that is the stream x or None)
-ResidualSum = Tuple[int, Optional[int], Optional[int]]
+# one residual sum x + f(x): (the call whose output is the branch f(x), the constant factor
+# between that output and the sum, the call whose output is the stream x or None, the earlier
+# sum (by position) that is the stream x or None, the constant factor on the stream's side)
+ResidualSum = Tuple[int, float, Optional[int], Optional[int], float]
+
+
+def constant_factor(node: Any) -> Optional[float]:
+    """The number ``node`` multiplies its one activation by: ``x * c``, ``c * x``, ``x / c`` for a
+    Python number or a one-element tensor that takes no gradient (Gemma's ``sqrt(d)`` on its
+    embeddings, DeepNet's ``alpha`` on the stream); ``None`` for anything else (a parameter, a
+    mask, a product of two activations)."""
+    name = node_name(node)
+    if name in ("MulBackward1", "DivBackward1"):
+        other = getattr(node, "_saved_other", None)
+        if isinstance(other, (int, float)) and other != 0:
+            return float(other) if name == "MulBackward1" else 1.0 / float(other)
+        return None
+    if name not in ("MulBackward0", "DivBackward0"):
+        return None
+    slots = ("_saved_self", "_saved_other") if name == "MulBackward0" else ("_saved_other",)
+    for slot in slots:
+        try:
+            value = getattr(node, slot, None)
+        except RuntimeError:  # freed, or saved as something that cannot be read back
+            return None
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.requires_grad:
+            number = float(value)
+            if number == 0 or not math.isfinite(number):
+                return None
+            return number if name == "MulBackward0" else 1.0 / number
+    return None
+
+
+def _scaled_call(graph: Graph, node: Any, made: Dict[Any, int], limit: int = 8) -> Tuple[Any, float]:
+    """The node whose value ``node`` carries, looking back through dropout, a bias and constant
+    factors (which change its size by a known amount), with the product of those factors: a
+    recorded call's output, an earlier sum, or where the walk stopped (a parameter's factor,
+    such as layer scale, stops it: what is summed is then not a call's output times a known
+    number)."""
+    factor = 1.0
+    node = graph.source(node)
+    for _ in range(limit):
+        if node is None or node in made:
+            return node, factor
+        below = [n for n in graph.inputs.get(node, ()) if n is not None and not graph.is_parameter_path(n)]
+        if len(below) != 1:
+            return node, factor
+        if node_name(node) not in DROPOUT | ADDS:
+            c = constant_factor(node)
+            if c is None:
+                return node, factor
+            factor *= c
+        node = graph.source(below[0])
+    return node, factor
 
 
 def residual_sums(graph: Graph, made: Dict[Any, int]) -> List[ResidualSum]:
     """The residual sums ``x + f(x)`` of the forward, in the order they ran, whose branch is a
-    module call's output (through dropout and a bias) and whose stream is a call's output or an
-    earlier such sum (a stack written inline, ``h = h + f(h)``, has no module output for its
-    stream): from them the stream's size at each sum follows from the recorded outputs, by
-    adding variances, ``S_k^2 = S_{k-1}^2 + b_k^2`` (a branch drawn independently of the stream
-    is uncorrelated with it at init)."""
-    adds = sorted((node for node in graph.inputs if node_name(node) in ("AddBackward0",)),
+    module call's output (through dropout, a bias and constant factors) and whose stream is a
+    call's output or an earlier such sum (a stack written inline, ``h = h + f(h)``, has no
+    module output for its stream): from them the stream's size at each sum follows from the
+    recorded outputs, by adding variances, ``S_k^2 = S_{k-1}^2 + b_k^2`` (a branch drawn
+    independently of the stream is uncorrelated with it at init). ``torch.add``'s ``alpha``
+    counts as a factor on its second operand."""
+    adds = sorted((node for node in graph.inputs if node_name(node) == "AddBackward0"),
                   key=lambda node: node._sequence_nr())
     position: Dict[Any, int] = {}
     found: List[ResidualSum] = []
@@ -723,16 +779,20 @@ def residual_sums(graph: Graph, made: Dict[Any, int]) -> List[ResidualSum]:
         sides = [graph.residual_side(add, slot) for slot in range(len(inputs))]
         if len(inputs) != 2 or sorted(s or "" for s in sides) != ["branch", "stream"]:
             continue
-        # through dropout and a bias, which leave the activation's size as it was; a scale (layer
-        # scale, a constant factor) stops the walk: what is summed is then not the call's output
-        branch = graph.made_by(inputs[sides.index("branch")], DROPOUT | ADDS)
-        stream = graph.made_by(inputs[sides.index("stream")], DROPOUT | ADDS)
-        if branch not in made:
+        alpha = getattr(add, "_saved_alpha", 1)
+        alpha = float(alpha) if isinstance(alpha, (int, float)) else math.nan
+        ends = {}
+        for side in ("branch", "stream"):
+            slot = sides.index(side)
+            node, factor = _scaled_call(graph, inputs[slot], made)
+            ends[side] = (node, factor * (alpha if slot == 1 else 1.0))
+        (branch, branch_factor), (stream, stream_factor) = ends["branch"], ends["stream"]
+        if branch not in made or not (math.isfinite(branch_factor) and math.isfinite(stream_factor)):
             continue
         if stream in made:
-            found.append((made[branch], made[stream], None))
+            found.append((made[branch], branch_factor, made[stream], None, stream_factor))
         elif stream in position:
-            found.append((made[branch], None, position[stream]))
+            found.append((made[branch], branch_factor, None, position[stream], stream_factor))
         else:
             continue
         position[add] = len(found) - 1
