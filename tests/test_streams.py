@@ -345,3 +345,31 @@ def test_the_json_report_lists_the_residual_sums_with_their_sizes(write_target):
     # the second sum reads the first's: S_1^2 = S_0^2 + b_0^2
     assert sums[1]["stream_std"] == pytest.approx((sums[0]["stream_std"] ** 2 + sums[0]["branch_std"] ** 2) ** 0.5)
     assert all(s["ratio"] == pytest.approx(s["branch_std"] / s["stream_std"]) for s in sums)
+
+
+class Checkpointed(nn.Module):
+    """A block under non-reentrant activation checkpointing, its stream scaled by a tensor
+    constant: the factor is saved through the checkpoint's hooks."""
+
+    def __init__(self, d: int = 16) -> None:
+        super().__init__()
+        self.embed, self.fc, self.head = nn.Linear(8, d), nn.Linear(d, d), nn.Linear(d, 2)
+        self.runs = 0
+
+    def block(self, h):
+        self.runs += 1
+        return h * torch.tensor(2.0) + self.fc(h)
+
+    def forward(self, x):
+        from torch.utils.checkpoint import checkpoint
+
+        return self.head(checkpoint(self.block, self.embed(x), use_reentrant=False))
+
+
+def test_reading_the_graph_does_not_unpack_what_a_checkpoint_saved():
+    """Unpacking a tensor the checkpoint saved runs the block again (and its modules' hooks):
+    the forward once and the backward's recomputation once, nothing more."""
+    torch.manual_seed(0)
+    model = Checkpointed()
+    audit(model, torch.randn(32, 8))
+    assert model.runs == 2

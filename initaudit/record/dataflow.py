@@ -725,10 +725,15 @@ def constant_factor(node: Any) -> Optional[float]:
         return None
     if name not in ("MulBackward0", "DivBackward0"):
         return None
-    slots = ("_saved_self", "_saved_other") if name == "MulBackward0" else ("_saved_other",)
+    slots = ("self", "other") if name == "MulBackward0" else ("other",)
     for slot in slots:
+        # a tensor saved through hooks (activation checkpointing, offloading) would be unpacked by
+        # reading it: the checkpointed region run again, its module hooks firing. Not read
+        raw = getattr(node, f"_raw_saved_{slot}", None)
+        if raw is None or getattr(raw, "unpack_hook", True) is not None:
+            continue
         try:
-            value = getattr(node, slot, None)
+            value = getattr(node, f"_saved_{slot}", None)
         except RuntimeError:  # freed, or saved as something that cannot be read back
             return None
         if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.requires_grad:
