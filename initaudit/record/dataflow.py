@@ -278,7 +278,7 @@ class Graph:
                 continue
             if node_name(current) in ("AddBackward0", "SubBackward0"):
                 stack.extend(self.source(n) for n in self.inputs.get(current, ()))
-            elif constant_factor(current) is not None:
+            elif is_constant_factor(current):
                 stack.extend(self.source(n) for n in self.inputs.get(current, ()) if n is not None)
             else:
                 terms.add(current)
@@ -712,21 +712,17 @@ def stream_outputs(graph: Graph, output_nodes: List[Any]) -> List[int]:
 ResidualSum = Tuple[int, float, Optional[int], Optional[int], float]
 
 
-def constant_factor(node: Any) -> Optional[float]:
-    """The number ``node`` multiplies its one activation by: ``x * c``, ``c * x``, ``x / c`` for a
-    Python number or a one-element tensor that takes no gradient (Gemma's ``sqrt(d)`` on its
-    embeddings, DeepNet's ``alpha`` on the stream); ``None`` for anything else (a parameter, a
-    mask, a product of two activations)."""
+def _constant_operand(node: Any) -> Any:
+    """The constant ``node`` multiplies its one activation by (``x * c``, ``c * x``, ``x / c``): a
+    Python number, or a one-element tensor that takes no gradient; ``None`` for anything else (a
+    parameter, a mask, a product of two activations)."""
     name = node_name(node)
     if name in ("MulBackward1", "DivBackward1"):
         other = getattr(node, "_saved_other", None)
-        if isinstance(other, (int, float)) and other != 0:
-            return float(other) if name == "MulBackward1" else 1.0 / float(other)
-        return None
+        return other if isinstance(other, (int, float)) and not isinstance(other, bool) else None
     if name not in ("MulBackward0", "DivBackward0"):
         return None
-    slots = ("self", "other") if name == "MulBackward0" else ("other",)
-    for slot in slots:
+    for slot in ("self", "other") if name == "MulBackward0" else ("other",):
         # a tensor saved through hooks (activation checkpointing, offloading) would be unpacked by
         # reading it: the checkpointed region run again, its module hooks firing. Not read
         raw = getattr(node, f"_raw_saved_{slot}", None)
@@ -737,11 +733,28 @@ def constant_factor(node: Any) -> Optional[float]:
         except RuntimeError:  # freed, or saved as something that cannot be read back
             return None
         if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.requires_grad:
-            number = float(value)
-            if number == 0 or not math.isfinite(number):
-                return None
-            return number if name == "MulBackward0" else 1.0 / number
+            return value
     return None
+
+
+def is_constant_factor(node: Any) -> bool:
+    """Whether ``node`` multiplies (or divides) its one activation by a constant."""
+    return _constant_operand(node) is not None
+
+
+def constant_factor(node: Any) -> Optional[float]:
+    """The number ``node`` multiplies its one activation by (:func:`_constant_operand`: Gemma's
+    ``sqrt(d)`` on its embeddings, DeepNet's ``alpha`` on the stream); ``None`` where it has none,
+    where it is zero or not finite, and where the constant is a tensor on an accelerator (reading
+    it would wait for the device: the audit reads the host once)."""
+    value = _constant_operand(node)
+    if isinstance(value, torch.Tensor):
+        if value.device.type != "cpu":
+            return None
+        value = value.item()
+    if value is None or value == 0 or not math.isfinite(value):
+        return None
+    return float(value) if node_name(node).startswith("Mul") else 1.0 / float(value)
 
 
 def _scaled_call(graph: Graph, node: Any, made: Dict[Any, int], limit: int = 8) -> Tuple[Any, float]:
