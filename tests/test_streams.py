@@ -373,3 +373,31 @@ def test_reading_the_graph_does_not_unpack_what_a_checkpoint_saved():
     model = Checkpointed()
     audit(model, torch.randn(32, 8))
     assert model.runs == 2
+
+
+@pytest.mark.parametrize("name", ["hf-gpt2", "hf-llama", "hf-bert"])
+def test_a_library_model_at_its_own_init_starts_every_branch_below_its_stream(name):
+    """Two blocks, an attention and an MLP sum each, all found in the graph of Hugging Face's own
+    code (inline sums, a post-LN BERT's sums inside its output modules), and at the library's own
+    init (N(0, 0.02), GPT-2's 0.02/sqrt(2N) projections) each branch adds less than its stream."""
+    pytest.importorskip("transformers")
+    from corpus import CORPUS
+
+    model, x = CORPUS[name]()
+    sums = audit(model, x).analysis.stream_sums
+    assert len(sums) == 4
+    assert all(s.ratio < 1 for s in sums), [(s.branch, s.ratio) for s in sums]
+
+
+def test_a_branch_drawn_far_too_large_in_gpt2_is_measured_against_its_stream():
+    pytest.importorskip("transformers")
+    from corpus import CORPUS
+
+    model, x = CORPUS["hf-gpt2"]()
+    with torch.no_grad():
+        model.transformer.h[1].mlp.c_proj.weight.mul_(300.0)
+    report = audit(model, x)
+    last = report.analysis.stream_sums[-1]
+    assert last.branch == "transformer.h.1.mlp.c_proj" and last.ratio > 10
+    (found,) = [f for f in findings(report, "IA201") if f.location == "transformer.h.1.mlp.c_proj.weight"]
+    assert f"its output's std is {last.ratio:.3g}x the stream's" in found.message
