@@ -401,3 +401,17 @@ def test_a_branch_drawn_far_too_large_in_gpt2_is_measured_against_its_stream():
     assert last.branch == "transformer.h.1.mlp.c_proj" and last.ratio > 10
     (found,) = [f for f in findings(report, "IA201") if f.location == "transformer.h.1.mlp.c_proj.weight"]
     assert f"its output's std is {last.ratio:.3g}x the stream's" in found.message
+
+
+def test_a_small_branchs_growth_of_the_stream_reads_as_a_percentage():
+    """GPT-2's projections at 0.02/sqrt(2N) add a tenth of the stream's std: the stream grows by
+    under 1%, which "1x" would hide."""
+    pytest.importorskip("transformers")
+    from corpus import CORPUS
+
+    model, x = CORPUS["hf-gpt2"]()
+    report = audit(model, x)
+    first = report.analysis.stream_sums[0]
+    growth = 100 * ((1 + first.ratio ** 2) ** 0.5 - 1)
+    (found,) = [f for f in findings(report, "IA201") if f.location == "transformer.h.0.attn.c_proj.weight"]
+    assert f"so the stream grows by {growth:.2g}% there" in found.message and growth < 1

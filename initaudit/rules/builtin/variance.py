@@ -210,7 +210,7 @@ def _stream_note(at: StreamSum, sums: List[StreamSum], dominates: bool) -> str:
                 f"{at.added:.3g}) is all the sum carries")
     else:
         note = (f"; measured at the residual sum it joins, its output's std is {r:.3g}x the stream's "
-                f"({at.added:.3g} over {at.stream:.3g}), so the stream grows {math.sqrt(1 + r * r):.3g}x there")
+                f"({at.added:.3g} over {at.stream:.3g}), so the stream grows {_growth(r)} there")
     root = _grown_by(at, sums)
     if root is not None:
         grew = "from zero" if root.stream == 0 else f"{root.total / root.stream:.3g}x"
@@ -223,6 +223,13 @@ def _stream_note(at: StreamSum, sums: List[StreamSum], dominates: bool) -> str:
         return note + (f", but over the model's {len(sums)} residual sums the identity paths keep "
                        f"1/{growth:.3g} of the output, no less than 1/sqrt(2) per sum: it does not compound")
     return note
+
+
+def _growth(ratio: float) -> str:
+    """How much a stream grows where a branch ``ratio`` times its std is added: ``sqrt(1 + r^2)``,
+    as a percentage where that is under 10% (a small branch's 0.4% would read "1x")."""
+    growth = math.sqrt(1 + ratio * ratio)
+    return f"by {100 * (growth - 1):.2g}%" if growth < 1.1 else f"{growth:.3g}x"
 
 
 def _depth_fall(signal: List[List[Tuple[str, float]]], run: List[LayerUse]) -> Optional[float]:
