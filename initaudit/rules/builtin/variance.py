@@ -200,7 +200,8 @@ def _dominates(at: StreamSum, sums: List[StreamSum]) -> bool:
 
 def _grown_by(at: StreamSum, sums: List[StreamSum]) -> Optional[StreamSum]:
     """The first sum before ``at`` whose branch dominated its stream (``None``: none did)."""
-    return next((s for s in sums[:sums.index(at)] if s.ratio > 1), None)
+    before = next(i for i, s in enumerate(sums) if s is at)
+    return next((s for s in sums[:before] if s.ratio > 1), None)
 
 
 def _stream_note(at: StreamSum, sums: List[StreamSum], dominates: bool) -> str:
@@ -288,10 +289,10 @@ def _violation(
     if branch:
         message += ("; the run is a residual branch (its output is added to a stream that carries the signal), "
                     + ("and a small branch is the recipe (GPT-2, Fixup, T-Fixup, layer scale)" if product < 1
-                       else "which it outgrows, but it reads a normalized stream (pre-LN), so it adds a bounded "
+                       else "which its weights' scale would outgrow, but it reads a normalized stream (pre-LN), so it adds a bounded "
                        "term to the stream instead of multiplying it block after block, and the stream meets a "
                        "normalization before the loss" if bounded
-                       else "which it outgrows"))
+                       else "which its weights' scale would outgrow"))
     return Violation(
         location=names[0],
         message=message,
