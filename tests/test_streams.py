@@ -415,3 +415,32 @@ def test_a_small_branchs_growth_of_the_stream_reads_as_a_percentage():
     growth = 100 * ((1 + first.ratio ** 2) ** 0.5 - 1)
     (found,) = [f for f in findings(report, "IA201") if f.location == "transformer.h.0.attn.c_proj.weight"]
     assert f"so the stream grows by {growth:.2g}% there" in found.message and growth < 1
+
+
+def _last_branch_large(std: float) -> PreNorm:
+    """Eight pre-norm blocks whose branches add under 1% of the stream, and a last block whose
+    output layer is drawn with ``std`` (LeCun's is 1/8) after a first layer of std 0.01."""
+    torch.manual_seed(0)
+    model = PreNorm(final_norm=False, blocks=8, std=0.01)
+    with torch.no_grad():
+        for layer in [*model.fc1, *model.fc2]:
+            layer.bias.zero_()
+        model.fc2[-1].weight.normal_(std=std)
+    return model
+
+
+def test_ia201_a_branch_that_dominates_once_without_compounding_is_information():
+    """The last branch adds 3x the stream's std: the stream grows 3.2x once, and over the eight
+    sums the identity paths keep 1/3.2 of the output, more than 2^(-8/2): it does not compound."""
+    report = audit(_last_branch_large(4.0), torch.randn(32, 8))
+    *rest, last = report.analysis.stream_sums
+    assert 1 < last.ratio < 2 ** 4 and all(s.ratio < 0.05 for s in rest)
+    (found,) = [f for f in findings(report, "IA201") if f.location == "fc1.7"]
+    assert found.severity == "info" and "it does not compound" in found.message
+
+
+def test_ia201_the_same_branch_ten_times_larger_compounds_and_is_a_warning():
+    report = audit(_last_branch_large(40.0), torch.randn(32, 8))
+    assert report.analysis.stream_sums[-1].ratio > 2 ** 4
+    (found,) = [f for f in findings(report, "IA201") if f.location == "fc1.7"]
+    assert found.severity == "warning" and "measured at the residual sum it joins" in found.message
