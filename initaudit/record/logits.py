@@ -42,8 +42,9 @@ def initial_loss(logits: torch.Tensor) -> torch.Tensor:
     z = logits.detach().reshape(-1, logits.shape[-1])
     if z.dtype not in (torch.float32, torch.float64):
         z = z.float()
-    expected = (torch.logsumexp(z, dim=1) - z.mean(dim=1)).double().mean()
-    spread = z.std(dim=1, correction=0).double().mean()
+    std, mean = torch.std_mean(z, dim=1, correction=0)  # one call for both: a pass fewer over the logits
+    expected = (torch.logsumexp(z, dim=1) - mean).double().mean()
+    spread = std.double().mean()
     return torch.stack([expected, spread])
 
 
