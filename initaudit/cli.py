@@ -206,7 +206,7 @@ def main(
     from initaudit.record import distributed
     from initaudit.report import formats
     from initaudit.report.profile import plot as draw_profile
-    from initaudit.report.profile import profile_table
+    from initaudit.report.profile import profile_table, stream_table
 
     try:
         settings = settings_from(config, select, ignore, fail_on, device, seed, tied)
@@ -330,6 +330,9 @@ def main(
         if show_profile and (output or output_format == "table"):
             for r in reports:
                 click.echo(f"Depth profile of {r.target}:\n{profile_table(depth_profile(r.analysis))}\n")
+                if r.analysis.stream_sums:
+                    click.echo(f"Residual stream of {r.target} (each sum x + f(x), in forward order):\n"
+                               f"{stream_table(r.analysis.stream_sums)}\n")
         if plot:
             try:
                 for i, r in enumerate(reports):

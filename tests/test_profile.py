@@ -1,6 +1,9 @@
 """--profile and --plot: the depth profile shows where the signal dies."""
 
+import importlib.util
 import sys
+
+import pytest
 
 from click.testing import CliRunner
 from conftest import EXAMPLES, mlp
@@ -45,3 +48,51 @@ def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch):
     assert result.exit_code == 2
     assert "pip install 'initaudit[plot]'" in result.stderr
     assert not (tmp_path / "p.png").exists()
+
+
+RESIDUAL = """
+import torch
+from torch import nn
+
+class Stack(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(8, 32)
+        self.fc1 = nn.ModuleList(nn.Linear(32, 32) for _ in range(3))
+        self.fc2 = nn.ModuleList(nn.Linear(32, 32) for _ in range(3))
+        self.head = nn.Linear(32, 2)
+
+    def forward(self, x):
+        h = self.embed(x)
+        for fc1, fc2 in zip(self.fc1, self.fc2):
+            h = h + fc2(torch.relu(fc1(h)))
+        return self.head(h)
+
+def build():
+    torch.manual_seed(0)
+    return Stack(), torch.randn(64, 8)
+"""
+
+
+def test_profile_lists_the_residual_stream_sum_by_sum(write_target):
+    """``--profile`` also prints each residual sum: the stream's std before it, the branch's,
+    and after it, each row's "after" the next row's stream (the stack is written inline)."""
+    path = write_target(RESIDUAL, name="residual_stack.py")
+    result = CliRunner().invoke(main, [f"{path}:build", "--profile"])
+    lines = result.stdout.splitlines()
+    title = next(i for i, l in enumerate(lines) if l.startswith("Residual stream of "))
+    rows = [l.split() for l in lines[title + 3:title + 6]]
+    assert [r[1] for r in rows] == ["fc2.0", "fc2.1", "fc2.2"]
+    stream, branch, after = (float(rows[0][i]) for i in (2, 3, 5))
+    assert after == pytest.approx((stream ** 2 + branch ** 2) ** 0.5, rel=0.01)
+    assert float(rows[1][2]) == pytest.approx(after, rel=0.01)
+    spec = importlib.util.spec_from_file_location("residual_stack", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    embed = audit(*module.build()).recording.module("embed")  # the first stream: the embedding's output
+    assert stream == pytest.approx(embed.output.std, rel=0.01)
+
+
+def test_profile_of_a_plain_stack_has_no_residual_stream():
+    result = CliRunner().invoke(main, [f"{EXAMPLES / 'deep_mlp.py'}:build", "--profile"])
+    assert "Depth profile of " in result.stdout and "Residual stream of " not in result.stdout

@@ -11,6 +11,7 @@ from typing import Any, List, Optional
 from tabulate import tabulate
 
 from initaudit.analysis.profile import ProfileRow
+from initaudit.analysis.streams import StreamSum
 from initaudit.core.errors import InitauditError
 from initaudit.core.numbers import short_number
 
@@ -46,6 +47,22 @@ def profile_table(rows: List[ProfileRow]) -> str:
         table,
         headers=["layer", "type", "consumer", "out RMS", "signal", "signal (log scale)",
                  "grad RMS", "w std", "recommended", "ratio"],
+        tablefmt="simple",
+        disable_numparse=True,
+    )
+
+
+def stream_table(sums: List[StreamSum]) -> str:
+    """The residual sums in forward order: the stream's std as each sum reads it, the branch's,
+    their ratio, and the stream's std after the sum, ``sqrt(S^2 + b^2)``, with a log-scale bar
+    (the signal propagation of Brock et al. 2021, measured where the residual blocks end)."""
+    after = [math.log10(s.total) for s in sums if s.total > 0 and math.isfinite(s.total)]
+    low, high = (min(after), max(after)) if after else (0.0, 0.0)
+    table = [[str(i), s.branch, _num(s.stream), _num(s.added), _num(s.ratio), _num(s.total), _bar(s.total, low, high)]
+             for i, s in enumerate(sums)]
+    return tabulate(
+        table,
+        headers=["sum", "branch f(x)", "stream std", "branch std", "branch/stream", "after", "after (log scale)"],
         tablefmt="simple",
         disable_numparse=True,
     )
