@@ -337,7 +337,7 @@ def main(
             try:
                 for i, r in enumerate(reports):
                     path = plot if len(reports) == 1 else f"{os.path.splitext(plot)[0]}-{i}{os.path.splitext(plot)[1]}"
-                    draw_profile(depth_profile(r.analysis), path, title=r.target or "")
+                    draw_profile(depth_profile(r.analysis), path, title=r.target or "", sums=r.analysis.stream_sums)
             except InitauditError as exc:
                 error(str(exc), exc, verbose)
                 status = EXIT_ERROR

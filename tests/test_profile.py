@@ -96,3 +96,18 @@ def test_profile_lists_the_residual_stream_sum_by_sum(write_target):
 def test_profile_of_a_plain_stack_has_no_residual_stream():
     result = CliRunner().invoke(main, [f"{EXAMPLES / 'deep_mlp.py'}:build", "--profile"])
     assert "Depth profile of " in result.stdout and "Residual stream of " not in result.stdout
+
+
+def test_plot_of_a_residual_stack_draws_the_stream(write_target, tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "stream.png"
+    result = CliRunner().invoke(main, [f"{write_target(RESIDUAL, name='residual_plot.py')}:build",
+                                       "--plot", str(path)])
+    assert result.exit_code == 0, result.output
+    png = path.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    # a third panel, the stream: the figure is half as tall again as a plain stack's two panels
+    plain = tmp_path / "plain.png"
+    CliRunner().invoke(main, [f"{EXAMPLES / 'deep_mlp.py'}:build", "--factory-arg", "depth=4", "--plot", str(plain)])
+    height = int.from_bytes(png[20:24], "big")
+    assert height == pytest.approx(1.5 * int.from_bytes(plain.read_bytes()[20:24], "big"), rel=0.02)

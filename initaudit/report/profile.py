@@ -82,11 +82,16 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot(rows: List[ProfileRow], path: str, title: str = "") -> None:
-    """Signal-propagation plot: output RMS, signal and gradient RMS per layer, log scale."""
+def plot(rows: List[ProfileRow], path: str, title: str = "", sums: Optional[List[StreamSum]] = None) -> None:
+    """Signal-propagation plot: output RMS, signal and gradient RMS per layer, log scale; the
+    weight std against the recommended one; and, where the model has residual sums, the
+    stream's std after each sum beside the branch's (Brock et al. 2021 plot it at the
+    residual blocks' outputs)."""
     plt = _pyplot()
     depth = list(range(len(rows)))
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    panels = 3 if sums else 2
+    fig, axes = plt.subplots(panels, 1, figsize=(8, 3 * panels))
+    top, bottom = axes[0], axes[1]
     for attr, label in (("output_rms", "output RMS"), ("signal", "signal (per-feature std)"), ("grad_rms", "weight grad RMS")):
         values = [getattr(r, attr) or float("nan") for r in rows]
         top.semilogy(depth, values, marker=".", label=label)
@@ -97,6 +102,16 @@ def plot(rows: List[ProfileRow], path: str, title: str = "") -> None:
     bottom.axhline(1.0, color="grey", linewidth=0.8)
     bottom.set_ylabel("weight std / recommended")
     bottom.set_xlabel("layer (forward order)")
+    if sums:
+        stream = axes[2]
+        index = list(range(len(sums)))
+        stream.semilogy(index, [s.total if s.total > 0 else float("nan") for s in sums], marker=".",
+                        label="stream std after the sum")
+        stream.semilogy(index, [s.added if s.added > 0 else float("nan") for s in sums], marker=".",
+                        linestyle=":", label="branch std")
+        stream.set_ylabel("std")
+        stream.set_xlabel("residual sum (forward order)")
+        stream.legend(loc="best", fontsize="small")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
