@@ -13,6 +13,30 @@ pytest_plugins = ["pytester"]
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
+# a model file: a residual stack written inline (h = h + f(h)), no module output for its stream
+INLINE_RESIDUAL_STACK = """
+import torch
+from torch import nn
+
+class Stack(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(8, 32)
+        self.fc1 = nn.ModuleList(nn.Linear(32, 32) for _ in range(3))
+        self.fc2 = nn.ModuleList(nn.Linear(32, 32) for _ in range(3))
+        self.head = nn.Linear(32, 2)
+
+    def forward(self, x):
+        h = self.embed(x)
+        for fc1, fc2 in zip(self.fc1, self.fc2):
+            h = h + fc2(torch.relu(fc1(h)))
+        return self.head(h)
+
+def build():
+    torch.manual_seed(0)
+    return Stack(), torch.randn(64, 8)
+"""
+
 
 def codes(report: Report, severity: str = None) -> List[str]:
     """Codes of the report's findings, optionally only those of one severity."""

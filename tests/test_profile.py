@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from click.testing import CliRunner
-from conftest import EXAMPLES, mlp
+from conftest import EXAMPLES, INLINE_RESIDUAL_STACK, mlp
 
 from initaudit import audit
 from initaudit.analysis.profile import depth_profile
@@ -50,34 +50,12 @@ def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch):
     assert not (tmp_path / "p.png").exists()
 
 
-RESIDUAL = """
-import torch
-from torch import nn
-
-class Stack(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.embed = nn.Linear(8, 32)
-        self.fc1 = nn.ModuleList(nn.Linear(32, 32) for _ in range(3))
-        self.fc2 = nn.ModuleList(nn.Linear(32, 32) for _ in range(3))
-        self.head = nn.Linear(32, 2)
-
-    def forward(self, x):
-        h = self.embed(x)
-        for fc1, fc2 in zip(self.fc1, self.fc2):
-            h = h + fc2(torch.relu(fc1(h)))
-        return self.head(h)
-
-def build():
-    torch.manual_seed(0)
-    return Stack(), torch.randn(64, 8)
-"""
 
 
 def test_profile_lists_the_residual_stream_sum_by_sum(write_target):
     """``--profile`` also prints each residual sum: the stream's std before it, the branch's,
     and after it, each row's "after" the next row's stream (the stack is written inline)."""
-    path = write_target(RESIDUAL, name="residual_stack.py")
+    path = write_target(INLINE_RESIDUAL_STACK, name="residual_stack.py")
     result = CliRunner().invoke(main, [f"{path}:build", "--profile"])
     lines = result.stdout.splitlines()
     title = next(i for i, l in enumerate(lines) if l.startswith("Residual stream of "))
@@ -101,7 +79,7 @@ def test_profile_of_a_plain_stack_has_no_residual_stream():
 def test_plot_of_a_residual_stack_draws_the_stream(write_target, tmp_path):
     pytest.importorskip("matplotlib")
     path = tmp_path / "stream.png"
-    result = CliRunner().invoke(main, [f"{write_target(RESIDUAL, name='residual_plot.py')}:build",
+    result = CliRunner().invoke(main, [f"{write_target(INLINE_RESIDUAL_STACK, name='residual_plot.py')}:build",
                                        "--plot", str(path)])
     assert result.exit_code == 0, result.output
     png = path.read_bytes()

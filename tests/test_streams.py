@@ -301,45 +301,21 @@ def test_ia201_a_large_branch_added_to_a_zero_stream_says_the_branch_is_all_it_c
     assert "the earlier branch '1.fc2' grew from zero" in second.message
 
 
-INLINE_STACK = """
-import torch
-from torch import nn
-
-class Stack(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.embed = nn.Linear(8, 32)
-        self.fc1 = nn.ModuleList(nn.Linear(32, 32) for _ in range(2))
-        self.fc2 = nn.ModuleList(nn.Linear(32, 32) for _ in range(2))
-        self.head = nn.Linear(32, 2)
-
-    def forward(self, x):
-        h = self.embed(x)
-        for fc1, fc2 in zip(self.fc1, self.fc2):
-            h = h + fc2(torch.relu(fc1(h)))
-        return self.head(h)
-
-def build():
-    torch.manual_seed(0)
-    return Stack(), torch.randn(64, 8)
-"""
-
-
 def test_the_json_report_lists_the_residual_sums_with_their_sizes(write_target):
     import json
 
     import jsonschema
     from click.testing import CliRunner
-    from conftest import ROOT
+    from conftest import INLINE_RESIDUAL_STACK, ROOT
 
     from initaudit.cli import main
 
-    result = CliRunner().invoke(main, [f"{write_target(INLINE_STACK, name='inline_stack.py')}:build",
+    result = CliRunner().invoke(main, [f"{write_target(INLINE_RESIDUAL_STACK, name='inline_stack.py')}:build",
                                        "--format", "json"])
     document = json.loads(result.stdout)
     jsonschema.validate(document, json.loads((ROOT / "initaudit" / "schema.json").read_text()))
     sums = document["residual_sums"]
-    assert [s["branch"] for s in sums] == ["fc2.0", "fc2.1"]
+    assert [s["branch"] for s in sums] == ["fc2.0", "fc2.1", "fc2.2"]
     embed = next(m for m in document["modules"] if m["names"] == ["embed"])
     assert sums[0]["stream_std"] == pytest.approx(embed["output"]["std"])
     # the second sum reads the first's: S_1^2 = S_0^2 + b_0^2
