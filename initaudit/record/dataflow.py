@@ -723,18 +723,24 @@ def _constant_operand(node: Any) -> Any:
     if name not in ("MulBackward0", "DivBackward0"):
         return None
     for slot in ("self", "other") if name == "MulBackward0" else ("other",):
-        # a tensor saved through hooks (activation checkpointing, offloading) would be unpacked by
-        # reading it: the checkpointed region run again, its module hooks firing. Not read
-        raw = getattr(node, f"_raw_saved_{slot}", None)
-        if raw is None or getattr(raw, "unpack_hook", True) is not None:
-            continue
-        try:
-            value = getattr(node, f"_saved_{slot}", None)
-        except RuntimeError:  # freed, or saved as something that cannot be read back
-            return None
+        value = saved_tensor(node, slot)
         if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.requires_grad:
             return value
     return None
+
+
+def saved_tensor(node: Any, slot: str) -> Optional[torch.Tensor]:
+    """The tensor the autograd ``node`` saved as ``slot`` (``"self"``, ``"target"``, ...), or
+    ``None``: none, freed, or saved through hooks (activation checkpointing, offloading), which
+    reading would unpack: the checkpointed region run again, its module hooks firing."""
+    raw = getattr(node, f"_raw_saved_{slot}", None)
+    if raw is None or getattr(raw, "unpack_hook", True) is not None:
+        return None
+    try:
+        value = getattr(node, f"_saved_{slot}", None)
+    except RuntimeError:  # freed, or saved as something that cannot be read back
+        return None
+    return value if isinstance(value, torch.Tensor) else None
 
 
 def is_constant_factor(node: Any) -> bool:
