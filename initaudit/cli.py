@@ -127,7 +127,8 @@ def show_fix(after: "Report", emit_code: bool, machine_output: bool) -> None:
 @click.option("--stats", is_flag=True, help="Also print per-parameter statistics.")
 @click.option("--show-suppressed", is_flag=True, help="Also list suppressed findings and why.")
 @click.option("--profile", "show_profile", is_flag=True,
-              help="Also print the depth profile: per layer, signal, gradient and weight scale.")
+              help="Also print the depth profile: per layer, signal, gradient and weight scale; and the "
+              "residual stream, sum by sum.")
 @click.option("--plot", type=click.Path(dir_okay=False), metavar="FILE.png",
               help="Draw the depth profile as a signal-propagation plot (needs matplotlib).")
 @click.option("--tied", multiple=True, metavar="A=B",
