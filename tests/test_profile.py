@@ -89,3 +89,18 @@ def test_plot_of_a_residual_stack_draws_the_stream(write_target, tmp_path):
     CliRunner().invoke(main, [f"{EXAMPLES / 'deep_mlp.py'}:build", "--factory-arg", "depth=4", "--plot", str(plain)])
     height = int.from_bytes(png[20:24], "big")
     assert height == pytest.approx(1.5 * int.from_bytes(plain.read_bytes()[20:24], "big"), rel=0.02)
+
+
+def test_the_stream_bar_spans_a_decade_at_least():
+    """A stream that grows by a few percent draws bars of nearly one length; one that grows
+    a hundredfold draws them from a stub to the full width."""
+    from initaudit.analysis.streams import StreamSum
+    from initaudit.report.profile import stream_table
+
+    def bars(sums):
+        return [line.split()[-1].count("#") for line in stream_table(sums).splitlines()[2:]]
+
+    flat = bars([StreamSum("a", 1.0, 0.2), StreamSum("b", 1.02, 0.2), StreamSum("c", 1.04, 0.2)])
+    assert max(flat) - min(flat) <= 1
+    steep = bars([StreamSum("a", 1.0, 0.1), StreamSum("b", 1.0, 10.0), StreamSum("c", 10.0, 100.0)])
+    assert steep[0] == 1 and steep[-1] == 24

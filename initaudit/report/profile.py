@@ -57,7 +57,8 @@ def stream_table(sums: List[StreamSum]) -> str:
     their ratio, and the stream's std after the sum, ``sqrt(S^2 + b^2)``, with a log-scale bar
     (the signal propagation of Brock et al. 2021, measured where the residual blocks end)."""
     after = [math.log10(s.total) for s in sums if s.total > 0 and math.isfinite(s.total)]
-    low, high = (min(after), max(after)) if after else (0.0, 0.0)
+    # a decade at least: a stream that grows by 6% over the stack draws a bar that barely grows
+    low, high = (min(after), max(max(after), min(after) + 1)) if after else (0.0, 0.0)
     table = [[str(i), s.branch, _num(s.stream), _num(s.added), _num(s.ratio), _num(s.total), _bar(s.total, low, high)]
              for i, s in enumerate(sums)]
     return tabulate(
